@@ -1,0 +1,230 @@
+"""Reading (and, for tests and synthetic data, writing) CBIS-DDSM DICOM files.
+
+Everything here uses pydicom only, so worker processes and Beam workers can import it without
+TensorFlow. `read_image` is the one way the project turns a file into pixels; every failure is
+a `DicomReadError` naming the file and the reason, so a build can skip the file and say why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import (
+    UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    RLELossless,
+)
+
+# Which PyPI package provides a decoder for each family of compressed transfer syntaxes.
+_DECODER_PACKAGES = {
+    'JPEG 2000': 'pylibjpeg-openjpeg (pip install pylibjpeg pylibjpeg-openjpeg)',
+    'JPEG-LS': 'pylibjpeg-libjpeg or pyjpegls (pip install pylibjpeg pylibjpeg-libjpeg)',
+    'JPEG': 'pillow, or pylibjpeg-libjpeg (pip install pylibjpeg pylibjpeg-libjpeg)',
+    'RLE': 'pylibjpeg-rle (pip install pylibjpeg pylibjpeg-rle)',
+    'Deflate': 'nothing extra (zlib); the file may be damaged',
+}
+_HEADER_TAGS = (
+    'PatientID', 'StudyInstanceUID', 'SeriesInstanceUID', 'SOPInstanceUID',
+    'SeriesDescription', 'InstanceNumber', 'Rows', 'Columns', 'BitsAllocated', 'BitsStored',
+    'PhotometricInterpretation', 'SamplesPerPixel', 'NumberOfFrames',
+)
+# Digital Mammography X-Ray Image Storage - For Presentation; what the synthetic files claim.
+MAMMOGRAPHY_SOP_CLASS = UID('1.2.840.10008.5.1.4.1.1.1.2')
+SECONDARY_CAPTURE_SOP_CLASS = UID('1.2.840.10008.5.1.4.1.1.7')
+
+
+class DicomReadError(ValueError):
+  """A DICOM file that cannot be turned into a greyscale image; the message says why."""
+
+  def __init__(self, path: str | os.PathLike[str], reason: str):
+    self.path = os.fspath(path)
+    self.reason = reason
+    super().__init__(f'{self.path}: {reason}')
+
+
+@dataclasses.dataclass(frozen=True)
+class DicomHeader:
+  """The header fields that indexing needs, read without the pixel data."""
+
+  path: str
+  patient_id: str
+  study_uid: str
+  series_uid: str
+  sop_uid: str
+  series_description: str
+  instance_number: int | None
+  rows: int
+  columns: int
+  bits_stored: int
+
+
+def _dcmread(path, **kwargs) -> pydicom.Dataset:
+  try:
+    return pydicom.dcmread(os.fspath(path), **kwargs)
+  except FileNotFoundError:
+    raise DicomReadError(path, 'file not found') from None
+  except IsADirectoryError:
+    raise DicomReadError(path, 'is a directory, not a DICOM file') from None
+  except InvalidDicomError as e:
+    raise DicomReadError(
+        path, f'not a DICOM file (no DICM preamble or valid dataset: {e})') from None
+  except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    # pydicom raises a variety of these on truncated or garbled headers.
+    raise DicomReadError(path, f'unreadable DICOM header ({type(e).__name__}: {e})') from None
+
+
+def read_header(path: str | os.PathLike[str]) -> DicomHeader:
+  """Reads the indexing fields of one file; never touches the pixel data."""
+  ds = _dcmread(path, stop_before_pixels=True, specific_tags=list(_HEADER_TAGS))
+  missing = [t for t in ('StudyInstanceUID', 'SeriesInstanceUID', 'Rows', 'Columns')
+             if t not in ds]
+  if missing:
+    raise DicomReadError(path, f'DICOM header lacks {", ".join(missing)}')
+  instance = ds.get('InstanceNumber')
+  return DicomHeader(
+      path=os.fspath(path),
+      patient_id=str(ds.get('PatientID', '')),
+      study_uid=str(ds.StudyInstanceUID),
+      series_uid=str(ds.SeriesInstanceUID),
+      sop_uid=str(ds.get('SOPInstanceUID', '')),
+      series_description=str(ds.get('SeriesDescription', '') or '').strip(),
+      instance_number=int(instance) if instance not in (None, '') else None,
+      rows=int(ds.Rows),
+      columns=int(ds.Columns),
+      bits_stored=int(ds.get('BitsStored', ds.get('BitsAllocated', 16)) or 16),
+  )
+
+
+def _decoder_problem(ds: pydicom.Dataset) -> str | None:
+  """Names the package to install when the file's transfer syntax has no usable decoder."""
+  tsyntax = ds.file_meta.get('TransferSyntaxUID') if 'file_meta' in ds.__dict__ else None
+  if tsyntax is None or not UID(tsyntax).is_compressed:
+    return None
+  from pydicom.pixels import get_decoder  # pylint: disable=g-import-not-at-top
+  try:
+    decoder = get_decoder(tsyntax)
+  except NotImplementedError:
+    return f'no pydicom decoder exists for transfer syntax {UID(tsyntax).name} ({tsyntax})'
+  if decoder.is_available:
+    return None
+  name = UID(tsyntax).name
+  package = next((p for k, p in _DECODER_PACKAGES.items() if k in name), 'a pydicom decoder plugin')
+  return (f'missing decoder for compressed transfer syntax {name} ({tsyntax}); '
+          f'install {package}')
+
+
+def read_pixels(path: str | os.PathLike[str]) -> np.ndarray:
+  """Reads a greyscale image as a 2-D uint8 or uint16 array where larger means denser.
+
+  MONOCHROME1 is inverted against BitsStored, signed data is shifted to unsigned, and bits
+  above BitsStored are masked off. Raises DicomReadError for anything else.
+  """
+  ds = _dcmread(path)
+  if 'PixelData' not in ds:
+    raise DicomReadError(path, 'no pixel data (PixelData element missing)')
+  frames = int(ds.get('NumberOfFrames', 1) or 1)
+  if frames > 1:
+    raise DicomReadError(path, f'multi-frame image ({frames} frames); expected one 2-D image')
+  photometric = str(ds.get('PhotometricInterpretation', '')).strip()
+  samples = int(ds.get('SamplesPerPixel', 1) or 1)
+  if samples != 1 or photometric not in ('MONOCHROME1', 'MONOCHROME2'):
+    raise DicomReadError(
+        path, f'colour image ({photometric or "no PhotometricInterpretation"}, '
+        f'{samples} samples per pixel); expected MONOCHROME1/2 greyscale')
+  problem = _decoder_problem(ds)
+  if problem:
+    raise DicomReadError(path, problem)
+  try:
+    arr = ds.pixel_array
+  except (ValueError, RuntimeError, NotImplementedError, EOFError, OSError, TypeError) as e:
+    msg = str(e)
+    if 'less than expected' in msg or 'truncated' in msg.lower() or 'end of' in msg.lower():
+      raise DicomReadError(path, f'truncated pixel data ({msg})') from None
+    raise DicomReadError(path, f'cannot decode pixel data ({type(e).__name__}: {msg})') from None
+  if arr.ndim != 2:
+    raise DicomReadError(path, f'pixel array has shape {arr.shape}; expected a 2-D image')
+  bits_stored = int(ds.get('BitsStored', arr.dtype.itemsize * 8) or arr.dtype.itemsize * 8)
+  if bits_stored > 16:
+    raise DicomReadError(path, f'BitsStored={bits_stored}; only up to 16 bits are supported')
+  if arr.dtype.kind == 'i':  # PixelRepresentation 1: shift [-2^(b-1), 2^(b-1)) to [0, 2^b).
+    arr = arr.astype(np.int32) + (1 << (bits_stored - 1))
+  out_dtype = np.uint8 if bits_stored <= 8 else np.uint16
+  top = (1 << bits_stored) - 1
+  arr = np.asarray(arr)
+  if arr.dtype != out_dtype:
+    arr = arr.astype(out_dtype)
+  if bits_stored < out_dtype().itemsize * 8:
+    arr &= out_dtype(top)
+  if photometric == 'MONOCHROME1':
+    arr = out_dtype(top) - arr
+  return arr
+
+
+def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+  """Reads a greyscale image as a 2-D uint16 array where larger means denser."""
+  return read_pixels(path).astype(np.uint16, copy=False)
+
+
+def write_image(path: str | os.PathLike[str], pixels: np.ndarray, *,
+                patient_id: str = '', study_uid: str | None = None,
+                series_uid: str | None = None, sop_uid: str | None = None,
+                series_description: str | None = '', instance_number: int = 1,
+                bits_stored: int | None = None, photometric: str = 'MONOCHROME2',
+                transfer_syntax: str = ExplicitVRLittleEndian,
+                extra: dict[str, Any] | None = None) -> None:
+  """Writes a single-frame greyscale DICOM file in the layout CBIS-DDSM uses.
+
+  Used by the synthetic CBIS-DDSM generator and by tests that need specific encodings
+  (big endian, implicit VR, RLE, MONOCHROME1, reduced BitsStored).
+  """
+  pixels = np.ascontiguousarray(pixels)
+  if pixels.ndim != 2 or pixels.dtype not in (np.uint8, np.uint16):
+    raise ValueError(f'write_image wants a 2-D uint8/uint16 array, got {pixels.dtype} '
+                     f'{pixels.shape}')
+  bits_allocated = pixels.dtype.itemsize * 8
+  meta = FileMetaDataset()
+  meta.MediaStorageSOPClassUID = SECONDARY_CAPTURE_SOP_CLASS
+  meta.MediaStorageSOPInstanceUID = sop_uid or pydicom.uid.generate_uid()
+  meta.TransferSyntaxUID = UID(transfer_syntax)
+  ds = FileDataset(os.fspath(path), {}, file_meta=meta, preamble=b'\0' * 128)
+  ds.SOPClassUID = meta.MediaStorageSOPClassUID
+  ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+  ds.PatientID = patient_id
+  ds.PatientName = patient_id
+  ds.StudyInstanceUID = study_uid or pydicom.uid.generate_uid()
+  ds.SeriesInstanceUID = series_uid or pydicom.uid.generate_uid()
+  ds.Modality = 'MG'
+  ds.SeriesNumber = 1
+  ds.InstanceNumber = instance_number
+  if series_description is not None:
+    ds.SeriesDescription = series_description
+  ds.BodyPartExamined = 'BREAST'
+  for key, value in (extra or {}).items():
+    setattr(ds, key, value)
+  ds.SamplesPerPixel = 1
+  ds.PhotometricInterpretation = photometric
+  ds.Rows, ds.Columns = pixels.shape
+  ds.BitsAllocated = bits_allocated
+  ds.BitsStored = bits_stored or bits_allocated
+  ds.HighBit = ds.BitsStored - 1
+  ds.PixelRepresentation = 0
+  syntax = UID(transfer_syntax)
+  if syntax == RLELossless:
+    ds.compress(RLELossless, pixels, encoding_plugin='pydicom')
+  elif syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian):
+    big = syntax == ExplicitVRBigEndian
+    ds.PixelData = pixels.astype(pixels.dtype.newbyteorder('>' if big else '<')).tobytes()
+  else:
+    raise ValueError(f'write_image cannot encode transfer syntax {syntax.name}')
+  os.makedirs(os.path.dirname(os.fspath(path)) or '.', exist_ok=True)
+  pydicom.dcmwrite(os.fspath(path), ds, enforce_file_format=True,
+                   implicit_vr=syntax == ImplicitVRLittleEndian,
+                   little_endian=syntax != ExplicitVRBigEndian)
