@@ -1,0 +1,10 @@
+"""tfds_cbis: CBIS-DDSM DICOM downloads turned into TFDS patch datasets.
+
+Importing the package registers the TFDS builder `cbis_ddsm` (configs `roi150`, `s10_224`).
+TensorFlow itself is imported lazily by TFDS, so the plain modules (dicom, cases, index,
+geometry, splits, patches, synthetic) stay cheap to import in worker processes.
+"""
+
+from tfds_cbis.cbis_ddsm import Builder, CbisDdsmConfig  # registers 'cbis_ddsm'
+
+__all__ = ['Builder', 'CbisDdsmConfig']

@@ -1,0 +1,42 @@
+# mammo_jax: `make demo` and `make test` are all a fresh machine needs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Quiet TensorFlow's C++ start-up logs and keep it off any GPU that JAX should have.
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export NO_GCE_CHECK ?= true
+PYTEST_WORKERS ?= 2
+
+.PHONY: install test test-slow test-all demo benchmark dummy-data clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip check
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -m "not slow" -n $(PYTEST_WORKERS) -q
+
+test-slow: install
+	$(PY) -m pytest -m slow -q
+
+test-all: install
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -q
+
+demo: install
+	$(PY) -m mammo_jax.main --config=configs/default.py --workdir=runs/demo
+
+benchmark: install
+	$(PY) benchmarks/build_throughput.py
+
+# Regenerates tfds_cbis/cbis_ddsm/dummy_data (tiny synthetic CBIS-DDSM for the builder tests).
+dummy-data: install
+	$(PY) -m tfds_cbis.cbis_ddsm.make_dummy_data
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

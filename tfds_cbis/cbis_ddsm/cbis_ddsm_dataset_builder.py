@@ -1,0 +1,340 @@
+"""TFDS builder `cbis_ddsm`: CBIS-DDSM patch datasets straight from the TCIA DICOM download.
+
+The heavy lifting is in plain modules (cases, index, splits, patches, geometry); this file
+declares the configs and features and wires the pieces into TFDS, with or without Beam.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import json
+import multiprocessing
+import os
+from collections.abc import Iterator
+
+from absl import logging
+import numpy as np
+import tensorflow_datasets as tfds
+
+from tfds_cbis import cases as cases_lib
+from tfds_cbis import index as index_lib
+from tfds_cbis import patches
+from tfds_cbis import splits as splits_lib
+
+_HOMEPAGE = 'https://www.cancerimagingarchive.net/collection/cbis-ddsm/'
+_CITATION = """\
+@misc{lee2016cbisddsm,
+  title = {Curated Breast Imaging Subset of DDSM},
+  author = {Lee, Rebecca Sawyer and Gimenez, Francisco and Hoogi, Assaf and Rubin, Daniel},
+  publisher = {The Cancer Imaging Archive},
+  year = {2016},
+  doi = {10.7937/K9/TCIA.2016.7O02S9CY},
+}
+@article{lee2017curated,
+  title = {A curated mammography data set for use in computer-aided detection and diagnosis
+           research},
+  author = {Lee, Rebecca Sawyer and Gimenez, Francisco and Hoogi, Assaf and Miyake, Kanae Kawai
+            and Gorovoy, Mia and Rubin, Daniel L.},
+  journal = {Scientific Data}, volume = {4}, pages = {170177}, year = {2017},
+}
+"""
+REPORT_NAME = 'build_report.json'
+SPLITS = ('train', 'validation', 'test')
+
+
+@dataclasses.dataclass(eq=False)
+class CbisDdsmConfig(tfds.core.BuilderConfig):
+  """A patch dataset variant. Declare your own in a few lines, e.g.
+
+      ROI224 = CbisDdsmConfig(name='roi224', mode='roi', patch_size=224)
+      class MyBuilder(Builder):
+        BUILDER_CONFIGS = Builder.BUILDER_CONFIGS + [ROI224]
+
+  Fields mirror `tfds_cbis.patches.PatchSpec` (see there), plus the split's validation share.
+  """
+
+  mode: str = 'roi'
+  patch_size: int = 150
+  patches_per_abnormality: int = 10
+  background_per_image: int = 10
+  resize_shape: tuple[int, int] = (1152, 896)
+  resize_method: str = 'bilinear'
+  baseline_min_breast: float = 0.9
+  resize_mismatched_masks: bool = False
+  max_aspect_difference: float = 0.02
+  validation_fraction: float = 0.1
+
+  def patch_spec(self) -> patches.PatchSpec:
+    fields = {f.name for f in dataclasses.fields(patches.PatchSpec)}
+    return patches.PatchSpec(**{k: getattr(self, k) for k in fields})
+
+
+ROI150 = CbisDdsmConfig(
+    name='roi150',
+    description=('The reference study\'s data: per abnormality, the bounding box of its ROI '
+                 'mask cut from the full mammogram and resized to 150x150 (16 bits), with a '
+                 'same-size healthy baseline patch next to it (left/right/top/bottom) inside '
+                 'the breast and overlapping no lesion.'),
+    mode='roi', patch_size=150)
+S10_224 = CbisDdsmConfig(
+    name='s10_224',
+    description=('Shen et al.\'s S10 sampling as in TFDS\'s curated_breast_imaging_ddsm '
+                 'patches: images resized to 1152x896, 10 patches of 224x224 per abnormality '
+                 'at >=0.9 overlap (relaxed x0.95 per 100 tries) and 10 background patches '
+                 'per image (>75% breast, <=35% lesion overlap, relaxed 5% per 100 tries); '
+                 '16 bits kept; five labels with BACKGROUND first.'),
+    mode='sampled', patch_size=224)
+
+
+class Builder(tfds.core.GeneratorBasedBuilder):
+  """CBIS-DDSM abnormality patches read directly from the DICOM files."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {
+      '1.0.0': 'Initial release: DICOM input in both NBIA layouts; roi150 and s10_224.',
+  }
+  BUILDER_CONFIGS = [ROI150, S10_224]
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+Download CBIS-DDSM from The Cancer Imaging Archive (collection CBIS-DDSM, 163.6 GB of DICOM,
+CC BY 3.0) with the NBIA Data Retriever, and pass the folder it wrote as manual_dir, e.g.
+  tfds build cbis_ddsm --imports tfds_cbis --config roi150 \\
+      --manual_dir ~/tcia/manifest-ZkhPvrLo5216730872708713142 --data_dir ~/tensorflow_datasets
+Any layout works, because files are matched to the CSV rows by the Study/Series UIDs in their
+DICOM headers: the current descriptive tree
+  CBIS-DDSM/<Subject>/<MM-DD-YYYY>-DDSM-NA-<5 digits>/1.000000-<description>-<5 digits>/1-1.dcm
+and the classic UID tree
+  CBIS-DDSM/<Subject>/<StudyInstanceUID>/<SeriesInstanceUID>/000000.dcm
+No PNG conversion is needed. The four description CSVs (mass/calc x train/test) are read from
+manual_dir when all four are there, else from the official copies shipped with tfds_cbis.
+"""
+
+  def __init__(self, *, num_workers: int | None = None, **kwargs):
+    """`num_workers` processes read and cut images (default: all cores; <=1: inline)."""
+    super().__init__(**kwargs)
+    env_workers = os.environ.get('TFDS_CBIS_WORKERS')
+    if num_workers is None and env_workers:
+      num_workers = int(env_workers)
+    self._num_workers = (os.cpu_count() or 1) if num_workers is None else num_workers
+    self._download_config = None
+    self._report: dict = {}
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    config: CbisDdsmConfig = self.builder_config
+    size = config.patch_size
+    common = {
+        'id': tfds.features.Text(doc='Unique, deterministic example key.'),
+        'image': tfds.features.Image(shape=(size, size, 1), dtype=np.uint16,
+                                     encoding_format='png'),
+        'patient_id': tfds.features.Text(doc='As in the CSVs, e.g. P_00001.'),
+        'breast': tfds.features.ClassLabel(names=cases_lib.BREASTS),
+        'view': tfds.features.ClassLabel(names=cases_lib.VIEWS),
+        'abnormality_id': np.int32,
+    }
+    if config.mode == 'roi':
+      features = {
+          **common,
+          'baseline': tfds.features.Image(shape=(size, size, 1), dtype=np.uint16,
+                                          encoding_format='png',
+                                          doc='Healthy patch beside the lesion; zeros when '
+                                          'has_baseline is False.'),
+          'has_baseline': np.bool_,
+          'label': tfds.features.ClassLabel(names=cases_lib.LABEL_NAMES),
+          'abnormality_type': tfds.features.ClassLabel(names=cases_lib.ABNORMALITY_TYPES),
+          'pathology': tfds.features.ClassLabel(
+              names=cases_lib.PATHOLOGIES, doc='BENIGN_WITHOUT_CALLBACK counts as BENIGN.'),
+          'assessment': np.int32,
+          'subtlety': np.int32,
+          'breast_density': np.int32,
+      }
+    else:
+      features = {**common,
+                  'label': tfds.features.ClassLabel(names=patches.SAMPLED_LABEL_NAMES)}
+    return self.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict(features),
+        supervised_keys=('image', 'label'),
+        homepage=_HOMEPAGE,
+        citation=_CITATION,
+    )
+
+  # --- planning (driver side) -------------------------------------------------------------
+
+  def _download_and_prepare(self, dl_manager, download_config):  # pytype: disable=signature-mismatch
+    self._download_config = download_config
+    super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config)
+    self._write_report()
+
+  @property
+  def _use_beam(self) -> bool:
+    config = self._download_config
+    return bool(config and (config.beam_runner or config.beam_options))
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    manual_dir = os.fspath(dl_manager.manual_dir)
+    tasks, report = plan_build(manual_dir, self.builder_config)
+    self._report = report
+    generators = {}
+    for split in SPLITS:
+      if tasks[split]:
+        generators[split] = self._generate_examples(split, tasks[split])
+      else:
+        logging.warning('cbis_ddsm: split %r has no image; it is left out.', split)
+    return generators
+
+  # --- generation -------------------------------------------------------------------------
+
+  def _generate_examples(self, split: str, tasks: list[patches.ImageTask]):
+    spec = self.builder_config.patch_spec()
+    if self._use_beam:
+      skip_path = os.path.join(os.fspath(self.data_dir), f'skips-{split}.jsonl')
+      return _beam_transform(split, tasks, spec, skip_path)
+    return self._generate_locally(split, tasks, spec)
+
+  def _generate_locally(self, split: str, tasks: list[patches.ImageTask],
+                        spec: patches.PatchSpec) -> Iterator[tuple[str, dict]]:
+    counts = self._report['counts'].setdefault(split, collections.Counter())
+    process = functools.partial(patches.process, spec=spec)
+    for result in _imap(process, tasks, self._num_workers):
+      self._report['skips'].extend(s.to_json() for s in result.skips)
+      counts['without_baseline'] += result.without_baseline
+      for key, example in result.examples:
+        counts[example['label']] += 1
+        yield key, example
+
+  # --- reporting --------------------------------------------------------------------------
+
+  def _process_pipeline_result(self, pipeline_result) -> None:
+    """Beam: fold the workers' counters and skip files into the report."""
+    from apache_beam.metrics.metric import MetricsFilter  # pylint: disable=g-import-not-at-top
+    metrics = pipeline_result.metrics().query(MetricsFilter().with_namespace('cbis_ddsm'))
+    for counter in metrics['counters']:
+      split, name = counter.key.metric.name.split('/', 1)
+      counts = self._report['counts'].setdefault(split, collections.Counter())
+      counts[name] += counter.committed if counter.committed is not None else counter.attempted
+    for split in SPLITS:
+      path = os.path.join(os.fspath(self.data_dir), f'skips-{split}.jsonl')
+      if os.path.exists(path):
+        with open(path) as f:
+          self._report['skips'].extend(json.loads(line) for line in f if line.strip())
+        os.remove(path)
+
+  def _write_report(self) -> None:
+    report = finish_report(self._report)
+    path = os.path.join(os.fspath(self.data_dir), REPORT_NAME)
+    with open(path, 'w') as f:
+      json.dump(report, f, indent=1, sort_keys=True)
+    log_summary(report, path)
+
+
+def _imap(fn, items, workers: int) -> Iterator:
+  """Ordered map over processes; fork keeps start-up cheap (workers never touch TF)."""
+  if workers <= 1 or len(items) <= 1:
+    yield from map(fn, items)
+    return
+  ctx = multiprocessing.get_context('fork')
+  with ctx.Pool(min(workers, len(items))) as pool:
+    yield from pool.imap(fn, items, chunksize=1)
+
+
+def _beam_transform(split: str, tasks: list[patches.ImageTask], spec: patches.PatchSpec,
+                    skip_path: str):
+  """The same generation as a Beam PTransform (one element per mammogram)."""
+  import apache_beam as beam  # pylint: disable=g-import-not-at-top
+
+  def count_and_emit(result: patches.Result):
+    metrics = beam.metrics.Metrics
+    if result.without_baseline:
+      metrics.counter('cbis_ddsm', f'{split}/without_baseline').inc(result.without_baseline)
+    for key, example in result.examples:
+      metrics.counter('cbis_ddsm', f'{split}/{example["label"]}').inc()
+      yield key, example
+
+  @beam.ptransform_fn
+  def generate(root):
+    results = (root
+               | 'Tasks' >> beam.Create(tasks)
+               | 'Reshuffle' >> beam.Reshuffle()
+               | 'Process' >> beam.Map(patches.process, spec=spec))
+    _ = (results
+         | 'Skips' >> beam.FlatMap(lambda r: [json.dumps(s.to_json()) for s in r.skips])
+         | 'WriteSkips' >> beam.io.WriteToText(skip_path, num_shards=1,
+                                               shard_name_template=''))
+    return results | 'Examples' >> beam.FlatMap(count_and_emit)
+
+  return generate()  # pylint: disable=no-value-for-parameter
+
+
+def plan_build(manual_dir: str, config: CbisDdsmConfig) -> tuple[dict, dict]:
+  """Reads the CSVs and DICOM headers, assigns splits and lists the work per split.
+
+  Raises ValueError naming manual_dir when it holds no CBIS-DDSM image at all.
+  """
+  if not os.path.isdir(manual_dir):
+    raise FileNotFoundError(f'manual_dir {manual_dir} does not exist. '
+                            + Builder.MANUAL_DOWNLOAD_INSTRUCTIONS)
+  logging.info('cbis_ddsm: indexing DICOM headers under %s', manual_dir)
+  index = index_lib.build_index(manual_dir)
+  csv_paths, csv_source = cases_lib.find_csvs(manual_dir, index.other_files)
+  all_cases = cases_lib.load_cases(csv_paths)
+  plan = splits_lib.plan_splits(all_cases, config.validation_fraction)
+  tasks = {s: [] for s in SPLITS}
+  skips: list[patches.Skip] = []
+  found_images = 0
+  for case in all_cases:
+    split = plan.split_of.get(case.subject)
+    if split is None:
+      continue  # an official-train image of a patient who is in the test CSVs
+    task, case_skips = patches.resolve(case, split, index)
+    skips.extend(case_skips)
+    if task is not None:
+      tasks[split].append(task)
+    if not any(s.abnormality_id is None and s.reason == 'file_missing' for s in case_skips):
+      found_images += 1
+  if found_images == 0:
+    raise ValueError(
+        f'manual_dir {manual_dir} holds no CBIS-DDSM image of the CSVs: {index.num_files} '
+        f'readable .dcm files, {len(index.unreadable)} unreadable, none whose Study/Series UIDs '
+        f'match a CSV image path (CSVs: {csv_source}). Expected the TCIA download, e.g. '
+        'CBIS-DDSM/<Subject>/.../1-1.dcm (NBIA) or CBIS-DDSM/<Subject>/<StudyUID>/<SeriesUID>/'
+        '000000.dcm (classic). If you use your own CSVs, put all four in manual_dir.')
+  report = {
+      'manual_dir': manual_dir,
+      'config': config.name,
+      'csv_source': csv_source,
+      'csv_sha256': {os.path.basename(p): cases_lib.sha256_of(p) for p in csv_paths.values()},
+      'dicom_files': index.num_files,
+      'unreadable_files': index.unreadable,
+      'images_in_csvs': len(all_cases),
+      'abnormalities_in_csvs': sum(len(c.abnormalities) for c in all_cases),
+      'excluded_patients': plan.excluded_patients,
+      'excluded_images': plan.excluded_subjects,
+      'patients': plan.patients,
+      'skips': [s.to_json() for s in skips],
+      'counts': {},
+  }
+  logging.info('cbis_ddsm: %d images planned (%s); %d patients of the official test CSVs '
+               'excluded from train/validation', sum(len(t) for t in tasks.values()),
+               ', '.join(f'{s} {len(t)}' for s, t in tasks.items()),
+               len(plan.excluded_patients))
+  return tasks, report
+
+
+def finish_report(report: dict) -> dict:
+  """Adds totals; counts become plain dicts (labels, 'without_baseline')."""
+  report = dict(report)
+  report['counts'] = {s: dict(sorted(c.items())) for s, c in report.get('counts', {}).items()}
+  report['examples'] = {s: sum(v for k, v in c.items() if k != 'without_baseline')
+                        for s, c in report['counts'].items()}
+  report['skip_counts'] = dict(collections.Counter(s['reason'] for s in report.get('skips', [])))
+  report['skips'] = sorted(report.get('skips', []),
+                           key=lambda s: (s['split'], s['subject'], s['abnormality_id'] or 0))
+  return report
+
+
+def log_summary(report: dict, path: str) -> None:
+  logging.info(
+      'cbis_ddsm build: examples %s; skipped %s; %d patients excluded from train/validation '
+      'because they appear in the official test CSVs; full report: %s',
+      report['examples'], report['skip_counts'] or 'nothing',
+      len(report['excluded_patients']), path)

@@ -1,0 +1,75 @@
+"""Indexing a CBIS-DDSM download by the UIDs in its DICOM headers.
+
+The classic tree (`<Subject>/<StudyUID>/<SeriesUID>/000000.dcm`) and the NBIA Data Retriever
+tree (`<Subject>/<date>-DDSM-NA-<5 digits>/1.000000-<description>-<5 digits>/1-1.dcm`) name
+folders differently, but every file's header carries its StudyInstanceUID and
+SeriesInstanceUID, which are exactly the UIDs in the CSV paths. So the index is keyed by
+(study UID, series UID) and the layout does not matter. Only headers are read.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import os
+
+from tfds_cbis import dicom
+
+
+@dataclasses.dataclass
+class DicomIndex:
+  """Headers of every readable `.dcm` under a folder, and the reasons for the others."""
+
+  root: str
+  series: dict[tuple[str, str], list[dicom.DicomHeader]]
+  unreadable: dict[str, str]  # path -> reason
+  other_files: list[str]  # non-DICOM files seen on the walk (CSV lookup uses them)
+
+  @property
+  def num_files(self) -> int:
+    return sum(len(v) for v in self.series.values())
+
+  def files(self, key: tuple[str, str]) -> list[dicom.DicomHeader]:
+    return self.series.get(key, [])
+
+  def unreadable_under(self, subject: str) -> dict[str, str]:
+    """Unreadable files inside a folder named `subject` (both layouts keep subject folders),
+    so a missing series can be explained by the corrupt file that should have held it."""
+    if not subject:
+      return {}
+    return {p: r for p, r in self.unreadable.items()
+            if subject in p.replace('\\', '/').split('/')[:-1]}
+
+
+def walk(root: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
+  """Lists `.dcm` files and other files under root, sorted, following no symlinked loops."""
+  dcm, other = [], []
+  for dirpath, dirnames, filenames in os.walk(os.fspath(root), followlinks=True):
+    dirnames.sort()
+    for name in filenames:
+      (dcm if name.lower().endswith('.dcm') else other).append(os.path.join(dirpath, name))
+  return sorted(dcm), sorted(other)
+
+
+def _read(path: str) -> dicom.DicomHeader | dicom.DicomReadError:
+  try:
+    return dicom.read_header(path)
+  except dicom.DicomReadError as e:
+    return e
+
+
+def build_index(root: str | os.PathLike[str], threads: int = 8) -> DicomIndex:
+  """Reads the header of every `.dcm` under root (threads hide file-system latency)."""
+  paths, other = walk(root)
+  series: dict[tuple[str, str], list[dicom.DicomHeader]] = collections.defaultdict(list)
+  unreadable: dict[str, str] = {}
+  with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
+    for path, result in zip(paths, pool.map(_read, paths, chunksize=64)):
+      if isinstance(result, dicom.DicomReadError):
+        unreadable[path] = result.reason
+      else:
+        series[(result.study_uid, result.series_uid)].append(result)
+  for headers in series.values():
+    headers.sort(key=lambda h: (h.instance_number or 0, h.path))
+  return DicomIndex(os.fspath(root), dict(series), unreadable, other)
