@@ -227,6 +227,8 @@ def _roi_examples(case: cases_lib.Case, image: np.ndarray, lesions: list[_Lesion
         'image': patch[..., None],
         'baseline': baseline[..., None],
         'has_baseline': chosen is not None,
+        'box': np.asarray(lesion.box, np.int32),
+        'baseline_box': np.asarray(chosen[1] if chosen else (0, 0, 0, 0), np.int32),
         'label': cases_lib.label_name(case.abnormality_type, abn.pathology),
         'abnormality_type': case.abnormality_type,
         'pathology': 'MALIGNANT' if abn.pathology.startswith('MALIGNANT') else 'BENIGN',

@@ -140,6 +140,12 @@ manual_dir when all four are there, else from the official copies shipped with t
                                           doc='Healthy patch beside the lesion; zeros when '
                                           'has_baseline is False.'),
           'has_baseline': np.bool_,
+          'box': tfds.features.Tensor(
+              shape=(4,), dtype=np.int32,
+              doc='The mask\'s bounding box (y0, x0, y1, x1; ends exclusive) in full-image '
+              'pixels.'),
+          'baseline_box': tfds.features.Tensor(
+              shape=(4,), dtype=np.int32, doc='The baseline patch\'s box; zeros without one.'),
           'label': tfds.features.ClassLabel(names=cases_lib.LABEL_NAMES),
           'abnormality_type': tfds.features.ClassLabel(names=cases_lib.ABNORMALITY_TYPES),
           'pathology': tfds.features.ClassLabel(
