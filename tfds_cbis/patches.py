@@ -56,6 +56,7 @@ class Skip:
 class AbnormalityTask:
   abnormality: cases_lib.Abnormality
   candidates: tuple[dicom.DicomHeader, ...]  # files of its crop and ROI series
+  unreadable: tuple[str, ...] = ()  # 'path: reason' of corrupt files in its folders
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +107,9 @@ def resolve(case: cases_lib.Case, split: str,
           seen.add(header.path)
           candidates.append(header)
     if candidates:
-      tasks.append(AbnormalityTask(abn, tuple(candidates)))
+      bad = {**index.unreadable_under(abn.roi.subject), **index.unreadable_under(abn.crop.subject)}
+      tasks.append(AbnormalityTask(abn, tuple(candidates),
+                                   tuple(f'{p}: {r}' for p, r in sorted(bad.items()))))
     else:
       reason, detail = _missing_reason(index, abn.roi.subject, 'ROI mask / crop',
                                        [abn.roi, abn.crop])
@@ -130,7 +133,7 @@ def _find_mask(abn: AbnormalityTask, shape: tuple[int, int], subject: str, split
   Crops are never read unless no full-size binary file exists, so the usual cost is one mask.
   """
   aid = abn.abnormality.abnormality_id
-  errors, mismatched = [], None
+  errors, mismatched = list(abn.unreadable), None
   full_size = [h for h in abn.candidates if (h.rows, h.columns) == shape]
   others = [h for h in abn.candidates if (h.rows, h.columns) != shape]
   for header in full_size + others:

@@ -203,7 +203,8 @@ manual_dir when all four are there, else from the official copies shipped with t
     process = functools.partial(patches.process, spec=spec)
     for result in _imap(process, tasks, self._num_workers):
       self._report['skips'].extend(s.to_json() for s in result.skips)
-      counts['without_baseline'] += result.without_baseline
+      if result.without_baseline:
+        counts['without_baseline'] += result.without_baseline
       for key, example in result.examples:
         counts[example['label']] += 1
         yield key, example
