@@ -27,10 +27,11 @@ class Roi150DummyDataTest(tfds.testing.DatasetBuilderTestCase):
   BUILDER_CONFIG_NAMES_TO_TEST = ['roi150']
   SKIP_CHECKSUMS = True
   MOCK_OUT_FORBIDDEN_OS_FUNCTIONS = False  # pydicom opens files itself
-  # 25 abnormalities in the CSVs; patient P_00001 is in the calc test CSV, so their 4 mass-train
-  # abnormalities are excluded; 2 masks differ in size from their image and are skipped.
-  # train 17 - 2 = 15, validation 2 (1 patient), test 4 (2 patients).
-  SPLITS = {'train': 15, 'validation': 2, 'test': 4}
+  # 27 abnormalities on 25 images in the CSVs: 8 official-test (test = 8). Of the 19
+  # official-train ones, patient P_00001's 4 are dropped (P_00001 is also in the calc test CSV);
+  # validation is 1 of the 7 remaining patients (P_00006: 2 images, 2 abnormalities); and
+  # 2 masks differ in size from their image and are skipped: train = 19 - 4 - 2 - 2 = 11.
+  SPLITS = {'train': 11, 'validation': 2, 'test': 8}
 
 
 class S10DummyDataTest(tfds.testing.DatasetBuilderTestCase):
@@ -38,9 +39,10 @@ class S10DummyDataTest(tfds.testing.DatasetBuilderTestCase):
   BUILDER_CONFIG_NAMES_TO_TEST = ['s10_224']
   SKIP_CHECKSUMS = True
   MOCK_OUT_FORBIDDEN_OS_FUNCTIONS = False
-  # 10 patches per kept abnormality + 10 background patches per image:
-  # train 10 * (15 + 13) = 280 ... see the arithmetic in the class docstring of Roi150.
-  SPLITS = {'train': 280, 'validation': 40, 'test': 80}
+  # 10 patches per kept abnormality + 10 background patches per image (the images of the
+  # two skipped masks still give background): train 10 * (11 + 11 images) = 220,
+  # validation 10 * (2 + 2) = 40, test 10 * (8 + 8) = 160.
+  SPLITS = {'train': 220, 'validation': 40, 'test': 160}
 
 
 def build(manual_dir, data_dir, config='roi150', builder_cls=builder_lib.Builder,

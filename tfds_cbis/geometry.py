@@ -33,9 +33,8 @@ def bounding_box(mask: np.ndarray) -> Box | None:
 def is_binary(pixels: np.ndarray) -> bool:
   """True for a 0/x image (an ROI mask); crops and mammograms have many grey levels."""
   top = pixels.max()
-  if top == 0:
-    return True
-  return not np.any((pixels != 0) & (pixels != top))
+  # Every non-zero pixel equals the maximum; two counting passes, no temporary masks kept.
+  return top == 0 or np.count_nonzero(pixels) == np.count_nonzero(pixels == top)
 
 
 def resize(image: np.ndarray, shape: tuple[int, int], method: str = 'bilinear') -> np.ndarray:
@@ -49,6 +48,10 @@ def resize(image: np.ndarray, shape: tuple[int, int], method: str = 'bilinear') 
   if method not in _RESAMPLE:
     raise ValueError(f'unknown resize method {method!r}; use one of {sorted(_RESAMPLE)}')
   dtype = image.dtype
+  if dtype in (np.uint8, np.uint16):
+    # PIL resamples 8- and 16-bit greyscale natively (modes L and I;16), with rounding.
+    pil = PIL.Image.fromarray(np.ascontiguousarray(image))
+    return np.asarray(pil.resize((shape[1], shape[0]), _RESAMPLE[method])).astype(dtype)
   pil = PIL.Image.fromarray(image.astype(np.float32), mode='F')
   out = np.asarray(pil.resize((shape[1], shape[0]), _RESAMPLE[method]))
   if dtype == bool:

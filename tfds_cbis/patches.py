@@ -206,7 +206,7 @@ def _roi_examples(case: cases_lib.Case, image: np.ndarray, lesions: list[_Lesion
                   spec: PatchSpec) -> Result:
   """The reference study's patches: the mask's box resized, plus a healthy neighbour box."""
   size = (spec.patch_size, spec.patch_size)
-  stride = max(1, max(image.shape) // 512)  # breast tissue test on a ~512 px thumbnail
+  stride = max(1, max(image.shape) // 256)  # breast tissue test on a ~256 px thumbnail
   breast = geometry.AreaTable(geometry.breast_mask(image[::stride, ::stride]))
   known = [(l.box, l.mask) for l in lesions if l.box is not None]
   result = Result([], [])
