@@ -16,7 +16,7 @@ from absl import logging
 import ml_collections
 import tensorflow_datasets as tfds
 
-import tfds_cbis
+import tfds_cbis  # noqa: F401  (registers cbis_ddsm)
 from tfds_cbis import synthetic
 from tfds_cbis.cbis_ddsm import cbis_ddsm_dataset_builder as cbis_builder
 
@@ -52,7 +52,6 @@ def synthetic_tree(data: ml_collections.ConfigDict) -> str:
 
 def prepare_builder(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   """Builds (or reuses) the dataset named by `data.name`; returns its builder."""
-  del tfds_cbis  # imported for its registration of cbis_ddsm
   if data.manual_dir:
     manual_dir = os.path.expanduser(data.manual_dir)
     data_dir = data.data_dir or None
