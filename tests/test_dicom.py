@@ -30,6 +30,21 @@ def test_round_trip_every_uncompressed_encoding_and_rle(tmp_path, syntax):
   np.testing.assert_array_equal(out, pixels)
 
 
+@pytest.mark.parametrize('name', ['CT_small.dcm', 'MR_small.dcm', 'MR_small_implicit.dcm',
+                                  'MR_small_bigendian.dcm', 'MR_small_RLE.dcm',
+                                  'liver_1frame.dcm'])
+def test_fast_path_equals_pydicom_on_its_test_files(name):
+  path = get_testdata_file(name, download=False)
+  ds = pydicom.dcmread(path)
+  expected = ds.pixel_array.astype(np.int64)
+  if ds.PixelRepresentation:
+    expected += 1 << (ds.BitsStored - 1)
+  expected &= (1 << ds.BitsStored) - 1
+  if ds.PhotometricInterpretation == 'MONOCHROME1':
+    expected = (1 << ds.BitsStored) - 1 - expected
+  np.testing.assert_array_equal(dicom.read_image(path), expected)
+
+
 def test_bits_above_bits_stored_are_masked(tmp_path):
   pixels = _image(12)
   path = tmp_path / 'x.dcm'
@@ -106,6 +121,15 @@ def test_truncated_pixel_data(tmp_path):
   # The header is still fine for indexing, which never reads pixels.
   assert dicom.read_header(path).rows == 200
   _assert_error(path, 'truncated pixel data')
+
+
+def test_no_pixel_data(tmp_path):
+  path = tmp_path / 'nopix.dcm'
+  dicom.write_image(path, _image(16))
+  ds = pydicom.dcmread(path)
+  del ds.PixelData
+  ds.save_as(path)
+  _assert_error(path, 'no pixel data')
 
 
 def test_colour_image(tmp_path):

@@ -1,0 +1,66 @@
+"""`python -m mammo_jax.main`: the synthetic-data path, reuse, and clear config errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_main(tmp_path, *flags):
+  env = dict(os.environ, MAMMO_JAX_CACHE=str(tmp_path / 'cache'), TF_CPP_MIN_LOG_LEVEL='3',
+             NO_GCE_CHECK='true', TFDS_CBIS_WORKERS='1')
+  return subprocess.run([sys.executable, '-m', 'mammo_jax.main', *flags], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=600, check=False)
+
+
+@pytest.fixture(scope='module')
+def smoke_run(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp('main')
+  first = run_main(tmp, '--config=configs/default.py:smoke', f'--workdir={tmp / "run1"}')
+  return tmp, first
+
+
+def test_smoke_run_builds_synthetic_data_and_says_so(smoke_run):
+  tmp, done = smoke_run
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert 'SYNTHETIC DATA' in done.stdout
+  assert 'cbis_ddsm/roi150/1.0.0' in done.stdout and 'train ' in done.stdout
+  report = json.loads((tmp / 'run1' / 'dataset_report.json').read_text())
+  assert sum(report['examples'].values()) > 0
+  config = json.loads((tmp / 'run1' / 'config.json').read_text())
+  assert config['data']['synthetic']['patients'] == 12
+
+
+def test_second_run_reuses_the_synthetic_tree_and_build(smoke_run):
+  tmp, _ = smoke_run
+  trees = list((tmp / 'cache' / 'synthetic').iterdir())
+  manifest = trees[0] / 'cbis_ddsm' / 'synthetic_manifest.json'
+  before = manifest.stat().st_mtime_ns
+  again = run_main(tmp, '--config=configs/default.py:smoke', f'--workdir={tmp / "run2"}')
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert manifest.stat().st_mtime_ns == before and len(trees) == 1
+  assert 'Downloading and preparing' in smoke_run[1].stdout
+  assert 'Downloading and preparing' not in again.stdout  # TFDS reused the prepared dataset
+  assert 'Reusing dataset cbis_ddsm' in again.stderr
+
+
+def test_unknown_config_field_is_rejected(tmp_path):
+  done = run_main(tmp_path, '--config=configs/default.py:smoke', '--config.data.manul_dir=/x',
+                  f'--workdir={tmp_path / "w"}')
+  assert done.returncode != 0
+  assert 'manul_dir' in done.stderr
+
+
+def test_manual_dir_without_cbis_ddsm_names_it(tmp_path):
+  folder = tmp_path / 'not_cbis'
+  folder.mkdir()
+  (folder / 'readme.txt').write_text('holiday photos')
+  done = run_main(tmp_path, '--config=configs/default.py:smoke',
+                  f'--config.data.manual_dir={folder}', f'--config.data.data_dir={tmp_path}/d',
+                  f'--workdir={tmp_path / "w"}')
+  assert done.returncode != 0
+  assert f'manual_dir {folder} holds no CBIS-DDSM image' in done.stderr
