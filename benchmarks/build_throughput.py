@@ -1,16 +1,18 @@
 """Build throughput and peak memory of `cbis_ddsm/roi150` on full-size synthetic mammograms.
 
-    python benchmarks/build_throughput.py [--patients 8 24] [--height 4000 --width 3000]
+    python benchmarks/build_throughput.py [--patients 10 80] [--height 4000 --width 3000]
 
 For each dataset size it generates a synthetic CBIS-DDSM tree of real-sized images (uint16,
 about 4000x3000 like the real scans), then, each in a fresh process so memory is measured
 alone:
-  * floor: pydicom reading the pixels of exactly the files the build decodes (every full
-    mammogram and every ROI mask), one after another;
+  * floor: pydicom (`dcmread(path).pixel_array`) reading the pixels of exactly the files the
+    build decodes (every full mammogram and every ROI mask), one after another; and the same
+    with tfds_cbis.dicom.read_pixels, the reader the build uses;
   * build: `download_and_prepare` of roi150 with 1 worker process and with all cores.
 Peak RSS is sampled (every 20 ms) over the whole process tree. Results print as a Markdown
 table for BENCHMARKS.md; the goal is build time <= 1.5x the floor and flat peak memory as the
-dataset grows.
+dataset grows. Start-up (imports, TFDS set-up, writing dataset_info) is a fixed cost, so the
+last rows give the marginal seconds per image between the smallest and largest dataset.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,10 +32,12 @@ import psutil
 
 _FLOOR = r'''
 import json, sys, time, pydicom
+from tfds_cbis import dicom
 paths = json.load(open(sys.argv[1]))
+read = (lambda p: pydicom.dcmread(p).pixel_array) if sys.argv[2] == 'pydicom' else dicom.read_pixels
 t = time.perf_counter()
 for p in paths:
-  pydicom.dcmread(p).pixel_array
+  read(p)
 print(json.dumps({'seconds': time.perf_counter() - t}))
 '''
 
@@ -90,7 +95,7 @@ def _decoded_files(tree: str) -> tuple[list[str], int]:
 
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--patients', type=int, nargs='+', default=[8, 24])
+  parser.add_argument('--patients', type=int, nargs='+', default=[10, 80])
   parser.add_argument('--height', type=int, default=4000)
   parser.add_argument('--width', type=int, default=3000)
   parser.add_argument('--workdir', default=None, help='keep trees here (default: a temp dir)')
@@ -110,16 +115,26 @@ def main() -> int:
     with open(listing, 'w') as f:
       json.dump(files, f)
     gib = sum(os.path.getsize(p) for p in files) / 2**30
-    floor, floor_rss = _run_measured([sys.executable, '-c', _FLOOR, listing])
+    floor, floor_rss = _run_measured([sys.executable, '-c', _FLOOR, listing, 'pydicom'])
     rows.append((patients, images, len(files), gib, 'floor: pydicom pixel reads', 1,
                  floor['seconds'], floor_rss, None))
+    ours, ours_rss = _run_measured([sys.executable, '-c', _FLOOR, listing, 'tfds_cbis'])
+    rows.append((patients, images, len(files), gib, 'tfds_cbis.dicom.read_pixels', 1,
+                 ours['seconds'], ours_rss, ours['seconds'] / floor['seconds']))
     for workers in sorted({1, cores}):
       data_dir = os.path.join(workdir, f'tfds_{patients}_{workers}')
+      shutil.rmtree(data_dir, ignore_errors=True)  # never time a reused dataset
       result, rss = _run_measured([sys.executable, '-c', _BUILD, tree, data_dir, str(workers)])
       rows.append((patients, images, len(files), gib, 'build roi150', workers,
                    result['seconds'], rss, result['seconds'] / floor['seconds']))
   print(f'\n{platform.processor() or platform.machine()}, {cores} cores, '
         f'images {args.height}x{args.width} uint16\n')
+  _print_table(rows)
+  _print_marginal(rows)
+  return 0
+
+
+def _print_table(rows) -> None:
   print('| patients | full images | files decoded (GiB) | run | processes | seconds | '
         'images/s | peak RSS (GiB) | / floor |')
   print('|---|---|---|---|---|---|---|---|---|')
@@ -127,7 +142,27 @@ def main() -> int:
     print(f'| {patients} | {images} | {nfiles} ({gib:.2f}) | {run} | {workers} | '
           f'{seconds:.1f} | {images / seconds:.2f} | {rss:.2f} | '
           f'{"" if ratio is None else f"{ratio:.2f}x"} |')
-  return 0
+
+
+def _print_marginal(rows) -> None:
+  """Seconds per extra image between the smallest and the largest dataset, per run kind."""
+  sizes = sorted({r[0] for r in rows})
+  if len(sizes) < 2:
+    return
+  small, large = sizes[0], sizes[-1]
+  by = {(r[0], r[4], r[5]): r for r in rows}
+  floor_key = ('floor: pydicom pixel reads', 1)
+  floor_small, floor_large = by[(small, *floor_key)], by[(large, *floor_key)]
+  floor_ms = (floor_large[6] - floor_small[6]) / (floor_large[1] - floor_small[1]) * 1000
+  print(f'\nMarginal cost per full image ({small} -> {large} patients):\n')
+  print('| run | processes | ms per image | / floor |')
+  print('|---|---|---|---|')
+  for (patients, run, workers), r in sorted(by.items(), key=lambda kv: kv[0][1:]):
+    if patients != small:
+      continue
+    big = by[(large, run, workers)]
+    ms = (big[6] - r[6]) / (big[1] - r[1]) * 1000
+    print(f'| {run} | {workers} | {ms:.1f} | {ms / floor_ms:.2f}x |')
 
 
 if __name__ == '__main__':

@@ -13,6 +13,7 @@ import os
 import shutil
 
 from absl import logging
+from etils import epath
 import ml_collections
 import tensorflow_datasets as tfds
 
@@ -68,11 +69,10 @@ def prepare_builder(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder
 
 def build_report(builder: tfds.core.DatasetBuilder) -> dict | None:
   """The JSON report the cbis_ddsm builder writes beside the prepared dataset."""
-  path = os.path.join(os.fspath(builder.data_dir), cbis_builder.REPORT_NAME)
-  if not os.path.exists(path):
+  path = epath.Path(builder.data_dir) / cbis_builder.REPORT_NAME  # local or gs://
+  if not path.exists():
     return None
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(path.read_text())
 
 
 def describe(builder: tfds.core.DatasetBuilder) -> str:

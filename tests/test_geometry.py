@@ -13,8 +13,11 @@ def test_bounding_box_and_binary_test():
   mask[30, 35] = 255
   assert geometry.bounding_box(mask) == (10, 5, 31, 36)
   assert geometry.is_binary(mask) and geometry.is_binary(np.zeros((3, 3), np.uint16))
+  assert geometry.binary_box(mask) == (True, (10, 5, 31, 36))
   mask[0, 0] = 7
   assert not geometry.is_binary(mask)
+  assert geometry.binary_box(mask) == (False, (0, 0, 31, 36))
+  assert geometry.binary_box(np.zeros((4, 4), np.uint16)) == (True, None)
 
 
 @pytest.mark.parametrize('method', ['nearest', 'bilinear', 'area'])

@@ -23,11 +23,23 @@ _RESAMPLE = {
 
 def bounding_box(mask: np.ndarray) -> Box | None:
   """The tight box around the non-zero pixels, or None for an empty mask."""
-  rows = np.flatnonzero(mask.any(axis=1))
+  row_max = mask.max(axis=1)  # a max-reduction is several times faster than any() here
+  rows = np.flatnonzero(row_max)
   if rows.size == 0:
     return None
-  cols = np.flatnonzero(mask[rows[0]:rows[-1] + 1].any(axis=0))
+  cols = np.flatnonzero(mask[rows[0]:rows[-1] + 1].max(axis=0))
   return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
+
+
+def binary_box(pixels: np.ndarray) -> tuple[bool, Box | None]:
+  """(is_binary(pixels), bounding_box(pixels)) in about one pass over a large mask.
+
+  Outside the box every pixel is 0, so the binary test only needs the box's contents.
+  """
+  box = bounding_box(pixels)
+  if box is None:
+    return True, None
+  return is_binary(pixels[box[0]:box[2], box[1]:box[3]]), box
 
 
 def is_binary(pixels: np.ndarray) -> bool:

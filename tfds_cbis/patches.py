@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 from collections.abc import Sequence
 
 import numpy as np
+import PIL.Image
 
 from tfds_cbis import cases as cases_lib
 from tfds_cbis import dicom
@@ -72,6 +74,14 @@ class Result:
   examples: list[tuple[str, dict]]
   skips: list[Skip]
   without_baseline: int = 0
+
+
+def encode_png(patch: np.ndarray) -> bytes:
+  """Lossless 8/16-bit greyscale PNG of a 2-D patch, made in the worker (TFDS accepts bytes),
+  so neither the main process nor a Beam worker needs TensorFlow to encode."""
+  out = io.BytesIO()
+  PIL.Image.fromarray(np.ascontiguousarray(patch)).save(out, format='PNG', compress_level=1)
+  return out.getvalue()
 
 
 def stable_seed(key: str) -> int:
@@ -142,10 +152,10 @@ def _find_mask(abn: AbnormalityTask, shape: tuple[int, int], subject: str, split
     except dicom.DicomReadError as e:
       errors.append(str(e))
       continue
-    if not geometry.is_binary(pixels):
+    binary, box = geometry.binary_box(pixels)
+    if not binary:
       continue  # a crop
     if pixels.shape == shape:
-      box = geometry.bounding_box(pixels)
       if box is None:
         return _Lesion(abn, None, None, False), Skip(
             subject, aid, 'empty_mask', f'{header.path}: the ROI mask has no lesion pixel', split)
@@ -227,8 +237,8 @@ def _roi_examples(case: cases_lib.Case, image: np.ndarray, lesions: list[_Lesion
     key = f'{case.subject}/abnorm_{abn.abnormality_id}'
     result.examples.append((key, {
         'id': key,
-        'image': patch[..., None],
-        'baseline': baseline[..., None],
+        'image': encode_png(patch),
+        'baseline': encode_png(baseline),
         'has_baseline': chosen is not None,
         'box': np.asarray(lesion.box, np.int32),
         'baseline_box': np.asarray(chosen[1] if chosen else (0, 0, 0, 0), np.int32),
@@ -275,7 +285,7 @@ def _sampled_examples(case: cases_lib.Case, split: str, image: np.ndarray,
     for k, (y0, x0, y1, x1) in enumerate(corners):
       key = f'{base}/patch_{k}'
       result.examples.append((key, {
-          'id': key, 'image': small[y0:y1, x0:x1, None], 'label': label,
+          'id': key, 'image': encode_png(small[y0:y1, x0:x1]), 'label': label,
           'abnormality_id': abn.abnormality_id, **_metadata(case)}))
   if spec.background_per_image:
     breast = geometry.breast_mask(small)
@@ -294,7 +304,7 @@ def _sampled_examples(case: cases_lib.Case, split: str, image: np.ndarray,
       for k, (y0, x0, y1, x1) in enumerate(corners):
         key = f'{case.subject}/background_{k}'
         result.examples.append((key, {
-            'id': key, 'image': small[y0:y1, x0:x1, None], 'label': BACKGROUND,
+            'id': key, 'image': encode_png(small[y0:y1, x0:x1]), 'label': BACKGROUND,
             'abnormality_id': 0, **_metadata(case)}))
   return result
 

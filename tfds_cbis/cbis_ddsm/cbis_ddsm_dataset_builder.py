@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterator
 
 from absl import logging
+from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -193,7 +194,7 @@ manual_dir when all four are there, else from the official copies shipped with t
   def _generate_examples(self, split: str, tasks: list[patches.ImageTask]):
     spec = self.builder_config.patch_spec()
     if self._use_beam:
-      skip_path = os.path.join(os.fspath(self.data_dir), f'skips-{split}.jsonl')
+      skip_path = os.fspath(epath.Path(self.data_dir) / f'skips-{split}.jsonl')
       return _beam_transform(split, tasks, spec, skip_path)
     return self._generate_locally(split, tasks, spec)
 
@@ -220,28 +221,35 @@ manual_dir when all four are there, else from the official copies shipped with t
       counts = self._report['counts'].setdefault(split, collections.Counter())
       counts[name] += counter.committed if counter.committed is not None else counter.attempted
     for split in SPLITS:
-      path = os.path.join(os.fspath(self.data_dir), f'skips-{split}.jsonl')
-      if os.path.exists(path):
-        with open(path) as f:
-          self._report['skips'].extend(json.loads(line) for line in f if line.strip())
-        os.remove(path)
+      path = epath.Path(self.data_dir) / f'skips-{split}.jsonl'
+      if path.exists():
+        self._report['skips'].extend(
+            json.loads(line) for line in path.read_text().splitlines() if line.strip())
+        path.unlink()
 
   def _write_report(self) -> None:
     report = finish_report(self._report)
-    path = os.path.join(os.fspath(self.data_dir), REPORT_NAME)
-    with open(path, 'w') as f:
-      json.dump(report, f, indent=1, sort_keys=True)
-    log_summary(report, path)
+    path = epath.Path(self.data_dir) / REPORT_NAME  # data_dir may be a gs:// bucket
+    path.write_text(json.dumps(report, indent=1, sort_keys=True))
+    log_summary(report, os.fspath(path))
 
 
 def _imap(fn, items, workers: int) -> Iterator:
-  """Ordered map over processes; fork keeps start-up cheap (workers never touch TF)."""
+  """Ordered map over processes with a bounded number of results in flight, so memory does
+  not grow when writing is slower than reading. Fork keeps start-up cheap; workers never
+  touch TensorFlow."""
   if workers <= 1 or len(items) <= 1:
     yield from map(fn, items)
     return
-  ctx = multiprocessing.get_context('fork')
-  with ctx.Pool(min(workers, len(items))) as pool:
-    yield from pool.imap(fn, items, chunksize=1)
+  workers = min(workers, len(items))
+  with multiprocessing.get_context('fork').Pool(workers) as pool:
+    pending = collections.deque()
+    for item in items:
+      pending.append(pool.apply_async(fn, (item,)))
+      if len(pending) >= 2 * workers:
+        yield pending.popleft().get()
+    while pending:
+      yield pending.popleft().get()
 
 
 def _beam_transform(split: str, tasks: list[patches.ImageTask], spec: patches.PatchSpec,
