@@ -13,6 +13,7 @@ import tensorflow_datasets as tfds
 from tfds_cbis import cases
 from tfds_cbis import dicom
 from tfds_cbis import geometry
+from tfds_cbis import patches
 from tfds_cbis import synthetic
 from tfds_cbis.cbis_ddsm import cbis_ddsm_dataset_builder as builder_lib
 
@@ -39,10 +40,10 @@ class S10DummyDataTest(tfds.testing.DatasetBuilderTestCase):
   BUILDER_CONFIG_NAMES_TO_TEST = ['s10_224']
   SKIP_CHECKSUMS = True
   MOCK_OUT_FORBIDDEN_OS_FUNCTIONS = False
-  # 10 patches per kept abnormality + 10 background patches per image (the images of the
-  # two skipped masks still give background): train 10 * (11 + 11 images) = 220,
-  # validation 10 * (2 + 2) = 40, test 10 * (8 + 8) = 160.
-  SPLITS = {'train': 220, 'validation': 40, 'test': 160}
+  # 10 patches per kept abnormality + 10 background patches per image with a kept
+  # abnormality (as TFDS: Calc-Training_P_00010_LEFT_MLO's only mask has the wrong size):
+  # train 10 * (11 + 10 images) = 210, validation 10 * (2 + 2) = 40, test 10 * (8 + 8) = 160.
+  SPLITS = {'train': 210, 'validation': 40, 'test': 160}
 
 
 def build(manual_dir, data_dir, config='roi150', builder_cls=builder_lib.Builder,
@@ -172,8 +173,8 @@ def test_quirks(trees, roi):
 class ResizeMasks(builder_lib.Builder):
   """A user-declared variant: resize masks whose size differs from the image."""
 
-  BUILDER_CONFIGS = [builder_lib.CbisDdsmConfig(name='roi150_resized', patch_size=150,
-                                                resize_mismatched_masks=True)]
+  BUILDER_CONFIGS = [builder_lib.CbisDdsmConfig(
+      name='roi150_resized', spec=patches.PatchSpec(resize_mismatched_masks=True))]
 
 
 def test_resize_mismatched_masks_option(trees, roi, tmp_path):
@@ -233,6 +234,14 @@ def test_missing_and_corrupt_files_skip_only_what_they_hold(trees, roi, tmp_path
             if not a['quirks'] and i['subject'] not in excluded and len(i['abnormalities']) == 1]
   (img_a, abn_a), (img_b, abn_b), (img_c, _) = usable[:3]
   shutil.rmtree(os.path.dirname(tree / abn_a['mask_path']))  # abnormality's series gone
+  # An image with two lesions loses one mask: the other lesion keeps its example, but no
+  # patch of that image can be certified healthy any more, so it gets no baseline.
+  img_d = next(i for i in manifest['images'] if i['subject'] not in excluded
+               and len(i['abnormalities']) == 2
+               and not any(a['quirks'] for a in i['abnormalities'])
+               and roi[1][f'{i["subject"]}/abnorm_2']['has_baseline'])
+  mask_d = tree / img_d['abnormalities'][0]['mask_path']
+  mask_d.write_bytes(b'not a dicom file')
   mask_b = tree / abn_b['mask_path']
   mask_b.write_bytes(mask_b.read_bytes()[:400])  # truncated mask: unreadable header
   full_c = tree / img_c['path']
@@ -245,7 +254,13 @@ def test_missing_and_corrupt_files_skip_only_what_they_hold(trees, roi, tmp_path
   assert str(mask_b) in skips[(img_b['subject'], 1)]['detail']
   assert skips[(img_c['subject'], None)]['reason'] == 'file_unreadable'
   assert 'truncated pixel data' in skips[(img_c['subject'], None)]['detail']
-  assert set(exs) == set(roi[1]) - {f'{i["subject"]}/abnorm_1' for i in (img_a, img_b, img_c)}
+  assert skips[(img_d['subject'], 1)]['reason'] == 'file_unreadable'
+  assert skips[(img_d['subject'], 1)]['source'].startswith(('calc_case', 'mass_case'))
+  assert not exs[f'{img_d["subject"]}/abnorm_2']['has_baseline']
+  lost = {f'{i["subject"]}/abnorm_1' for i in (img_a, img_b, img_c, img_d)}
+  assert set(exs) == set(roi[1]) - lost
+  for key in set(exs) - {f'{img_d["subject"]}/abnorm_2'}:
+    assert exs[key]['has_baseline'] == roi[1][key]['has_baseline']
 
 
 def test_no_images_or_malformed_csv_fail_with_a_clear_error(trees, tmp_path):
@@ -265,9 +280,20 @@ def test_no_images_or_malformed_csv_fail_with_a_clear_error(trees, tmp_path):
     build(empty, tmp_path / 'c')  # the packaged CSVs, but no DICOM
 
 
+def _resized_masks(tree, image, shape=(1152, 896)):
+  """Each abnormality's mask at the s10 image scale (any covered pixel counts, as the builder)."""
+  out = {}
+  full_shape = tuple(image['shape'])
+  for abn in image['abnormalities']:
+    mask = dicom.read_pixels(tree / abn['mask_path']) > 0
+    mask = geometry.resize(mask, full_shape, 'nearest').astype(np.uint8) * 255
+    out[abn['abnormality_id']] = geometry.resize(mask, shape, 'area') > 0
+  return out
+
+
 def test_s10_sampling(trees, roi, tmp_path):
   builder = build(trees['classic'], tmp_path, 's10_224', num_workers=2)
-  exs, rep = examples(builder), report(builder)
+  exs = examples(builder)
   roi_exs = roi[1]
   names = builder.info.features['label'].names
   assert names[0] == 'BACKGROUND' and names[1:] == roi[0].info.features['label'].names
@@ -281,11 +307,31 @@ def test_s10_sampling(trees, roi, tmp_path):
     else:
       assert ex['label'] == 0 and ex['abnormality_id'] == 0
   assert set(per_unit.values()) == {10}
-  lesion_units = {u for u in per_unit if '/abnorm_' in u}
-  assert lesion_units == set(roi_exs)
-  images = {u for u in per_unit if u.endswith('/background')}
-  assert len(images) == len({k.split('/')[0] for k in roi_exs}) - rep['skip_counts'].get(
-      'sampling_failed', 0) or len(images) > 0
+  assert {u for u in per_unit if '/abnorm_' in u} == set(roi_exs)
+  # Background patches come from exactly the images with a kept abnormality.
+  assert {u for u in per_unit if u.endswith('/background')} == {
+      f'{k.split("/")[0]}/background' for k in roi_exs}
+
+  # Overlap rules, measured on the masks themselves.
+  tree, strong = trees['classic'], []
+  for image in trees['manifest']['images']:
+    masks = None
+    for key in [k for k in exs if k.startswith(image['subject'] + '/')]:
+      masks = masks or _resized_masks(tree, image)
+      y0, x0, y1, x1 = exs[key]['box']
+      assert (y1 - y0, x1 - x0) == (224, 224)
+      if '/patch_' in key:
+        lesion = masks[exs[key]['abnormality_id']]
+        inside = lesion[y0:y1, x0:x1].sum()
+        share = max(inside / 224**2, inside / lesion.sum())
+        assert share > 0.1, key  # the last relaxation level
+        strong.append(share > 0.9)
+      else:
+        for lesion in masks.values():
+          inside = lesion[y0:y1, x0:x1].sum()
+          assert max(inside / 224**2, inside / lesion.sum()) <= 0.9, key
+  assert np.mean(strong) > 0.8  # most patches meet the initial 0.9 threshold
+
   again = examples(build(trees['classic'], tmp_path / 'again', 's10_224', num_workers=1))
   assert again.keys() == exs.keys()
   for key in list(exs)[::7]:

@@ -72,7 +72,9 @@ def test_baseline_none_when_nothing_fits_and_stride_is_respected():
   table = geometry.AreaTable(breast)
   lesion = (80, 60, 100, 80)
   assert geometry.choose_baseline(lesion, breast.shape, table, 1, [], 0.9) is None
-  low = geometry.downsample_mask(np.ones((200, 200), bool), 4) > 0.5
+  # A thumbnail taken every 4th pixel: the box is tested in thumbnail coordinates.
+  low = np.zeros((50, 50), bool)
+  low[:, 10:15] = True  # only image columns 40..59, the left neighbour, are breast
   side, _ = geometry.choose_baseline(lesion, (200, 200), geometry.AreaTable(low), 4, [], 0.9)
   assert side == 'left'
 

@@ -6,5 +6,6 @@ geometry, splits, patches, synthetic) stay cheap to import in worker processes.
 """
 
 from tfds_cbis.cbis_ddsm import Builder, CbisDdsmConfig  # registers 'cbis_ddsm'
+from tfds_cbis.patches import PatchSpec
 
-__all__ = ['Builder', 'CbisDdsmConfig']
+__all__ = ['Builder', 'CbisDdsmConfig', 'PatchSpec']

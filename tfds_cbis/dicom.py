@@ -38,8 +38,7 @@ _HEADER_TAGS = (
     'SeriesDescription', 'InstanceNumber', 'Rows', 'Columns', 'BitsAllocated', 'BitsStored',
     'PhotometricInterpretation', 'SamplesPerPixel', 'NumberOfFrames',
 )
-# Digital Mammography X-Ray Image Storage - For Presentation; what the synthetic files claim.
-MAMMOGRAPHY_SOP_CLASS = UID('1.2.840.10008.5.1.4.1.1.1.2')
+# CBIS-DDSM's files are Secondary Capture objects; so are the ones write_image makes.
 SECONDARY_CAPTURE_SOP_CLASS = UID('1.2.840.10008.5.1.4.1.1.7')
 
 

@@ -52,8 +52,9 @@ def is_binary(pixels: np.ndarray) -> bool:
 def resize(image: np.ndarray, shape: tuple[int, int], method: str = 'bilinear') -> np.ndarray:
   """Resizes a 2-D uint8/uint16/bool image to (height, width), keeping its dtype.
 
-  Bilinear and area filters run in float32 through PIL (antialiased when shrinking), then are
-  rounded back, so 16-bit content keeps its full precision.
+  8- and 16-bit images use PIL's native modes (L, I;16), whose bilinear and area filters
+  are antialiased when shrinking and round to the nearest level; bool masks go through
+  float32 and come back thresholded at 0.5.
   """
   if image.shape == tuple(shape):
     return image.copy()
@@ -82,15 +83,6 @@ def breast_mask(image: np.ndarray, fraction: float = 0.05) -> np.ndarray:
   sizes = np.bincount(labels.ravel())
   sizes[0] = 0
   return ndimage.binary_fill_holes(labels == int(sizes.argmax()))
-
-
-def downsample_mask(mask: np.ndarray, stride: int) -> np.ndarray:
-  """Fraction of True pixels in each stride×stride block (float32), for cheap area tests."""
-  h, w = mask.shape
-  hp, wp = -(-h // stride) * stride, -(-w // stride) * stride
-  padded = np.zeros((hp, wp), np.float32)
-  padded[:h, :w] = mask
-  return padded.reshape(hp // stride, stride, wp // stride, stride).mean(axis=(1, 3))
 
 
 class AreaTable:

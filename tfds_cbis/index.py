@@ -43,9 +43,19 @@ class DicomIndex:
 
 
 def walk(root: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
-  """Lists `.dcm` files and other files under root, sorted, following no symlinked loops."""
+  """Lists `.dcm` files and other files under root, sorted.
+
+  Symlinked folders are followed (downloads are often assembled from links), each real
+  folder once, so a link cycle cannot make the walk endless.
+  """
   dcm, other = [], []
+  seen = set()
   for dirpath, dirnames, filenames in os.walk(os.fspath(root), followlinks=True):
+    real = os.path.realpath(dirpath)
+    if real in seen:
+      dirnames[:] = []
+      continue
+    seen.add(real)
     dirnames.sort()
     for name in filenames:
       (dcm if name.lower().endswith('.dcm') else other).append(os.path.join(dirpath, name))

@@ -49,6 +49,7 @@ class Skip:
   reason: str  # a short category, counted in the build report
   detail: str
   split: str = ''
+  source: str = ''  # the CSV rows ('file.csv:line') the skipped examples come from
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
@@ -89,6 +90,10 @@ def stable_seed(key: str) -> int:
   return int.from_bytes(hashlib.sha256(key.encode('utf-8')).digest()[:8], 'little')
 
 
+def _sources(case: cases_lib.Case) -> str:
+  return ', '.join(a.source for a in case.abnormalities)
+
+
 def _missing_reason(index: index_lib.DicomIndex, subject: str, what: str,
                     refs: Sequence[cases_lib.FileRef]) -> tuple[str, str]:
   bad = index.unreadable_under(subject)
@@ -105,7 +110,7 @@ def resolve(case: cases_lib.Case, split: str,
   images = index.files(case.image.series_key)
   if not images:
     reason, detail = _missing_reason(index, case.image.subject, 'full mammogram', [case.image])
-    return None, [Skip(case.subject, None, reason, detail, split)]
+    return None, [Skip(case.subject, None, reason, detail, split, _sources(case))]
   # One file per full-image series in CBIS-DDSM; if a tree holds more, take the largest.
   image = max(images, key=lambda h: (h.rows * h.columns, h.path))
   tasks, skips = [], []
@@ -123,7 +128,7 @@ def resolve(case: cases_lib.Case, split: str,
     else:
       reason, detail = _missing_reason(index, abn.roi.subject, 'ROI mask / crop',
                                        [abn.roi, abn.crop])
-      skips.append(Skip(case.subject, abn.abnormality_id, reason, detail, split))
+      skips.append(Skip(case.subject, abn.abnormality_id, reason, detail, split, abn.source))
   task = ImageTask(case, split, image, tuple(tasks)) if tasks else None
   return task, skips
 
@@ -195,17 +200,22 @@ def process(task: ImageTask, spec: PatchSpec) -> Result:
   try:
     image = dicom.read_image(task.image.path)
   except dicom.DicomReadError as e:
-    return Result([], [Skip(case.subject, None, 'file_unreadable', str(e), split)])
+    return Result([], [Skip(case.subject, None, 'file_unreadable', str(e), split,
+                            _sources(case))])
   lesions, skips = [], []
   for abn in task.abnormalities:
     lesion, skip = _find_mask(abn, image.shape, case.subject, split, spec)
     lesions.append(lesion)
     if skip:
-      skips.append(skip)
+      skips.append(dataclasses.replace(skip, source=abn.abnormality.source))
+  # A lesion whose mask could not be found or read has no known place, so no patch of this
+  # image can be certified healthy: no baselines and no background patches for it.
+  all_located = (len(task.abnormalities) == len(case.abnormalities)
+                 and all(l.box is not None for l in lesions))
   if spec.mode == 'roi':
-    result = _roi_examples(case, image, lesions, spec)
+    result = _roi_examples(case, image, lesions, spec, all_located)
   elif spec.mode == 'sampled':
-    result = _sampled_examples(case, split, image, lesions, spec)
+    result = _sampled_examples(case, split, image, lesions, spec, all_located)
   else:
     raise ValueError(f'unknown patch mode {spec.mode!r}')
   result.skips[:0] = skips
@@ -213,7 +223,7 @@ def process(task: ImageTask, spec: PatchSpec) -> Result:
 
 
 def _roi_examples(case: cases_lib.Case, image: np.ndarray, lesions: list[_Lesion],
-                  spec: PatchSpec) -> Result:
+                  spec: PatchSpec, all_located: bool) -> Result:
   """The reference study's patches: the mask's box resized, plus a healthy neighbour box."""
   size = (spec.patch_size, spec.patch_size)
   stride = max(1, max(image.shape) // 256)  # breast tissue test on a ~256 px thumbnail
@@ -226,8 +236,10 @@ def _roi_examples(case: cases_lib.Case, image: np.ndarray, lesions: list[_Lesion
     abn = lesion.task.abnormality
     y0, x0, y1, x1 = lesion.box
     patch = geometry.resize(image[y0:y1, x0:x1], size, spec.resize_method)
-    chosen = geometry.choose_baseline(lesion.box, image.shape, breast, stride, known,
-                                      spec.baseline_min_breast)
+    chosen = None
+    if all_located:
+      chosen = geometry.choose_baseline(lesion.box, image.shape, breast, stride, known,
+                                        spec.baseline_min_breast)
     if chosen is None:
       baseline = np.zeros(size, np.uint16)
       result.without_baseline += 1
@@ -255,7 +267,7 @@ def _roi_examples(case: cases_lib.Case, image: np.ndarray, lesions: list[_Lesion
 
 
 def _sampled_examples(case: cases_lib.Case, split: str, image: np.ndarray,
-                      lesions: list[_Lesion], spec: PatchSpec) -> Result:
+                      lesions: list[_Lesion], spec: PatchSpec, all_located: bool) -> Result:
   """Shen et al.'s S10 patches from the image resized to `spec.resize_shape` (TFDS `patches`)."""
   shape = tuple(spec.resize_shape)
   full_shape = image.shape
@@ -286,8 +298,15 @@ def _sampled_examples(case: cases_lib.Case, split: str, image: np.ndarray,
       key = f'{base}/patch_{k}'
       result.examples.append((key, {
           'id': key, 'image': encode_png(small[y0:y1, x0:x1]), 'label': label,
+          'box': np.asarray((y0, x0, y1, x1), np.int32),
           'abnormality_id': abn.abnormality_id, **_metadata(case)}))
-  if spec.background_per_image:
+  # Like TFDS, an image gives background patches only with at least one usable abnormality;
+  # and only when every lesion's place is known (see `process`).
+  if not all_located:
+    result.skips.append(Skip(case.subject, None, 'background_skipped',
+                             'a lesion of this image has no readable mask, so no patch of it '
+                             'can be certified as background', split))
+  elif spec.background_per_image and any(l.usable for l in lesions):
     breast = geometry.breast_mask(small)
     breast_box = geometry.bounding_box(breast)
     corners = None
@@ -305,17 +324,23 @@ def _sampled_examples(case: cases_lib.Case, split: str, image: np.ndarray,
         key = f'{case.subject}/background_{k}'
         result.examples.append((key, {
             'id': key, 'image': encode_png(small[y0:y1, x0:x1]), 'label': BACKGROUND,
+            'box': np.asarray((y0, x0, y1, x1), np.int32),
             'abnormality_id': 0, **_metadata(case)}))
   return result
 
 
 def _resized_mask(lesion: _Lesion, full_shape: tuple[int, int],
                   shape: tuple[int, int]) -> np.ndarray:
-  """The lesion's mask at the resized image's scale, built from its box alone."""
+  """The lesion's mask at the resized image's scale, built from its box alone.
+
+  A resized pixel counts when any of the pixels it covers is lesion (area resampling, > 0),
+  as TFDS's `> 0` after resizing does, so thin calcification masks do not vanish.
+  """
   sy, sx = shape[0] / full_shape[0], shape[1] / full_shape[1]
   y0, x0, y1, x1 = lesion.box
   ry0, rx0 = int(y0 * sy), int(x0 * sx)
   ry1, rx1 = max(ry0 + 1, int(np.ceil(y1 * sy))), max(rx0 + 1, int(np.ceil(x1 * sx)))
   out = np.zeros(shape, bool)
-  out[ry0:ry1, rx0:rx1] = geometry.resize(lesion.mask, (ry1 - ry0, rx1 - rx0), 'nearest')
+  coverage = geometry.resize(lesion.mask.astype(np.uint8) * 255, (ry1 - ry0, rx1 - rx0), 'area')
+  out[ry0:ry1, rx0:rx1] = coverage > 0
   return out

@@ -41,12 +41,13 @@ def plan_splits(all_cases: Sequence[cases_lib.Case], validation_fraction: float 
     raise ValueError(f'validation_fraction must be in [0, 1), got {validation_fraction}')
   test_patients = {c.patient_id for c in all_cases if c.official_split == 'test'}
   labels_of: dict[str, list[str]] = collections.defaultdict(list)
-  excluded_subjects = []
+  excluded_subjects, excluded_patients = [], set()
   for c in all_cases:
     if c.official_split != 'train':
       continue
     if c.patient_id in test_patients:
       excluded_subjects.append(c.subject)
+      excluded_patients.add(c.patient_id)
       continue
     labels_of[c.patient_id].extend(
         cases_lib.label_name(c.abnormality_type, a.pathology) for a in c.abnormalities)
@@ -69,9 +70,8 @@ def plan_splits(all_cases: Sequence[cases_lib.Case], validation_fraction: float 
       split_of[c.subject] = 'test'
     elif c.patient_id not in test_patients:
       split_of[c.subject] = 'validation' if c.patient_id in validation else 'train'
-  excluded = sorted({c.patient_id for c in all_cases
-                     if c.official_split == 'train' and c.patient_id in test_patients})
   return SplitPlan(
-      split_of=split_of, excluded_patients=excluded, excluded_subjects=sorted(excluded_subjects),
+      split_of=split_of, excluded_patients=sorted(excluded_patients),
+      excluded_subjects=sorted(excluded_subjects),
       patients={'train': len(labels_of) - len(validation), 'validation': len(validation),
                 'test': len(test_patients)})

@@ -47,29 +47,16 @@ SPLITS = ('train', 'validation', 'test')
 
 @dataclasses.dataclass(eq=False)
 class CbisDdsmConfig(tfds.core.BuilderConfig):
-  """A patch dataset variant. Declare your own in a few lines, e.g.
+  """A patch dataset variant: what to cut (a `PatchSpec`) and the validation share.
 
-      ROI224 = CbisDdsmConfig(name='roi224', mode='roi', patch_size=224)
-      class MyBuilder(Builder):
-        BUILDER_CONFIGS = Builder.BUILDER_CONFIGS + [ROI224]
+  Declare your own in a few lines, e.g.
 
-  Fields mirror `tfds_cbis.patches.PatchSpec` (see there), plus the split's validation share.
+      class CbisDdsm224(Builder):  # registered as 'cbis_ddsm224'
+        BUILDER_CONFIGS = [CbisDdsmConfig(name='roi224', spec=PatchSpec(patch_size=224))]
   """
 
-  mode: str = 'roi'
-  patch_size: int = 150
-  patches_per_abnormality: int = 10
-  background_per_image: int = 10
-  resize_shape: tuple[int, int] = (1152, 896)
-  resize_method: str = 'bilinear'
-  baseline_min_breast: float = 0.9
-  resize_mismatched_masks: bool = False
-  max_aspect_difference: float = 0.02
+  spec: patches.PatchSpec = dataclasses.field(default_factory=patches.PatchSpec)
   validation_fraction: float = 0.1
-
-  def patch_spec(self) -> patches.PatchSpec:
-    fields = {f.name for f in dataclasses.fields(patches.PatchSpec)}
-    return patches.PatchSpec(**{k: getattr(self, k) for k in fields})
 
 
 ROI150 = CbisDdsmConfig(
@@ -78,7 +65,7 @@ ROI150 = CbisDdsmConfig(
                  'mask cut from the full mammogram and resized to 150x150 (16 bits), with a '
                  'same-size healthy baseline patch next to it (left/right/top/bottom) inside '
                  'the breast and overlapping no lesion.'),
-    mode='roi', patch_size=150)
+    spec=patches.PatchSpec(mode='roi', patch_size=150))
 S10_224 = CbisDdsmConfig(
     name='s10_224',
     description=('Shen et al.\'s S10 sampling as in TFDS\'s curated_breast_imaging_ddsm '
@@ -86,7 +73,7 @@ S10_224 = CbisDdsmConfig(
                  'at >=0.9 overlap (relaxed x0.95 per 100 tries) and 10 background patches '
                  'per image (>75% breast, <=35% lesion overlap, relaxed 5% per 100 tries); '
                  '16 bits kept; five labels with BACKGROUND first.'),
-    mode='sampled', patch_size=224)
+    spec=patches.PatchSpec(mode='sampled', patch_size=224))
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
@@ -120,10 +107,11 @@ manual_dir when all four are there, else from the official copies shipped with t
     self._num_workers = (os.cpu_count() or 1) if num_workers is None else num_workers
     self._download_config = None
     self._report: dict = {}
+    self._pool = None
 
   def _info(self) -> tfds.core.DatasetInfo:
-    config: CbisDdsmConfig = self.builder_config
-    size = config.patch_size
+    spec = self.builder_config.spec
+    size = spec.patch_size
     common = {
         'id': tfds.features.Text(doc='Unique, deterministic example key.'),
         'image': tfds.features.Image(shape=(size, size, 1), dtype=np.uint16,
@@ -133,7 +121,7 @@ manual_dir when all four are there, else from the official copies shipped with t
         'view': tfds.features.ClassLabel(names=cases_lib.VIEWS),
         'abnormality_id': np.int32,
     }
-    if config.mode == 'roi':
+    if spec.mode == 'roi':
       features = {
           **common,
           'baseline': tfds.features.Image(shape=(size, size, 1), dtype=np.uint16,
@@ -156,8 +144,13 @@ manual_dir when all four are there, else from the official copies shipped with t
           'breast_density': np.int32,
       }
     else:
-      features = {**common,
-                  'label': tfds.features.ClassLabel(names=patches.SAMPLED_LABEL_NAMES)}
+      features = {
+          **common,
+          'label': tfds.features.ClassLabel(names=patches.SAMPLED_LABEL_NAMES),
+          'box': tfds.features.Tensor(
+              shape=(4,), dtype=np.int32,
+              doc=f'The patch (y0, x0, y1, x1) in the image resized to {spec.resize_shape}.'),
+      }
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict(features),
         supervised_keys=('image', 'label'),
@@ -169,7 +162,12 @@ manual_dir when all four are there, else from the official copies shipped with t
 
   def _download_and_prepare(self, dl_manager, download_config):  # pytype: disable=signature-mismatch
     self._download_config = download_config
-    super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config)
+    try:
+      super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config)
+    finally:
+      if self._pool is not None:
+        self._pool.close()
+        self._pool = None
     self._write_report()
 
   @property
@@ -192,7 +190,7 @@ manual_dir when all four are there, else from the official copies shipped with t
   # --- generation -------------------------------------------------------------------------
 
   def _generate_examples(self, split: str, tasks: list[patches.ImageTask]):
-    spec = self.builder_config.patch_spec()
+    spec = self.builder_config.spec
     if self._use_beam:
       skip_path = os.fspath(epath.Path(self.data_dir) / f'skips-{split}.jsonl')
       return _beam_transform(split, tasks, spec, skip_path)
@@ -202,7 +200,9 @@ manual_dir when all four are there, else from the official copies shipped with t
                         spec: patches.PatchSpec) -> Iterator[tuple[str, dict]]:
     counts = self._report['counts'].setdefault(split, collections.Counter())
     process = functools.partial(patches.process, spec=spec)
-    for result in _imap(process, tasks, self._num_workers):
+    if self._pool is None and self._num_workers > 1:
+      self._pool = _worker_pool(self._num_workers)
+    for result in _imap(process, tasks, self._pool, self._num_workers):
       self._report['skips'].extend(s.to_json() for s in result.skips)
       if result.without_baseline:
         counts['without_baseline'] += result.without_baseline
@@ -234,22 +234,32 @@ manual_dir when all four are there, else from the official copies shipped with t
     log_summary(report, os.fspath(path))
 
 
-def _imap(fn, items, workers: int) -> Iterator:
-  """Ordered map over processes with a bounded number of results in flight, so memory does
-  not grow when writing is slower than reading. Fork keeps start-up cheap; workers never
-  touch TensorFlow."""
-  if workers <= 1 or len(items) <= 1:
+def _worker_pool(workers: int):
+  """Worker processes that never import TensorFlow.
+
+  Not plain fork: by now TensorFlow may run threads in this process, and forking a threaded
+  process can deadlock. The fork server starts clean and preloads only the patch code.
+  """
+  method = 'forkserver' if 'forkserver' in multiprocessing.get_all_start_methods() else 'spawn'
+  ctx = multiprocessing.get_context(method)
+  if method == 'forkserver':
+    ctx.set_forkserver_preload(['tfds_cbis.patches'])
+  return ctx.Pool(workers)
+
+
+def _imap(fn, items, pool, workers: int) -> Iterator:
+  """Ordered map with a bounded number of results in flight, so memory stays flat when
+  writing is slower than reading."""
+  if pool is None:
     yield from map(fn, items)
     return
-  workers = min(workers, len(items))
-  with multiprocessing.get_context('fork').Pool(workers) as pool:
-    pending = collections.deque()
-    for item in items:
-      pending.append(pool.apply_async(fn, (item,)))
-      if len(pending) >= 2 * workers:
-        yield pending.popleft().get()
-    while pending:
+  pending = collections.deque()
+  for item in items:
+    pending.append(pool.apply_async(fn, (item,)))
+    if len(pending) >= 2 * workers:
       yield pending.popleft().get()
+  while pending:
+    yield pending.popleft().get()
 
 
 def _beam_transform(split: str, tasks: list[patches.ImageTask], spec: patches.PatchSpec,
