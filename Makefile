@@ -1,5 +1,6 @@
 # mammo_jax: `make demo` and `make test` are all a fresh machine needs.
-PYTHON ?= python3
+# Python 3.11: the pinned jax/TensorFlow set is tested there.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -13,6 +14,9 @@ PYTEST_WORKERS ?= 2
 install: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else \
+	  "mammo_jax needs Python 3.11 (found %s at $(PYTHON)); run make PYTHON=/path/to/python3.11" \
+	  % sys.version.split()[0])'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
 	$(PY) -m pip install --quiet -e '.[test]'
