@@ -360,3 +360,20 @@ def test_tfds_build_cli(trees, tmp_path):
       env=env, capture_output=True, text=True, timeout=600, check=False)
   assert done.returncode == 0, done.stderr[-3000:]
   assert (tmp_path / 'cbis_ddsm' / 'roi150' / '1.0.0' / builder_lib.REPORT_NAME).exists()
+
+
+def test_parallel_build_from_a_plain_script(trees, tmp_path):
+  """Worker processes must not re-run the caller's script (no `__main__` guard here)."""
+  script = tmp_path / 'build.py'
+  script.write_text(
+      'import tensorflow_datasets as tfds\n'
+      'from tfds_cbis.cbis_ddsm import cbis_ddsm_dataset_builder as b\n'
+      f'builder = b.Builder(config="roi150", data_dir={str(tmp_path / "d")!r}, num_workers=2)\n'
+      'builder.download_and_prepare(download_config=tfds.download.DownloadConfig(\n'
+      f'    manual_dir={str(trees["classic"])!r}, try_download_gcs=False))\n'
+      'print("BUILT", builder.info.splits["train"].num_examples)\n')
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', NO_GCE_CHECK='true')
+  done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
+                        timeout=300, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert done.stdout.count('BUILT') == 1

@@ -12,6 +12,7 @@ import functools
 import json
 import multiprocessing
 import os
+import sys
 from collections.abc import Iterator
 
 from absl import logging
@@ -235,16 +236,16 @@ manual_dir when all four are there, else from the official copies shipped with t
 
 
 def _worker_pool(workers: int):
-  """Worker processes that never import TensorFlow.
+  """Worker processes for `patches.process`, created once per build, before any split is
+  written.
 
-  Not plain fork: by now TensorFlow may run threads in this process, and forking a threaded
-  process can deadlock. The fork server starts clean and preloads only the patch code.
+  Fork, where the platform has it: spawn and forkserver re-import the caller's main module in
+  every worker, which breaks scripts without an `if __name__ == '__main__'` guard and stdin or
+  notebook sessions. Forking a process that runs TensorFlow threads is safe here because the
+  workers never call into TensorFlow (only numpy, PIL and pydicom).
   """
-  method = 'forkserver' if 'forkserver' in multiprocessing.get_all_start_methods() else 'spawn'
-  ctx = multiprocessing.get_context(method)
-  if method == 'forkserver':
-    ctx.set_forkserver_preload(['tfds_cbis.patches'])
-  return ctx.Pool(workers)
+  method = 'fork' if sys.platform.startswith('linux') else 'spawn'
+  return multiprocessing.get_context(method).Pool(workers)
 
 
 def _imap(fn, items, pool, workers: int) -> Iterator:
