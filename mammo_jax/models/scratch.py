@@ -1,0 +1,48 @@
+"""The reference study's from-scratch CNNs (REFERENCE_STUDY.md §2.1-2.3) as one linen module.
+
+Each experiment is a set of attributes: conv widths (one conv + 2x2 max-pool block each), the
+first block's kernel and stride, the head's width, dropout, and optional batch norm. Keras
+defaults the study relied on are explicit: 'valid' padding, Glorot-uniform kernels, zero
+biases, BatchNorm epsilon 1e-3. The module returns logits; losses and thresholds live in the
+task code.
+"""
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+_glorot = nn.initializers.glorot_uniform()
+
+
+class ScratchCNN(nn.Module):
+  """Conv blocks (conv [-> BN] -> ReLU -> max-pool), flatten, Dense-ReLU-[Dropout]-Dense."""
+
+  filters: Sequence[int]
+  dense: int
+  num_outputs: int  # 1: a sigmoid logit (binary tasks); 4: softmax logits
+  first_kernel: int = 3
+  first_stride: int = 1
+  dropout: float = 0.5  # 0 leaves the dropout layer out (Exp 0)
+  batch_norm: bool = False
+  bn_momentum: float = 0.99  # Keras semantics: running = momentum * running + (1 - m) * batch
+  bn_epsilon: float = 1e-3  # Keras's default, not Flax's 1e-5
+  bn_axis_name: str | None = None  # set to the pmap axis to sync batch statistics
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    for i, width in enumerate(self.filters):
+      k, s = (self.first_kernel, self.first_stride) if i == 0 else (3, 1)
+      x = nn.Conv(width, (k, k), strides=(s, s), padding='VALID', kernel_init=_glorot,
+                  name=f'conv{i}')(x)
+      if self.batch_norm:
+        x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                         epsilon=self.bn_epsilon, axis_name=self.bn_axis_name,
+                         name=f'bn{i}')(x)
+      x = nn.relu(x)
+      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = x.reshape((x.shape[0], -1))  # NHWC flatten = Keras's H*W*C order
+    x = nn.relu(nn.Dense(self.dense, kernel_init=_glorot, name='fc')(x))
+    if self.dropout:
+      x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    return nn.Dense(self.num_outputs, kernel_init=_glorot, name='logits')(x)
