@@ -101,25 +101,25 @@ def test_both_layouts_and_worker_counts_give_identical_examples(trees, roi, tmp_
 
 
 def test_labels_and_metadata_equal_the_csv(trees, roi):
-  _, exs, _ = roi
-  all_cases = cases.load_cases(cases.find_csvs(trees['classic'],
-                                               [str(p) for p in trees['classic'].iterdir()])[0])
-  info = roi[0].info.features
+  """Against the generator's manifest (the truth the CSVs were written from), not our parser."""
+  builder, exs, _ = roi
+  feature = builder.info.features
   checked = 0
-  for case in all_cases:
-    for abn in case.abnormalities:
-      ex = exs.get(f'{case.subject}/abnorm_{abn.abnormality_id}')
-      if ex is None:
-        continue
-      checked += 1
-      assert info['label'].int2str(ex['label']) == cases.label_name(case.abnormality_type,
-                                                                     abn.pathology)
-      assert info['abnormality_type'].int2str(ex['abnormality_type']) == case.abnormality_type
-      assert ex['patient_id'].decode() == case.patient_id
-      assert info['breast'].int2str(ex['breast']) == case.breast
-      assert info['view'].int2str(ex['view']) == case.view
-      assert (ex['abnormality_id'], ex['assessment'], ex['subtlety'], ex['breast_density']) == (
-          abn.abnormality_id, abn.assessment, abn.subtlety, case.breast_density)
+  for image, abn in _abnormalities(trees['manifest']):
+    ex = exs.get(f'{image["subject"]}/abnorm_{abn["abnormality_id"]}')
+    if ex is None:
+      continue
+    checked += 1
+    assert feature['label'].int2str(ex['label']) == abn['label']
+    assert feature['abnormality_type'].int2str(ex['abnormality_type']) == (
+        'MASS' if image['abnormality_type'] == 'mass' else 'CALCIFICATION')
+    assert feature['pathology'].int2str(ex['pathology']) == (
+        'MALIGNANT' if abn['pathology'] == 'MALIGNANT' else 'BENIGN')
+    assert ex['patient_id'].decode() == image['patient_id']
+    assert feature['breast'].int2str(ex['breast']) == image['breast']
+    assert feature['view'].int2str(ex['view']) == image['view']
+    assert (ex['abnormality_id'], ex['assessment'], ex['subtlety'], ex['breast_density']) == (
+        abn['abnormality_id'], abn['assessment'], abn['subtlety'], image['density'])
   assert checked == len(exs)
 
 
@@ -263,6 +263,18 @@ def test_missing_and_corrupt_files_skip_only_what_they_hold(trees, roi, tmp_path
     assert exs[key]['has_baseline'] == roi[1][key]['has_baseline']
 
 
+def test_a_split_without_any_readable_image_fails_clearly(trees, roi, tmp_path):
+  tree = tmp_path / 'damaged'
+  shutil.copytree(trees['classic'], tree)
+  for image in trees['manifest']['images']:
+    if image['official_split'] == 'test':
+      full = tree / image['path']
+      full.write_bytes(full.read_bytes()[:-2000])  # truncated pixel data
+  with pytest.raises(ValueError, match=f"split 'test' under manual_dir {tree} gave an exa"):
+    build(tree, tmp_path / 'tfds')
+  assert not (tmp_path / 'tfds' / 'cbis_ddsm' / 'roi150' / '1.0.0').exists()
+
+
 def test_no_images_or_malformed_csv_fail_with_a_clear_error(trees, tmp_path):
   only_csvs = tmp_path / 'only_csvs'
   only_csvs.mkdir()
@@ -351,7 +363,7 @@ def test_beam_direct_runner_builds_the_same_dataset(trees, roi, tmp_path):
   assert sorted(map(json.dumps, rep['skips'])) == sorted(map(json.dumps, roi[2]['skips']))
 
 
-def test_tfds_build_cli(trees, tmp_path):
+def test_tfds_build_cli(trees, roi, tmp_path):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', NO_GCE_CHECK='true', TFDS_CBIS_WORKERS='1')
   tfds_cli = os.path.join(os.path.dirname(sys.executable), 'tfds')
   done = subprocess.run(
@@ -359,7 +371,9 @@ def test_tfds_build_cli(trees, tmp_path):
        '--manual_dir', str(trees['nbia']), '--data_dir', str(tmp_path)],
       env=env, capture_output=True, text=True, timeout=600, check=False)
   assert done.returncode == 0, done.stderr[-3000:]
-  assert (tmp_path / 'cbis_ddsm' / 'roi150' / '1.0.0' / builder_lib.REPORT_NAME).exists()
+  rep = json.loads(
+      (tmp_path / 'cbis_ddsm' / 'roi150' / '1.0.0' / builder_lib.REPORT_NAME).read_text())
+  assert rep['examples'] == roi[2]['examples']  # the NBIA tree through the CLI = classic
 
 
 def test_parallel_build_from_a_plain_script(trees, tmp_path):

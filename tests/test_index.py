@@ -1,7 +1,5 @@
 """tfds_cbis.index: header-only indexing by UIDs, unreadable files, odd trees."""
 
-import os
-
 import numpy as np
 
 from tfds_cbis import dicom
@@ -21,9 +19,8 @@ def test_index_by_uids_with_unreadable_files_and_a_symlink_loop(tmp_path):
   (tmp_path / 'metadata.csv').write_text('Series UID\n')
   idx = index.build_index(tmp_path)
   assert [h.path for h in idx.files(('1.2', '1.2.3'))] == [str(a), str(b)]  # by InstanceNumber
-  assert idx.num_files == 2
+  assert idx.num_files == 2  # the cycle did not make the walk list a file twice
   assert list(idx.unreadable) == [str(bad)] and 'not a DICOM file' in idx.unreadable[str(bad)]
   assert idx.unreadable_under('Mass-Training_P_00001_LEFT_CC_1') == idx.unreadable
   assert idx.unreadable_under('Mass-Training_P_00001_LEFT_CC') == {}
-  assert str(tmp_path / 'metadata.csv') in idx.other_files
-  assert not any('loop' in p for p in idx.other_files + [os.fspath(a)])
+  assert idx.other_files == [str(tmp_path / 'metadata.csv')]

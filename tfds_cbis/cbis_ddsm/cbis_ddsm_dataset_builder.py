@@ -7,6 +7,7 @@ declares the configs and features and wires the pieces into TFDS, with or withou
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import functools
 import json
@@ -165,9 +166,13 @@ manual_dir when all four are there, else from the official copies shipped with t
     self._download_config = download_config
     try:
       super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config)
+    except Exception:
+      if self._report:  # the prepared folder is discarded: keep the skips in the log at least
+        log_summary(finish_report(self._report), 'not written: the build failed')
+      raise
     finally:
       if self._pool is not None:
-        self._pool.close()
+        self._pool.shutdown(cancel_futures=True)
         self._pool = None
     self._write_report()
 
@@ -203,13 +208,23 @@ manual_dir when all four are there, else from the official copies shipped with t
     process = functools.partial(patches.process, spec=spec)
     if self._pool is None and self._num_workers > 1:
       self._pool = _worker_pool(self._num_workers)
+    yielded, skips = 0, []
     for result in _imap(process, tasks, self._pool, self._num_workers):
-      self._report['skips'].extend(s.to_json() for s in result.skips)
+      skips.extend(s.to_json() for s in result.skips)
       if result.without_baseline:
         counts['without_baseline'] += result.without_baseline
       for key, example in result.examples:
         counts[example['label']] += 1
+        yielded += 1
         yield key, example
+    self._report['skips'].extend(skips)
+    if not yielded:
+      reasons = collections.Counter(s['reason'] for s in skips)
+      raise ValueError(
+          f'cbis_ddsm: none of the {len(tasks)} images of split {split!r} under manual_dir '
+          f'{self._report["manual_dir"]} gave an example (skips: {dict(reasons)}; first: '
+          f'{skips[0]["detail"] if skips else "none"}). Check that the files are complete, '
+          'e.g. re-download the failed series with the NBIA Data Retriever.')
 
   # --- reporting --------------------------------------------------------------------------
 
@@ -235,9 +250,9 @@ manual_dir when all four are there, else from the official copies shipped with t
     log_summary(report, os.fspath(path))
 
 
-def _worker_pool(workers: int):
+def _worker_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
   """Worker processes for `patches.process`, created once per build, before any split is
-  written.
+  written. A worker that dies (e.g. killed for memory) fails the build instead of hanging it.
 
   Fork, where the platform has it: spawn and forkserver re-import the caller's main module in
   every worker, which breaks scripts without an `if __name__ == '__main__'` guard and stdin or
@@ -245,7 +260,8 @@ def _worker_pool(workers: int):
   workers never call into TensorFlow (only numpy, PIL and pydicom).
   """
   method = 'fork' if sys.platform.startswith('linux') else 'spawn'
-  return multiprocessing.get_context(method).Pool(workers)
+  return concurrent.futures.ProcessPoolExecutor(
+      workers, mp_context=multiprocessing.get_context(method))
 
 
 def _imap(fn, items, pool, workers: int) -> Iterator:
@@ -255,12 +271,17 @@ def _imap(fn, items, pool, workers: int) -> Iterator:
     yield from map(fn, items)
     return
   pending = collections.deque()
-  for item in items:
-    pending.append(pool.apply_async(fn, (item,)))
-    if len(pending) >= 2 * workers:
-      yield pending.popleft().get()
-  while pending:
-    yield pending.popleft().get()
+  try:
+    for item in items:
+      pending.append(pool.submit(fn, item))
+      if len(pending) >= 2 * workers:
+        yield pending.popleft().result()
+    while pending:
+      yield pending.popleft().result()
+  except concurrent.futures.process.BrokenProcessPool as e:
+    raise RuntimeError(
+        'cbis_ddsm: a worker process died while reading mammograms (out of memory?); '
+        'build again with fewer workers, e.g. TFDS_CBIS_WORKERS=1') from e
 
 
 def _beam_transform(split: str, tasks: list[patches.ImageTask], spec: patches.PatchSpec,
@@ -315,8 +336,7 @@ def plan_build(manual_dir: str, config: CbisDdsmConfig) -> tuple[dict, dict]:
     skips.extend(case_skips)
     if task is not None:
       tasks[split].append(task)
-    if not any(s.abnormality_id is None and s.reason == 'file_missing' for s in case_skips):
-      found_images += 1
+    found_images += bool(index.files(case.image.series_key))
   if found_images == 0:
     raise ValueError(
         f'manual_dir {manual_dir} holds no CBIS-DDSM image of the CSVs: {index.num_files} '
