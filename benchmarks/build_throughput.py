@@ -1,6 +1,6 @@
 """Build throughput and peak memory of `cbis_ddsm/roi150` on full-size synthetic mammograms.
 
-    python benchmarks/build_throughput.py [--patients 10 80] [--height 4000 --width 3000]
+    python benchmarks/build_throughput.py [--patients 10 80 160] [--height 4000 --width 3000]
 
 For each dataset size it generates a synthetic CBIS-DDSM tree of real-sized images (uint16,
 about 4000x3000 like the real scans), then, each in a fresh process so memory is measured
@@ -104,7 +104,7 @@ def _decoded_files(tree: str) -> tuple[list[str], int]:
 
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--patients', type=int, nargs='+', default=[10, 80])
+  parser.add_argument('--patients', type=int, nargs='+', default=[10, 80, 160])
   parser.add_argument('--height', type=int, default=4000)
   parser.add_argument('--width', type=int, default=3000)
   parser.add_argument('--workdir', default=None, help='keep trees here (default: a temp dir)')
