@@ -56,3 +56,53 @@ def keras_adam(learning_rate: float = 1e-3, decay: float = 0.0, beta_1: float = 
   """keras.optimizers.Adam (amsgrad=False)."""
   return optax.chain(_scale_by_keras_adam(beta_1, beta_2, epsilon),
                      optax.scale_by_learning_rate(inverse_time_decay(learning_rate, decay)))
+
+
+class _NadamState(NamedTuple):
+  count: jnp.ndarray
+  u_product: jnp.ndarray
+  mu: optax.Updates
+  nu: optax.Updates
+
+
+def _scale_by_keras_nadam(b1: float, b2: float, eps: float) -> optax.GradientTransformation:
+  """Keras's Nadam: momentum schedule u_t = b1 (1 - 0.5 * 0.96^t) and its running product."""
+
+  def init(params):
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    return _NadamState(jnp.zeros([], jnp.int32), jnp.ones([], jnp.float32), zeros, zeros)
+
+  def update(updates, state, params=None):
+    del params
+    count = state.count + 1
+    t = count.astype(jnp.float32)
+    u_t = b1 * (1.0 - 0.5 * 0.96**t)
+    u_next = b1 * (1.0 - 0.5 * 0.96**(t + 1))
+    u_product = state.u_product * u_t
+    u_product_next = u_product * u_next
+    mu = jax.tree.map(lambda m, g: m + (g - m) * (1 - b1), state.mu, updates)
+    nu = jax.tree.map(lambda v, g: v + (g * g - v) * (1 - b2), state.nu, updates)
+
+    def step(m, v, g):
+      m_hat = u_next * m / (1 - u_product_next) + (1 - u_t) * g / (1 - u_product)
+      return m_hat / (jnp.sqrt(v / (1 - b2**t)) + eps)
+
+    out = jax.tree.map(step, mu, nu, updates)
+    return out, _NadamState(count, u_product, mu, nu)
+
+  return optax.GradientTransformation(init, update)
+
+
+def keras_nadam(learning_rate: float = 1e-3, decay: float = 0.0, beta_1: float = 0.9,
+                beta_2: float = 0.999, epsilon: float = 1e-7) -> optax.GradientTransformation:
+  """keras.optimizers.Nadam."""
+  return optax.chain(_scale_by_keras_nadam(beta_1, beta_2, epsilon),
+                     optax.scale_by_learning_rate(inverse_time_decay(learning_rate, decay)))
+
+
+def keras_sgd(learning_rate: float = 1e-2, decay: float = 0.0,
+              momentum: float = 0.0) -> optax.GradientTransformation:
+  """keras.optimizers.SGD (not Nesterov): the velocity accumulates lr-scaled gradients,
+  v = momentum v - lr_n g, which differs from optax.sgd once the rate decays."""
+  scaled = optax.scale_by_learning_rate(inverse_time_decay(learning_rate, decay))
+  return optax.chain(scaled, optax.trace(decay=momentum)) if momentum else scaled

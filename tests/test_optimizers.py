@@ -34,7 +34,8 @@ def _optax_run(tx, params, grads_per_step):
 
 # Gradients of 1e-6 make epsilon's placement (inside/outside the square root) visible.
 @pytest.mark.parametrize('scale', [1.0, 1e-6])
-@pytest.mark.parametrize('name', ['rmsprop', 'rmsprop_decay', 'adam', 'adam_decay'])
+@pytest.mark.parametrize('name', ['rmsprop', 'rmsprop_decay', 'adam', 'adam_decay', 'nadam',
+                                  'nadam_decay', 'sgd', 'sgd_momentum_decay'])
 def test_matches_keras_over_several_steps(name, scale):
   rng = np.random.default_rng(0)
   params = {'w': rng.normal(size=(5, 3)).astype(np.float32),
@@ -49,9 +50,18 @@ def test_matches_keras_over_several_steps(name, scale):
   if name.startswith('rmsprop'):
     make = lambda keras: keras.optimizers.RMSprop(learning_rate=schedule(keras))
     tx = optimizers.keras_rmsprop(lr, decay)
-  else:
+  elif name.startswith('adam'):
     make = lambda keras: keras.optimizers.Adam(learning_rate=schedule(keras))
     tx = optimizers.keras_adam(lr, decay)
+  elif name.startswith('nadam'):
+    make = lambda keras: keras.optimizers.Nadam(learning_rate=schedule(keras))
+    tx = optimizers.keras_nadam(lr, decay)
+  else:
+    momentum = 0.9 if 'momentum' in name else 0.0
+    make = lambda keras: keras.optimizers.SGD(learning_rate=schedule(keras), momentum=momentum)
+    tx = optimizers.keras_sgd(lr, decay, momentum)
+    if scale != 1.0:
+      pytest.skip('SGD has no epsilon')
   expected = _keras_run(make, params, grads)
   got = _optax_run(tx, params, grads)
   for k in params:
