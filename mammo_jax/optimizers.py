@@ -25,30 +25,36 @@ def keras_rmsprop(learning_rate: float = 1e-3, decay: float = 0.0, rho: float = 
                        eps_in_sqrt=True)
 
 
-class _AdamState(NamedTuple):
+class _MomentState(NamedTuple):
   count: jnp.ndarray
+  u_product: jnp.ndarray  # Nadam's running product of momentum factors (unused by Adam)
   mu: optax.Updates
   nu: optax.Updates
+
+
+def _init_moments(params) -> _MomentState:
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  return _MomentState(jnp.zeros([], jnp.int32), jnp.ones([], jnp.float32), zeros, zeros)
+
+
+def _update_moments(state: _MomentState, grads, b1: float, b2: float):
+  """Keras's first/second moment updates; returns (step t as float, mu, nu)."""
+  mu = jax.tree.map(lambda m, g: m + (g - m) * (1 - b1), state.mu, grads)
+  nu = jax.tree.map(lambda v, g: v + (g * g - v) * (1 - b2), state.nu, grads)
+  return (state.count + 1).astype(jnp.float32), mu, nu
 
 
 def _scale_by_keras_adam(b1: float, b2: float, eps: float) -> optax.GradientTransformation:
   """m/(sqrt(v) + eps) scaled by sqrt(1 - b2^t) / (1 - b1^t), as Keras computes it."""
 
-  def init(params):
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    return _AdamState(jnp.zeros([], jnp.int32), zeros, zeros)
-
   def update(updates, state, params=None):
     del params
-    mu = jax.tree.map(lambda m, g: m + (g - m) * (1 - b1), state.mu, updates)
-    nu = jax.tree.map(lambda v, g: v + (g * g - v) * (1 - b2), state.nu, updates)
-    count = state.count + 1
-    t = count.astype(jnp.float32)
+    t, mu, nu = _update_moments(state, updates, b1, b2)
     alpha = jnp.sqrt(1 - b2**t) / (1 - b1**t)
     out = jax.tree.map(lambda m, v: alpha * m / (jnp.sqrt(v) + eps), mu, nu)
-    return out, _AdamState(count, mu, nu)
+    return out, state._replace(count=state.count + 1, mu=mu, nu=nu)
 
-  return optax.GradientTransformation(init, update)
+  return optax.GradientTransformation(_init_moments, update)
 
 
 def keras_adam(learning_rate: float = 1e-3, decay: float = 0.0, beta_1: float = 0.9,
@@ -58,39 +64,25 @@ def keras_adam(learning_rate: float = 1e-3, decay: float = 0.0, beta_1: float = 
                      optax.scale_by_learning_rate(inverse_time_decay(learning_rate, decay)))
 
 
-class _NadamState(NamedTuple):
-  count: jnp.ndarray
-  u_product: jnp.ndarray
-  mu: optax.Updates
-  nu: optax.Updates
-
-
 def _scale_by_keras_nadam(b1: float, b2: float, eps: float) -> optax.GradientTransformation:
   """Keras's Nadam: momentum schedule u_t = b1 (1 - 0.5 * 0.96^t) and its running product."""
 
-  def init(params):
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    return _NadamState(jnp.zeros([], jnp.int32), jnp.ones([], jnp.float32), zeros, zeros)
-
   def update(updates, state, params=None):
     del params
-    count = state.count + 1
-    t = count.astype(jnp.float32)
+    t, mu, nu = _update_moments(state, updates, b1, b2)
     u_t = b1 * (1.0 - 0.5 * 0.96**t)
     u_next = b1 * (1.0 - 0.5 * 0.96**(t + 1))
     u_product = state.u_product * u_t
     u_product_next = u_product * u_next
-    mu = jax.tree.map(lambda m, g: m + (g - m) * (1 - b1), state.mu, updates)
-    nu = jax.tree.map(lambda v, g: v + (g * g - v) * (1 - b2), state.nu, updates)
 
     def step(m, v, g):
       m_hat = u_next * m / (1 - u_product_next) + (1 - u_t) * g / (1 - u_product)
       return m_hat / (jnp.sqrt(v / (1 - b2**t)) + eps)
 
     out = jax.tree.map(step, mu, nu, updates)
-    return out, _NadamState(count, u_product, mu, nu)
+    return out, _MomentState(state.count + 1, u_product, mu, nu)
 
-  return optax.GradientTransformation(init, update)
+  return optax.GradientTransformation(_init_moments, update)
 
 
 def keras_nadam(learning_rate: float = 1e-3, decay: float = 0.0, beta_1: float = 0.9,
