@@ -37,7 +37,6 @@ def test_readme_builds_both_configs_from_both_layouts(tmp_path):
 @pytest.mark.slow
 def test_beam_multiprocessing_cli_build_equals_the_local_build(tmp_path):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  import tfds_cbis  # pylint: disable=g-import-not-at-top,unused-import
   from tfds_cbis import synthetic  # pylint: disable=g-import-not-at-top
 
   tree = tmp_path / 'tree'
