@@ -1,9 +1,10 @@
 """Fields shared by every mammo_jax experiment; experiment configs import and extend them.
 
-Command (until the training core lands, this builds the dataset and prints its statistics):
+Experiment configs (scratch2.py, scratch4.py, benmal.py, ...) start from these fields. On its own
+this file trains the study's best 2-class scratch CNN, Exp 5, with the study's settings:
   python -m mammo_jax.main --config=configs/default.py --workdir=runs/default
   python -m mammo_jax.main --config=configs/default.py:smoke --workdir=/tmp/smoke
-  python -m mammo_jax.main --config=configs/default.py --workdir=runs/real \
+  python -m mammo_jax.main --config=configs/scratch2.py --workdir=runs/real \
       --config.data.manual_dir=/data/tcia/CBIS-DDSM --config.data.data_dir=gs://bucket/tfds
 
 With `data.manual_dir` empty the run uses the synthetic CBIS-DDSM of `tfds_cbis.synthetic`,
@@ -16,7 +17,38 @@ import ml_collections
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.seed = 0
+  config.seed = 0  # init, epoch order, augmentation and dropout all derive from it
+  config.task = 'mass_vs_calc'  # mass_vs_calc | four_class | benign_vs_malignant
+
+  config.model = model = ml_collections.ConfigDict()
+  model.name = 'scratch2_exp5'  # a key of mammo_jax.models.MODELS
+  model.preprocess = 'unit'  # uint16 / 65535, the study's scaling for scratch models
+
+  config.optimizer = opt = ml_collections.ConfigDict()
+  opt.name = 'rmsprop'  # rmsprop | adam | nadam | sgd, with Keras's defaults and semantics
+  opt.learning_rate = 1e-3
+  opt.decay = 1e-3  # Keras time-based decay per update: lr / (1 + decay * step)
+  opt.momentum = 0.0  # sgd only
+  config.l2 = 0.0  # Keras l2(c) on every kernel: c * sum(w^2) added to the loss
+
+  # The study's setting A (REFERENCE_STUDY.md §1.7); training batches only.
+  config.augment = aug = ml_collections.ConfigDict()
+  aug.rotation = 180.0  # degrees
+  aug.shear = 10.0  # degrees
+  aug.zoom = 0.2
+  aug.width_shift = 0.0
+  aug.height_shift = 0.0
+  aug.horizontal_flip = True
+  aug.vertical_flip = True
+  aug.fill_mode = 'reflect'
+
+  config.batch_size = 128  # global, split over local devices
+  config.eval_batch_size = 128  # the last batch is padded and masked
+  config.num_epochs = 500  # an epoch is one pass over the training split
+  config.num_train_steps = -1  # > 0 caps the run
+  config.patience = 80  # epochs without validation-loss improvement; 0 = no early stopping
+  config.log_every_steps = 20
+  config.checkpoint_every_steps = 0  # latest checkpoint cadence; 0 = at every epoch end
 
   config.data = data = ml_collections.ConfigDict()
   data.name = 'cbis_ddsm/roi150'  # TFDS name/config of the patch dataset
@@ -33,9 +65,32 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   synthetic.height = 1024
   synthetic.width = 640
 
-  if arg == 'smoke':  # tiny and fast, for tests
-    synthetic.patients = 12
-    synthetic.height, synthetic.width = 256, 160
+  if arg == 'smoke':
+    smoke(config)
   elif arg not in (None, ''):
     raise ValueError(f'configs/default.py takes no argument or "smoke", got {arg!r}')
   return config
+
+
+def smoke(config: ml_collections.ConfigDict) -> None:
+  """A tiny, fast run of the same code paths (used by the tests and CI)."""
+  config.data.synthetic.patients = 12
+  config.data.synthetic.height, config.data.synthetic.width = 256, 160
+  config.batch_size = 4
+  config.eval_batch_size = 4
+  config.num_epochs = 2
+  config.patience = 0
+  config.log_every_steps = 1
+  config.checkpoint_every_steps = 2
+
+
+def parse_args(arg: str | None, variants: tuple[str, ...], default: str,
+               config_file: str) -> tuple[str, bool]:
+  """'VARIANT', 'smoke', 'VARIANT,smoke' or '' -> (variant, smoke)."""
+  parts = [p for p in (arg or '').split(',') if p]
+  smoke_run = 'smoke' in parts
+  rest = [p for p in parts if p != 'smoke']
+  if len(rest) > 1 or (rest and rest[0] not in variants):
+    raise ValueError(f'{config_file} takes one of {", ".join(variants)} (default {default}), '
+                     f'optionally with ",smoke"; got {arg!r}')
+  return (rest[0] if rest else default), smoke_run

@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterator
 
 from absl import logging
 from etils import epath
 import ml_collections
+import numpy as np
 import tensorflow_datasets as tfds
 
 import tfds_cbis  # noqa: F401  (registers cbis_ddsm)
@@ -93,3 +95,78 @@ def describe(builder: tfds.core.DatasetBuilder) -> str:
     lines.append(f'  skipped: {report.get("skip_counts") or "nothing"} '
                  f'(details in {cbis_builder.REPORT_NAME})')
   return '\n'.join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Arrays for training and evaluation. The roi150 splits are small (the real train split is
+# about 2,700 patches of 150x150 uint16, ~120 MB), so each split is decoded once into host
+# memory. Batches are then plain index arithmetic: the order of epoch e is a pure function of
+# (seed, e), which is what makes an interrupted run resume exactly.
+
+def load_split(builder: tfds.core.DatasetBuilder, split: str,
+               features: tuple[str, ...] = ('image', 'label')) -> dict[str, np.ndarray]:
+  """Decodes `features` of a whole split into numpy arrays, sorted by example id."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], 'GPU')  # keep TF off accelerators JAX needs
+  if split not in builder.info.splits:
+    raise ValueError(f'{builder.info.full_name} has no split {split!r}; it has '
+                     f'{", ".join(builder.info.splits)}')
+  ds = builder.as_dataset(split=split, shuffle_files=False)
+  columns = {name: [] for name in ('id', *features)}
+  for example in tfds.as_numpy(ds):
+    for name in columns:
+      columns[name].append(example[name])
+  order = np.argsort(np.array(columns.pop('id'), dtype=object).astype(str), kind='stable')
+  arrays = {name: np.stack(values)[order] if values else np.zeros((0,))
+            for name, values in columns.items()}
+  if 'label' in arrays:
+    arrays['label'] = arrays['label'].astype(np.int32)
+  return arrays
+
+
+def num_examples(data: dict[str, np.ndarray]) -> int:
+  return len(next(iter(data.values())))
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+  """An epoch is one pass over the training split in full batches (REFERENCE_STUDY.md D6)."""
+  if n < batch_size:
+    raise ValueError(f'the training split has {n} examples, fewer than batch_size='
+                     f'{batch_size}; lower --config.batch_size')
+  return n // batch_size
+
+
+def epoch_order(n: int, batch_size: int, seed: int, epoch: int) -> np.ndarray:
+  """[steps, batch_size] example indices of `epoch`; the remainder rotates between epochs."""
+  steps = steps_per_epoch(n, batch_size)
+  perm = np.random.default_rng([seed, epoch]).permutation(n)
+  return perm[:steps * batch_size].reshape(steps, batch_size)
+
+
+def train_batches(data: dict[str, np.ndarray], batch_size: int, seed: int,
+                  start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+  """Endless shuffled training batches, starting at global step `start_step`."""
+  steps = steps_per_epoch(num_examples(data), batch_size)
+  epoch, offset = divmod(start_step, steps)
+  while True:
+    order = epoch_order(num_examples(data), batch_size, seed, epoch)
+    for idx in order[offset:]:
+      yield {name: values[idx] for name, values in data.items()}
+    epoch, offset = epoch + 1, 0
+
+
+def eval_batches(data: dict[str, np.ndarray],
+                 batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+  """Every example once, in order; the last batch is zero-padded and `mask` marks real ones."""
+  n = num_examples(data)
+  for start in range(0, n, batch_size):
+    stop = min(start + batch_size, n)
+    batch = {}
+    for name, values in data.items():
+      chunk = values[start:stop]
+      if stop - start < batch_size:
+        pad = np.zeros((batch_size - (stop - start), *chunk.shape[1:]), chunk.dtype)
+        chunk = np.concatenate([chunk, pad])
+      batch[name] = chunk
+    batch['mask'] = np.arange(start, start + batch_size) < n
+    yield batch

@@ -10,9 +10,9 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_main(tmp_path, *flags):
+def run_main(tmp_path, *flags, **env_vars):
   env = dict(os.environ, MAMMO_JAX_CACHE=str(tmp_path / 'cache'), TF_CPP_MIN_LOG_LEVEL='3',
-             NO_GCE_CHECK='true', TFDS_CBIS_WORKERS='1')
+             NO_GCE_CHECK='true', TFDS_CBIS_WORKERS='1', **env_vars)
   return subprocess.run([sys.executable, '-m', 'mammo_jax.main', *flags], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=600, check=False)
 
@@ -28,6 +28,9 @@ def test_smoke_run_builds_synthetic_data_and_says_so(smoke_run):
   tmp, done = smoke_run
   assert done.returncode == 0, done.stderr[-3000:]
   assert 'SYNTHETIC DATA' in done.stdout
+  assert 'steps/s' in done.stdout and 'ETA' in done.stdout  # console progress
+  results = json.loads((tmp / 'run1' / 'results.json').read_text())
+  assert results['synthetic_data'] and results['test']['count'] == results['examples']['test']
   assert 'cbis_ddsm/roi150/1.0.0' in done.stdout and 'train ' in done.stdout
   report = json.loads((tmp / 'run1' / 'dataset_report.json').read_text())
   assert sum(report['examples'].values()) > 0
@@ -65,3 +68,18 @@ def test_manual_dir_without_cbis_ddsm_names_it(tmp_path):
                   f'--workdir={tmp_path / "w"}')
   assert done.returncode != 0
   assert f'manual_dir {folder} holds no CBIS-DDSM image' in done.stderr
+
+
+def test_run_killed_by_sigkill_resumes_to_the_same_end(smoke_run):
+  """SIGKILL after step 5 (checkpoints at steps 2, 3 and 4), then the same command again."""
+  tmp, first = smoke_run
+  assert first.returncode == 0, first.stderr[-3000:]
+  flags = ('--config=configs/default.py:smoke', f'--workdir={tmp / "killed"}')
+  killed = run_main(tmp, *flags, MAMMO_JAX_KILL_AFTER_STEP='5')
+  assert killed.returncode == -9, killed.stderr[-3000:]
+  assert not (tmp / 'killed' / 'results.json').exists()
+  resumed = run_main(tmp, *flags)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert 'Resuming' in resumed.stdout and 'from step 4' in resumed.stdout
+  for name in ('results.json', 'metrics.jsonl'):
+    assert (tmp / 'killed' / name).read_text() == (tmp / 'run1' / name).read_text(), name

@@ -1,0 +1,73 @@
+"""Orbax checkpoints of a run: the latest state (to resume) and the best-validation-loss state.
+
+Two CheckpointManagers, `checkpoints/latest` and `checkpoints/best`, one checkpoint each. Each
+checkpoint holds the TrainState and, as JSON, the loop's host-side state (epoch, early-stopping
+counters, running epoch sums), so a resumed run continues exactly where the checkpoint was
+taken. Saves are synchronous: a SIGKILL can then only lose work done after the last commit,
+never leave a half-written checkpoint that a resumption would trust.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+
+def _manager(path: str) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
+                                         enable_async_checkpointing=False,
+                                         cleanup_tmp_directories=True)
+  return ocp.CheckpointManager(path, options=options)
+
+
+class Checkpoints:
+  """The latest and the best checkpoint of one workdir."""
+
+  def __init__(self, workdir: str):
+    self.latest_dir = os.path.join(os.path.abspath(workdir), 'checkpoints', 'latest')
+    self.best_dir = os.path.join(os.path.abspath(workdir), 'checkpoints', 'best')
+    self._latest = _manager(self.latest_dir)
+    self._best = _manager(self.best_dir)
+
+  def latest_step(self) -> int | None:
+    return self._latest.latest_step()
+
+  def _save(self, manager: ocp.CheckpointManager, step: int, state, loop: dict) -> None:
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                               loop=ocp.args.JsonSave(loop)), force=True)
+    manager.wait_until_finished()
+
+  def save_latest(self, step: int, state, loop: dict) -> None:
+    self._save(self._latest, step, state, loop)
+
+  def save_best(self, step: int, state, loop: dict) -> None:
+    self._save(self._best, step, state, loop)
+
+  def _restore(self, manager: ocp.CheckpointManager, step: int, target):
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), loop=ocp.args.JsonRestore()))
+    return restored.state, restored.loop
+
+  def restore_latest(self, target, default_loop: dict):
+    """(state, loop) of the latest checkpoint, or (target, default_loop) when there is none."""
+    step = self._latest.latest_step()
+    if step is None:
+      return target, default_loop
+    state, loop = self._restore(self._latest, step, target)
+    return state, {**default_loop, **loop}
+
+  def restore_best(self, target):
+    step = self._best.latest_step()
+    if step is None:
+      raise FileNotFoundError(f'no best checkpoint in {self.best_dir}')
+    return self._restore(self._best, step, target)[0]
+
+  def drop_best_after(self, step: int) -> None:
+    """Removes a best checkpoint newer than the resumed state (killed between the two saves)."""
+    for best_step in self._best.all_steps():
+      if best_step > step:
+        self._best.delete(best_step)
+    self._best.reload()

@@ -1,0 +1,385 @@
+"""Training and evaluation: `train_and_evaluate(config, workdir)` and the pieces it is made of.
+
+The vocabulary follows Flax's imagenet example: create_model, create_optimizer,
+create_train_state, train_step, eval_step, evaluate, train_and_evaluate. Steps are pmapped in
+`make_train_step` / `make_eval_step` only; batches are split over devices in
+`mammo_jax.parallel` only.
+
+Reproducibility: every random stream derives from `config.seed`: parameter init, the epoch
+order (input_pipeline.epoch_order(seed, epoch)), augmentation (one key per example, from the
+step and the example's position in the global batch, so it does not depend on the device
+count) and dropout (per step and device). A run killed at any point resumes from its workdir
+and, on CPU, ends with the same metrics as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import time
+from typing import Any
+
+from absl import logging
+from clu import metric_writers
+from flax import traverse_util
+from flax.training import train_state
+import jax
+from jax import lax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from mammo_jax import augment
+from mammo_jax import checkpointing
+from mammo_jax import input_pipeline
+from mammo_jax import metrics as metrics_lib
+from mammo_jax import models
+from mammo_jax import optimizers
+from mammo_jax import parallel
+from mammo_jax import plots
+from mammo_jax import tasks
+
+# Test hook: SIGKILL this process right after the given global step, to test exact resume.
+KILL_AFTER_STEP_ENV = 'MAMMO_JAX_KILL_AFTER_STEP'
+# Fields that may change between an interrupted run and its resumption.
+RESUMABLE_FIELDS = ('num_train_steps', 'log_every_steps', 'checkpoint_every_steps',
+                    'data.num_workers', 'data.cache_dir', 'data.data_dir')
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any = None
+
+
+def preprocess(images: jnp.ndarray, mode: str) -> jnp.ndarray:
+  """Stored uint16 patches -> model input; identical for training, validation and test."""
+  if mode == 'unit':  # the study's scratch / dual / siamese scaling: uint16 / 65535
+    return images.astype(jnp.float32) / 65535.0
+  raise ValueError(f'unknown model.preprocess {mode!r}; known: unit')
+
+
+def create_model(config: ml_collections.ConfigDict, task: tasks.Task):
+  model = models.get_model(config.model.name, bn_axis_name=parallel.AXIS)
+  if model.num_outputs != task.num_outputs:
+    raise ValueError(f'model {config.model.name} has {model.num_outputs} outputs but task '
+                     f'{task.name} needs {task.num_outputs}')
+  return model
+
+
+def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  opt = config.optimizer
+  if opt.name == 'sgd':
+    return optimizers.keras_sgd(opt.learning_rate, opt.decay, opt.momentum)
+  if opt.momentum:
+    raise ValueError(f'optimizer.momentum applies to sgd only, not {opt.name!r}')
+  makers = {'rmsprop': optimizers.keras_rmsprop, 'adam': optimizers.keras_adam,
+            'nadam': optimizers.keras_nadam}
+  if opt.name not in makers:
+    raise ValueError(f'unknown optimizer.name {opt.name!r}; known: sgd, '
+                     f'{", ".join(sorted(makers))}')
+  return makers[opt.name](opt.learning_rate, opt.decay)
+
+
+def learning_rate(config: ml_collections.ConfigDict, step: int) -> float:
+  return optimizers.inverse_time_decay(config.optimizer.learning_rate,
+                                       config.optimizer.decay)(step)
+
+
+def create_train_state(rng: jax.Array, config: ml_collections.ConfigDict, model,
+                       image_shape: tuple[int, ...]) -> TrainState:
+  init = jax.jit(functools.partial(model.init, train=False))
+  variables = init({'params': rng}, jnp.zeros((1, *image_shape), jnp.float32))
+  return TrainState.create(apply_fn=model.apply, params=variables['params'],
+                           tx=create_optimizer(config),
+                           batch_stats=variables.get('batch_stats'))
+
+
+def _variables(state: TrainState, params=None) -> dict:
+  variables = {'params': state.params if params is None else params}
+  if state.batch_stats is not None:
+    variables['batch_stats'] = state.batch_stats
+  return variables
+
+
+def l2_penalty(params, l2: float) -> jnp.ndarray:
+  """Keras kernel_regularizer=l2(c) on every conv and dense kernel: c * sum(w^2)."""
+  kernels = [w for path, w in traverse_util.flatten_dict(params).items() if path[-1] == 'kernel']
+  return l2 * sum(jnp.sum(jnp.square(w)) for w in kernels)
+
+
+def train_step(state: TrainState, batch: dict, rng: jax.Array, *, task: tasks.Task,
+               spec: augment.AugmentSpec, preprocess_mode: str, l2: float):
+  """One update on a per-device slice of the global batch (runs under pmap)."""
+  step_rng = jax.random.fold_in(rng, state.step)
+  aug_rng, dropout_rng = jax.random.split(step_rng)
+  device = lax.axis_index(parallel.AXIS)
+  per_device = batch['label'].shape[0]
+  images = preprocess(batch['image'], preprocess_mode)
+  if spec.enabled:
+    index = device * per_device + jnp.arange(per_device)  # position in the global batch
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(aug_rng, index)
+    images = augment.augment_batch(keys, images, spec)
+  dropout_rng = jax.random.fold_in(dropout_rng, device)
+
+  def loss_fn(params):
+    logits, updates = state.apply_fn(_variables(state, params), images, train=True,
+                                     rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
+    loss = task.loss(logits, batch['label']).mean()
+    total = loss + l2_penalty(params, l2) if l2 else loss
+    return total, (loss, logits, updates)
+
+  grads, (loss, logits, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
+  grads = lax.pmean(grads, parallel.AXIS)
+  state = state.apply_gradients(grads=grads)
+  if state.batch_stats is not None:  # already synced by BatchNorm's axis_name; pmean is exact
+    state = state.replace(batch_stats=lax.pmean(updates['batch_stats'], parallel.AXIS))
+  correct = task.probabilities(logits).argmax(-1) == task.target(batch['label'])
+  metrics = {'loss': loss, 'accuracy': correct.mean()}
+  return state, lax.pmean(metrics, parallel.AXIS)
+
+
+def eval_step(state: TrainState, batch: dict, *, task: tasks.Task, preprocess_mode: str):
+  """Per-example loss and class probabilities; masking happens on the host."""
+  images = preprocess(batch['image'], preprocess_mode)
+  logits = state.apply_fn(_variables(state), images, train=False)
+  return {'loss': task.loss(logits, batch['label']), 'probs': task.probabilities(logits)}
+
+
+def make_train_step(config: ml_collections.ConfigDict, task: tasks.Task):
+  step = functools.partial(train_step, task=task,
+                           spec=augment.AugmentSpec.from_config(config.augment),
+                           preprocess_mode=config.model.preprocess, l2=config.l2)
+  return jax.pmap(step, axis_name=parallel.AXIS, in_axes=(None, 0, None),
+                  out_axes=(None, None))
+
+
+def make_eval_step(task: tasks.Task, preprocess_mode: str = 'unit'):
+  step = functools.partial(eval_step, task=task, preprocess_mode=preprocess_mode)
+  return jax.pmap(step, axis_name=parallel.AXIS, in_axes=(None, 0))
+
+
+def evaluate(p_eval_step, state: TrainState, data: dict[str, np.ndarray], batch_size: int,
+             task: tasks.Task) -> tuple[dict, np.ndarray, np.ndarray]:
+  """Exact metrics over every example of `data`; returns (metrics, probs, task labels)."""
+  losses, probs, labels, masks = [], [], [], []
+  for batch in parallel.prefetch(input_pipeline.eval_batches(data, batch_size)):
+    out = p_eval_step(state, batch)
+    losses.append(parallel.unshard(out['loss']))
+    probs.append(parallel.unshard(out['probs']))
+    labels.append(parallel.unshard(batch['label']))
+    masks.append(parallel.unshard(batch['mask']))
+  mask = np.concatenate(masks).astype(bool)
+  loss = np.concatenate(losses)[mask].astype(np.float64)
+  probs = np.concatenate(probs)[mask]
+  labels = np.asarray(task.target(np.concatenate(labels)[mask]))
+  result = metrics_lib.classification_metrics(probs, labels, class_names=task.class_names)
+  result['loss'] = float(loss.mean()) if len(loss) else float('nan')
+  return result, probs, labels
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop.
+
+class MetricsLog:
+  """metrics.jsonl (one object per logged step and split) plus TensorBoard scalars."""
+
+  def __init__(self, workdir: str, resume_step: int):
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    kept = []
+    if os.path.exists(self.path):  # drop what a killed run logged after its checkpoint
+      with open(self.path) as f:
+        for line in f:
+          try:
+            record = json.loads(line)
+          except json.JSONDecodeError:
+            continue  # a line cut short by the kill
+          if record['step'] <= resume_step:
+            kept.append(line if line.endswith('\n') else line + '\n')
+    with open(self.path, 'w') as f:
+      f.writelines(kept)
+    self.writer = metric_writers.create_default_writer(
+        os.path.join(workdir, 'tensorboard'), just_logging=jax.process_index() > 0)
+
+  def write(self, step: int, split: str, values: dict, **extra) -> None:
+    record = {'step': int(step), 'split': split, **extra, 'metrics': values}
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(record, sort_keys=True) + '\n')
+    scalars = {f'{split}/{k}': v for k, v in values.items() if isinstance(v, (int, float))}
+    self.writer.write_scalars(int(step), scalars)
+    self.writer.flush()
+
+
+def _fingerprint(config: ml_collections.ConfigDict) -> dict:
+  flat = traverse_util.flatten_dict(json.loads(config.to_json_best_effort()), sep='.')
+  return {k: v for k, v in flat.items() if k not in RESUMABLE_FIELDS}
+
+
+def _check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses to resume a workdir with a run of a different config."""
+  path = os.path.join(workdir, 'config.json')
+  if os.path.exists(path):
+    with open(path) as f:
+      old = traverse_util.flatten_dict(json.load(f), sep='.')
+    new = _fingerprint(config)
+    old = {k: v for k, v in old.items() if k not in RESUMABLE_FIELDS}
+    if old != new:
+      diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+      raise ValueError(f'workdir {workdir} holds a run with a different config (fields '
+                       f'{", ".join(diff)}); use another --workdir or delete this one')
+  with open(path, 'w') as f:
+    f.write(config.to_json_best_effort(indent=1, sort_keys=True))
+
+
+def _format_eta(seconds: float) -> str:
+  seconds = int(seconds)
+  return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m' if seconds >= 3600 else \
+      f'{seconds // 60}m{seconds % 60:02d}s'
+
+
+def _new_loop_state() -> dict:
+  return {'epoch': 0, 'best_val_loss': None, 'best_epoch': None, 'best_step': None,
+          'bad_epochs': 0, 'epoch_sums': {'loss': 0.0, 'accuracy': 0.0, 'steps': 0},
+          'stop_reason': None}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
+  """Trains config's model in workdir (resuming what is there); returns (state, summary)."""
+  os.makedirs(workdir, exist_ok=True)
+  _check_workdir_config(config, workdir)
+  task = tasks.get_task(config.task)
+  parallel.check_batch_size(config.batch_size)
+  parallel.check_batch_size(config.eval_batch_size, 'eval_batch_size')
+
+  builder = input_pipeline.prepare_builder(config.data)
+  print(input_pipeline.describe(builder), flush=True)
+  report = input_pipeline.build_report(builder)
+  if report is not None:  # provenance: what was built, skipped and excluded
+    with open(os.path.join(workdir, 'dataset_report.json'), 'w') as f:
+      json.dump(report, f, indent=1, sort_keys=True)
+  synthetic = not config.data.manual_dir
+  splits = {s: input_pipeline.load_split(builder, s) for s in ('train', 'validation', 'test')}
+  steps_per_epoch = input_pipeline.steps_per_epoch(len(splits['train']['label']),
+                                                   config.batch_size)
+  total_steps = config.num_epochs * steps_per_epoch
+  if config.num_train_steps > 0:
+    total_steps = min(total_steps, config.num_train_steps)
+
+  model = create_model(config, task)
+  init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+  image_shape = splits['train']['image'].shape[1:]
+  state = create_train_state(init_rng, config, model, image_shape)
+  ckpt = checkpointing.Checkpoints(workdir)
+  state, loop = ckpt.restore_latest(state, _new_loop_state())
+  step = int(state.step)
+  if step:
+    logging.info('Resuming from step %d (epoch %d) in %s', step, loop['epoch'], workdir)
+    print(f'Resuming {workdir} from step {step}', flush=True)
+  ckpt.drop_best_after(step)
+  log = MetricsLog(workdir, step)
+
+  p_train_step = make_train_step(config, task)
+  p_eval_step = make_eval_step(task, config.model.preprocess)
+  kill_after = int(os.environ.get(KILL_AFTER_STEP_ENV, '0'))
+
+  def end_of_epoch(step: int) -> bool:
+    """Validation, early stopping and the best checkpoint; True when training should stop."""
+    sums = loop['epoch_sums']
+    if sums['steps']:
+      log.write(step, 'train', {'loss': sums['loss'] / sums['steps'],
+                                'accuracy': sums['accuracy'] / sums['steps'],
+                                'learning_rate': learning_rate(config, step)},
+                epoch=loop['epoch'])
+    loop['epoch_sums'] = {'loss': 0.0, 'accuracy': 0.0, 'steps': 0}
+    val, _, _ = evaluate(p_eval_step, state, splits['validation'], config.eval_batch_size, task)
+    log.write(step, 'validation', val, epoch=loop['epoch'])
+    if loop['best_val_loss'] is None or val['loss'] < loop['best_val_loss']:
+      loop.update(best_val_loss=val['loss'], best_epoch=loop['epoch'], best_step=step,
+                  bad_epochs=0)
+      ckpt.save_best(step, state, loop)
+    else:
+      loop['bad_epochs'] += 1
+    print(f'epoch {loop["epoch"]:>4} step {step}: val loss {val["loss"]:.4f} acc '
+          f'{val["accuracy"]:.4f} auc {val["auc"]:.4f} (best {loop["best_val_loss"]:.4f} '
+          f'at epoch {loop["best_epoch"]})', flush=True)
+    if config.patience and loop['bad_epochs'] >= config.patience:
+      loop['stop_reason'] = (f'early stopping: no validation-loss improvement for '
+                             f'{config.patience} epochs')
+      return True
+    return False
+
+  batches = parallel.prefetch(input_pipeline.train_batches(
+      splits['train'], config.batch_size, config.seed, start_step=step))
+  start_time, start_step = time.time(), step
+  while step < total_steps and loop['stop_reason'] is None:
+    state, metrics = p_train_step(state, next(batches), train_rng)
+    metrics = jax.device_get(metrics)
+    if not np.isfinite(metrics['loss']):
+      latest = ckpt.latest_step()
+      raise FloatingPointError(
+          f'training loss is {metrics["loss"]} at step {step + 1}; stopped. The last good '
+          f'checkpoint (step {latest}) is in {ckpt.latest_dir}. Try a lower '
+          f'optimizer.learning_rate.')
+    step += 1
+    sums = loop['epoch_sums']
+    sums['loss'] += float(metrics['loss'])
+    sums['accuracy'] += float(metrics['accuracy'])
+    sums['steps'] += 1
+    if step % config.log_every_steps == 0 or step == total_steps:
+      rate = (step - start_step) / (time.time() - start_time)
+      print(f'step {step}/{total_steps} epoch {loop["epoch"]} train loss '
+            f'{sums["loss"] / sums["steps"]:.4f} acc {sums["accuracy"] / sums["steps"]:.4f} | '
+            f'{rate:.2f} steps/s, {rate * config.batch_size:.1f} img/s, ETA '
+            f'{_format_eta((total_steps - step) / rate)}', flush=True)
+    epoch_done = step % steps_per_epoch == 0
+    if epoch_done:
+      stop = end_of_epoch(step)
+      loop['epoch'] += 1
+      if loop['epoch'] >= config.num_epochs and not stop:
+        loop['stop_reason'] = f'reached num_epochs={config.num_epochs}'
+    if step == total_steps and loop['stop_reason'] is None:
+      if not epoch_done:  # a capped run still gets a validated best checkpoint
+        end_of_epoch(step)
+      loop['stop_reason'] = f'reached num_train_steps={config.num_train_steps}'
+    cadence = config.checkpoint_every_steps
+    if epoch_done or loop['stop_reason'] or (cadence and step % cadence == 0):
+      ckpt.save_latest(step, state, loop)
+    if kill_after and step == kill_after:
+      os.kill(os.getpid(), signal.SIGKILL)
+
+  print(f'Training stopped at step {step}: {loop["stop_reason"]}', flush=True)
+  summary = final_evaluation(config, workdir, ckpt, state, loop, splits, p_eval_step, task, log,
+                             synthetic=synthetic, steps_per_epoch=steps_per_epoch)
+  return state, summary
+
+
+def final_evaluation(config, workdir, ckpt, state, loop, splits, p_eval_step, task, log, *,
+                     synthetic: bool, steps_per_epoch: int) -> dict:
+  """Evaluates the best-validation-loss checkpoint once on validation and test."""
+  best = ckpt.restore_best(state)
+  outputs, results = {}, {}
+  for split in ('validation', 'test'):
+    values, probs, labels = evaluate(p_eval_step, best, splits[split], config.eval_batch_size,
+                                     task)
+    results[split] = values
+    outputs[split] = (probs, labels)
+  log.write(loop['best_step'], 'test', results['test'], epoch=loop['best_epoch'],
+            checkpoint='best')
+  summary = {
+      'task': task.name, 'model': config.model.name, 'synthetic_data': synthetic,
+      'best_epoch': loop['best_epoch'], 'best_step': loop['best_step'],
+      'epochs_run': loop['epoch'], 'steps_run': int(state.step),
+      'steps_per_epoch': steps_per_epoch, 'stop_reason': loop['stop_reason'],
+      'examples': {s: int(len(d['label'])) for s, d in splits.items()},
+      **results,
+  }
+  with open(os.path.join(workdir, 'results.json'), 'w') as f:
+    json.dump(summary, f, indent=1, sort_keys=True)
+  plots.write_run_plots(workdir, plots.read_metrics(log.path), outputs, task.class_names)
+  print(f'Best checkpoint: epoch {loop["best_epoch"]} (step {loop["best_step"]}); validation '
+        f'acc {results["validation"]["accuracy"]:.4f}, test acc '
+        f'{results["test"]["accuracy"]:.4f}, test AUC {results["test"]["auc"]:.4f}'
+        + (' [SYNTHETIC DATA]' if synthetic else ''), flush=True)
+  print(f'Results in {os.path.join(workdir, "results.json")}', flush=True)
+  return summary

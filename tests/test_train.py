@@ -1,0 +1,206 @@
+"""The training core: smoke runs per family, device-count invariance, exact masked evaluation,
+non-finite loss handling, and workdir/config checks."""
+
+import json
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mammo_jax import checkpointing, input_pipeline, parallel, tasks, train
+from tests.conftest import ROOT, load_config
+
+
+def smoke_config(name, arg, cache):
+  config = load_config(name, arg)
+  config.data.cache_dir = cache
+  config.data.num_workers = 1
+  return config
+
+
+@pytest.mark.parametrize('name,arg,task,outputs', [
+    ('scratch2', 'exp7,smoke', 'mass_vs_calc', 2),
+    ('scratch4', 'smoke', 'four_class', 4),
+    ('benmal', 'smoke', 'benign_vs_malignant', 2),
+])
+def test_smoke_run_per_family_writes_every_output(tmp_path, data_cache, name, arg, task,
+                                                  outputs):
+  workdir = str(tmp_path / 'run')
+  state, summary = train.train_and_evaluate(smoke_config(name, arg, data_cache), workdir)
+  assert int(state.step) == summary['steps_run'] > 0
+  assert summary['task'] == task and summary['synthetic_data'] is True
+  assert summary['test']['count'] == summary['examples']['test'] > 0  # every example, once
+  assert np.array(summary['test']['confusion_matrix']).shape == (outputs, outputs)
+  for f in ('config.json', 'metrics.jsonl', 'results.json', 'learning_curves.png',
+            'confusion_test.png', 'roc_test.png'):
+    assert os.path.getsize(os.path.join(workdir, f)) > 0, f
+  assert any(n.startswith('events.out.tfevents') for n in os.listdir(workdir + '/tensorboard'))
+  records = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
+  assert {r['split'] for r in records} == {'train', 'validation', 'test'}
+  assert [r['epoch'] for r in records if r['split'] == 'validation'] == [0, 1]
+  results = json.load(open(os.path.join(workdir, 'results.json')))
+  assert results['best_step'] in {r['step'] for r in records if r['split'] == 'validation'}
+
+
+def test_same_global_batch_gives_same_update_on_1_2_and_8_devices(tmp_path):
+  """Subprocesses with 1, 2 and 8 fake CPU devices run the same steps and evaluation."""
+  procs = {}
+  for n in (1, 2, 8):
+    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={n}',
+               TF_CPP_MIN_LOG_LEVEL='3')
+    procs[n] = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, 'tests', 'multi_device_steps.py'),
+         str(tmp_path / f'd{n}.npz')], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+  for n, p in procs.items():
+    assert p.wait(timeout=600) == 0, p.stderr.read()[-3000:]
+  runs = {n: (np.load(tmp_path / f'd{n}.npz'), json.load(open(tmp_path / f'd{n}.npz.json')))
+          for n in procs}
+  ref_arrays, ref = runs[1]
+  for n in (2, 8):
+    arrays, out = runs[n]
+    assert out['devices'] == n
+    np.testing.assert_allclose(out['losses'], ref['losses'], rtol=1e-5)
+    for key in ref_arrays.files:  # params after the update, BatchNorm statistics, eval probs
+      np.testing.assert_allclose(arrays[key], ref_arrays[key], rtol=1e-5, atol=1e-6,
+                                 err_msg=f'{key} on {n} devices')
+    assert out['eval']['count'] == 11
+    assert out['eval']['confusion_matrix'] == ref['eval']['confusion_matrix']
+    np.testing.assert_allclose(out['eval']['loss'], ref['eval']['loss'], rtol=1e-5)
+
+
+class ConstantLogits(nn.Module):
+  """Ignores its input: the evaluation arithmetic can then be computed by hand."""
+  logits: tuple
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    del train
+    bias = self.param('bias', lambda *_: jnp.asarray(self.logits, jnp.float32))
+    return jnp.broadcast_to(bias, (x.shape[0], len(self.logits)))
+
+
+@pytest.mark.parametrize('task_name,logits', [('four_class', (0.5, 2.0, -1.0, 0.0)),
+                                              ('mass_vs_calc', (0.7,))])
+def test_masked_evaluation_counts_every_example_once(task_name, logits):
+  task = tasks.get_task(task_name)
+  model = ConstantLogits(logits)
+  config = load_config('default')
+  state = train.create_train_state(jax.random.key(0), config, model, (8, 8, 1))
+  labels = np.array([0, 1, 2, 3, 1, 1, 0, 3, 2, 1, 1], np.int32)  # 11: the last batch is padded
+  data = {'image': np.zeros((11, 8, 8, 1), np.uint16), 'label': labels}
+  values, probs, target = train.evaluate(train.make_eval_step(task), state, data, 4, task)
+  y = np.asarray(task.target(labels))
+  if task.num_outputs == 1:
+    p = 1 / (1 + np.exp(-logits[0]))
+    expected_loss = -np.mean(np.where(y == 1, np.log(p), np.log(1 - p)))
+    predicted = int(p > 0.5)
+  else:
+    log_softmax = np.array(logits) - np.log(np.sum(np.exp(logits)))
+    expected_loss = -np.mean(log_softmax[y])
+    predicted = int(np.argmax(logits))
+  assert values['count'] == 11 and len(probs) == 11 and list(target) == list(y)
+  np.testing.assert_allclose(values['loss'], expected_loss, rtol=1e-6)
+  assert values['accuracy'] == pytest.approx(np.mean(y == predicted))
+  confusion = np.array(values['confusion_matrix'])
+  assert confusion.sum() == 11 and confusion[:, predicted].sum() == 11
+  assert list(confusion[:, predicted]) == list(np.bincount(y, minlength=len(confusion)))
+
+
+def test_epoch_order_is_a_function_of_seed_and_epoch():
+  a = input_pipeline.epoch_order(10, 3, seed=0, epoch=4)
+  assert a.shape == (3, 3) and len(set(a.ravel())) == 9
+  np.testing.assert_array_equal(a, input_pipeline.epoch_order(10, 3, seed=0, epoch=4))
+  assert not np.array_equal(a, input_pipeline.epoch_order(10, 3, seed=0, epoch=5))
+  data = {'label': np.arange(10)}
+  stream = input_pipeline.train_batches(data, 3, seed=0)
+  batches = [next(stream)['label'] for _ in range(7)]  # 3 steps per epoch
+  resumed = input_pipeline.train_batches(data, 3, seed=0, start_step=4)
+  np.testing.assert_array_equal(next(resumed)['label'], batches[4])
+  with pytest.raises(ValueError, match='fewer than batch_size=16'):
+    input_pipeline.steps_per_epoch(10, 16)
+
+
+def test_eval_batches_pad_and_mask():
+  data = {'image': np.ones((5, 2, 2, 1), np.uint16), 'label': np.arange(5)}
+  batches = list(input_pipeline.eval_batches(data, 4))
+  assert [b['mask'].tolist() for b in batches] == [[True] * 4, [True, False, False, False]]
+  assert batches[1]['label'].tolist() == [4, 0, 0, 0]
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_cache):
+  config = smoke_config('scratch2', 'exp0,smoke', data_cache)
+  config.optimizer.learning_rate = 1e30  # the first update blows the weights up
+  config.checkpoint_every_steps = 1
+  workdir = str(tmp_path / 'run')
+  with pytest.raises(FloatingPointError, match=r'training loss is (nan|inf) at step 2; '
+                     r'stopped\. The last good checkpoint \(step 1\)'):
+    train.train_and_evaluate(config, workdir)
+  ckpt = checkpointing.Checkpoints(workdir)
+  assert ckpt.latest_step() == 1
+  model = train.create_model(config, tasks.get_task(config.task))
+  target = train.create_train_state(jax.random.key(0), config, model, (150, 150, 1))
+  state, loop = ckpt.restore_latest(target, {})
+  assert int(state.step) == 1 and loop['epoch'] == 0
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
+
+
+def test_resuming_a_workdir_with_another_config_is_refused(tmp_path, data_cache):
+  config = smoke_config('scratch2', 'exp0,smoke', data_cache)
+  config.num_epochs = 1
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(config, workdir)
+  config.optimizer.learning_rate = 0.5
+  with pytest.raises(ValueError, match=r'different config \(fields optimizer.learning_rate\)'):
+    train.train_and_evaluate(config, workdir)
+
+
+def test_config_arguments_and_unknown_fields():
+  assert load_config('scratch2').model.name == 'scratch2_exp5'
+  assert load_config('scratch2', 'exp9').l2 > 0
+  assert load_config('scratch2', 'exp8').optimizer.name == 'adam'
+  assert load_config('scratch4').optimizer.decay == 5e-4
+  assert load_config('benmal', 'run3').seed == 3
+  for name, bad in (('scratch2', 'exp12'), ('scratch4', 'm4'), ('benmal', 'run1,exp5')):
+    with pytest.raises(ValueError, match='takes one of'):
+      load_config(name, bad)
+  config = load_config('scratch2', 'smoke')
+  with pytest.raises(AttributeError, match='lerning_rate'):
+    config.optimizer.lerning_rate = 1.0
+  with pytest.raises(ValueError, match='unknown optimizer.name'):
+    config.optimizer.name = 'adagrad'
+    train.create_optimizer(config)
+
+
+def test_every_registered_model_matches_a_task_in_some_config():
+  for name, arg in (('scratch2', f'exp{i}') for i in range(12)):
+    config = load_config(name, arg)
+    train.create_model(config, tasks.get_task(config.task))
+  config = load_config('scratch2')
+  config.task = 'four_class'
+  with pytest.raises(ValueError, match='has 1 outputs but task four_class needs 4'):
+    train.create_model(config, tasks.get_task(config.task))
+
+
+def test_l2_penalty_covers_every_kernel():
+  params = {'conv0': {'kernel': jnp.ones((3, 3, 1, 2)), 'bias': jnp.ones(2)},
+            'fc': {'kernel': 2 * jnp.ones((4, 1))}}
+  assert float(train.l2_penalty(params, 0.1)) == pytest.approx(0.1 * (18 + 16))
+
+
+def test_preprocess_scales_uint16_to_unit_interval():
+  x = jnp.array([0, 32768, 65535], jnp.uint16)
+  np.testing.assert_allclose(train.preprocess(x, 'unit'), [0, 32768 / 65535, 1])
+  with pytest.raises(ValueError, match='unknown model.preprocess'):
+    train.preprocess(x, 'caffe')
+
+
+def test_batch_sizes_must_split_over_devices(monkeypatch):
+  monkeypatch.setattr(parallel, 'device_count', lambda: 8)
+  parallel.check_batch_size(16)
+  with pytest.raises(ValueError, match='batch_size=12 does not split evenly over the 8'):
+    parallel.check_batch_size(12)
