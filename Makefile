@@ -32,11 +32,14 @@ test-slow: install
 test-all: install
 	$(PY) -m pytest -n $(PYTEST_WORKERS) -q
 
+# Demo-sized: Exp 11 (BatchNorm) learns the synthetic patches in a few dozen steps.
 demo: install
-	$(PY) -m mammo_jax.main --config=configs/default.py --workdir=runs/demo
+	$(PY) -m mammo_jax.main --config=configs/scratch2.py:exp11 --workdir=runs/demo \
+	  --config.batch_size=32 --config.eval_batch_size=32 --config.num_epochs=12
 
 benchmark: install
 	$(PY) benchmarks/build_throughput.py
+	$(PY) benchmarks/train_throughput.py
 
 # Regenerates tfds_cbis/cbis_ddsm/dummy_data (tiny synthetic CBIS-DDSM for the builder tests).
 dummy-data: install
