@@ -1,6 +1,6 @@
 """Orbax checkpoints of a run: the latest state (to resume) and the best-validation-loss state.
 
-Two CheckpointManagers, `checkpoints/latest` and `checkpoints/best`, one checkpoint each. Each
+Two CheckpointManagers, `checkpoints/latest` (one) and `checkpoints/best` (two). Each
 checkpoint holds the TrainState and, as JSON, the loop's host-side state (epoch, early-stopping
 counters, running epoch sums), so a resumed run continues exactly where the checkpoint was
 taken. Saves are synchronous: a SIGKILL can then only lose work done after the last commit,
@@ -15,8 +15,8 @@ import jax
 import orbax.checkpoint as ocp
 
 
-def _manager(path: str) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
+def _manager(path: str, keep: int) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                          enable_async_checkpointing=False,
                                          cleanup_tmp_directories=True)
   return ocp.CheckpointManager(path, options=options)
@@ -28,8 +28,10 @@ class Checkpoints:
   def __init__(self, workdir: str):
     self.latest_dir = os.path.join(os.path.abspath(workdir), 'checkpoints', 'latest')
     self.best_dir = os.path.join(os.path.abspath(workdir), 'checkpoints', 'best')
-    self._latest = _manager(self.latest_dir)
-    self._best = _manager(self.best_dir)
+    self._latest = _manager(self.latest_dir, keep=1)
+    # Two bests: the best is saved before the latest, so a kill between the two saves must
+    # leave the previous best, which the resumed loop state still points at.
+    self._best = _manager(self.best_dir, keep=2)
 
   def latest_step(self) -> int | None:
     return self._latest.latest_step()
@@ -59,10 +61,9 @@ class Checkpoints:
     state, loop = self._restore(self._latest, step, target)
     return state, {**default_loop, **loop}
 
-  def restore_best(self, target):
-    step = self._best.latest_step()
-    if step is None:
-      raise FileNotFoundError(f'no best checkpoint in {self.best_dir}')
+  def restore_best(self, target, step: int):
+    if step not in self._best.all_steps():
+      raise FileNotFoundError(f'no best checkpoint for step {step} in {self.best_dir}')
     return self._restore(self._best, step, target)[0]
 
   def drop_best_after(self, step: int) -> None:

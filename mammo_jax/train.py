@@ -45,8 +45,9 @@ from mammo_jax import tasks
 # Test hook: SIGKILL this process right after the given global step, to test exact resume.
 KILL_AFTER_STEP_ENV = 'MAMMO_JAX_KILL_AFTER_STEP'
 # Fields that may change between an interrupted run and its resumption.
-RESUMABLE_FIELDS = ('num_train_steps', 'log_every_steps', 'checkpoint_every_steps',
-                    'data.num_workers', 'data.cache_dir', 'data.data_dir')
+# num_train_steps is not among them: a capped run validates and stops at the cap.
+RESUMABLE_FIELDS = ('log_every_steps', 'checkpoint_every_steps', 'data.num_workers',
+                    'data.cache_dir', 'data.data_dir')
 
 
 class TrainState(train_state.TrainState):
@@ -195,7 +196,8 @@ class MetricsLog:
             record = json.loads(line)
           except json.JSONDecodeError:
             continue  # a line cut short by the kill
-          if record['step'] <= resume_step:
+          # The final test record is written again when the run ends.
+          if record['step'] <= resume_step and record['split'] != 'test':
             kept.append(line if line.endswith('\n') else line + '\n')
     with open(self.path, 'w') as f:
       f.writelines(kept)
@@ -216,10 +218,11 @@ def _fingerprint(config: ml_collections.ConfigDict) -> dict:
   return {k: v for k, v in flat.items() if k not in RESUMABLE_FIELDS}
 
 
-def _check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Refuses to resume a workdir with a run of a different config."""
+def _check_workdir_config(config: ml_collections.ConfigDict, workdir: str,
+                          resuming: bool) -> None:
+  """Refuses to resume a checkpointed run with a different config; writes config.json."""
   path = os.path.join(workdir, 'config.json')
-  if os.path.exists(path):
+  if resuming and os.path.exists(path):
     with open(path) as f:
       old = traverse_util.flatten_dict(json.load(f), sep='.')
     new = _fingerprint(config)
@@ -247,7 +250,6 @@ def _new_loop_state() -> dict:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   """Trains config's model in workdir (resuming what is there); returns (state, summary)."""
   os.makedirs(workdir, exist_ok=True)
-  _check_workdir_config(config, workdir)
   task = tasks.get_task(config.task)
   parallel.check_batch_size(config.batch_size)
   parallel.check_batch_size(config.eval_batch_size, 'eval_batch_size')
@@ -271,6 +273,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   image_shape = splits['train']['image'].shape[1:]
   state = create_train_state(init_rng, config, model, image_shape)
   ckpt = checkpointing.Checkpoints(workdir)
+  _check_workdir_config(config, workdir, resuming=ckpt.latest_step() is not None)
   state, loop = ckpt.restore_latest(state, _new_loop_state())
   step = int(state.step)
   if step:
@@ -294,15 +297,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     loop['epoch_sums'] = {'loss': 0.0, 'accuracy': 0.0, 'steps': 0}
     val, _, _ = evaluate(p_eval_step, state, splits['validation'], config.eval_batch_size, task)
     log.write(step, 'validation', val, epoch=loop['epoch'])
-    if loop['best_val_loss'] is None or val['loss'] < loop['best_val_loss']:
+    improved = np.isfinite(val['loss']) and (loop['best_val_loss'] is None
+                                             or val['loss'] < loop['best_val_loss'])
+    if improved:
       loop.update(best_val_loss=val['loss'], best_epoch=loop['epoch'], best_step=step,
                   bad_epochs=0)
       ckpt.save_best(step, state, loop)
     else:
       loop['bad_epochs'] += 1
+    best = loop['best_val_loss']
     print(f'epoch {loop["epoch"]:>4} step {step}: val loss {val["loss"]:.4f} acc '
-          f'{val["accuracy"]:.4f} auc {val["auc"]:.4f} (best {loop["best_val_loss"]:.4f} '
-          f'at epoch {loop["best_epoch"]})', flush=True)
+          f'{val["accuracy"]:.4f} auc {val["auc"]:.4f} (best '
+          f'{"none" if best is None else f"{best:.4f}"} at epoch {loop["best_epoch"]})',
+          flush=True)
     if config.patience and loop['bad_epochs'] >= config.patience:
       loop['stop_reason'] = (f'early stopping: no validation-loss improvement for '
                              f'{config.patience} epochs')
@@ -317,10 +324,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     metrics = jax.device_get(metrics)
     if not np.isfinite(metrics['loss']):
       latest = ckpt.latest_step()
+      where = (f'The last good checkpoint (step {latest}) is in {ckpt.latest_dir}.'
+               if latest is not None else 'No checkpoint had been written yet.')
       raise FloatingPointError(
-          f'training loss is {metrics["loss"]} at step {step + 1}; stopped. The last good '
-          f'checkpoint (step {latest}) is in {ckpt.latest_dir}. Try a lower '
-          f'optimizer.learning_rate.')
+          f'training loss is {metrics["loss"]} at step {step + 1}; stopped. {where} Try a '
+          f'lower optimizer.learning_rate in a new --workdir.')
     step += 1
     sums = loop['epoch_sums']
     sums['loss'] += float(metrics['loss'])
@@ -339,9 +347,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       if loop['epoch'] >= config.num_epochs and not stop:
         loop['stop_reason'] = f'reached num_epochs={config.num_epochs}'
     if step == total_steps and loop['stop_reason'] is None:
-      if not epoch_done:  # a capped run still gets a validated best checkpoint
-        end_of_epoch(step)
-      loop['stop_reason'] = f'reached num_train_steps={config.num_train_steps}'
+      stopped = not epoch_done and end_of_epoch(step)  # a capped run is validated too
+      if not stopped:
+        loop['stop_reason'] = f'reached num_train_steps={config.num_train_steps}'
     cadence = config.checkpoint_every_steps
     if epoch_done or loop['stop_reason'] or (cadence and step % cadence == 0):
       ckpt.save_latest(step, state, loop)
@@ -357,7 +365,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
 def final_evaluation(config, workdir, ckpt, state, loop, splits, p_eval_step, task, log, *,
                      synthetic: bool, steps_per_epoch: int) -> dict:
   """Evaluates the best-validation-loss checkpoint once on validation and test."""
-  best = ckpt.restore_best(state)
+  best = ckpt.restore_best(state, loop['best_step'])
   outputs, results = {}, {}
   for split in ('validation', 'test'):
     values, probs, labels = evaluate(p_eval_step, best, splits[split], config.eval_batch_size,

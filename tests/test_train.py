@@ -159,6 +159,18 @@ def test_resuming_a_workdir_with_another_config_is_refused(tmp_path, data_cache)
     train.train_and_evaluate(config, workdir)
 
 
+def test_a_run_that_failed_on_its_config_can_be_fixed_in_the_same_workdir(tmp_path, data_cache):
+  config = smoke_config('scratch2', 'exp0,smoke', data_cache)
+  config.batch_size = 64
+  workdir = str(tmp_path / 'run')
+  with pytest.raises(ValueError, match='fewer than batch_size=64; lower --config.batch_size'):
+    train.train_and_evaluate(config, workdir)
+  config.batch_size = 4
+  config.num_train_steps = 1
+  _, summary = train.train_and_evaluate(config, workdir)
+  assert summary['steps_run'] == 1 and summary['stop_reason'] == 'reached num_train_steps=1'
+
+
 def test_config_arguments_and_unknown_fields():
   assert load_config('scratch2').model.name == 'scratch2_exp5'
   assert load_config('scratch2', 'exp9').l2 > 0
