@@ -5,7 +5,8 @@
 The study's 4-class model M2 (150x150x1, C64-C128-C256, D64, RMSprop lr 1e-3, decay 5e-4),
 batch 128, float32, in one invocation on the same machine:
   * mammo_jax: the real pmapped `train.make_train_step` (data are uint16 on the host; scaling
-    happens inside the step), without augmentation and with the study's setting A on device;
+    happens inside the step), without augmentation with conv_impl 'xla' and 'cpu_fast', and
+    with the study's setting A on device and conv_impl 'auto' (what a run uses);
   * Keras 3 on TensorFlow: the same layers and optimizer (RMSprop with InverseTimeDecay),
     `train_on_batch` on float inputs already scaled, eager-graph (`jit_compile=False`, TF's
     oneDNN kernels) and XLA (`jit_compile=True`);
@@ -38,6 +39,7 @@ from mammo_jax import parallel, tasks, train
 variant, batch, steps, augment = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == '1'
 config = load_config('scratch4', variant)
 config.batch_size = batch
+config.model.conv_impl = sys.argv[6]
 if not augment:
   config.augment.rotation = config.augment.shear = config.augment.zoom = 0.0
   config.augment.horizontal_flip = config.augment.vertical_flip = False
@@ -130,16 +132,18 @@ def main():
   parser.add_argument('--skip_keras_xla', action='store_true')
   args = parser.parse_args()
   widths, dense, decay = MODELS[args.model]
-  runs = {'mammo_jax': [], 'mammo_jax + augmentation A': [], 'Keras/TF': [],
-          'Keras/TF XLA (jit_compile)': []}
+  runs = {'mammo_jax, conv_impl=xla': [], 'mammo_jax, conv_impl=cpu_fast': [],
+          'mammo_jax + augmentation A': [], 'Keras/TF': [], 'Keras/TF XLA (jit_compile)': []}
   device = None
   for r in range(args.rounds):
     print(f'round {r + 1}/{args.rounds}', file=sys.stderr, flush=True)
-    out = _run(_JAX, ROOT, args.model, args.batch_size, args.steps, 0)
-    runs['mammo_jax'] += out['times']
+    out = _run(_JAX, ROOT, args.model, args.batch_size, args.steps, 0, 'xla')
+    runs['mammo_jax, conv_impl=xla'] += out['times']
     device = f'{out["device"]} x{out["devices"]}'
+    runs['mammo_jax, conv_impl=cpu_fast'] += _run(_JAX, ROOT, args.model, args.batch_size,
+                                                  args.steps, 0, 'cpu_fast')['times']
     runs['mammo_jax + augmentation A'] += _run(_JAX, ROOT, args.model, args.batch_size,
-                                               args.steps, 1)['times']
+                                               args.steps, 1, 'auto')['times']
     runs['Keras/TF'] += _run(_KERAS, json.dumps(widths), dense, decay, args.batch_size,
                              args.steps, 0)['times']
     if not args.skip_keras_xla:

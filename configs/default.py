@@ -23,6 +23,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = model = ml_collections.ConfigDict()
   model.name = 'scratch2_exp5'  # a key of mammo_jax.models.MODELS
   model.preprocess = 'unit'  # uint16 / 65535, the study's scaling for scratch models
+  # Convolution and max-pool implementation: 'xla' (nn.Conv / nn.max_pool), 'cpu_fast' (same
+  # parameters and values, gradients in forms XLA:CPU runs faster; mammo_jax.models.layers),
+  # or 'auto' (cpu_fast on CPU, xla on GPU/TPU).
+  model.conv_impl = 'auto'
 
   config.optimizer = opt = ml_collections.ConfigDict()
   opt.name = 'rmsprop'  # rmsprop | adam | nadam | sgd, with Keras's defaults and semantics

@@ -62,7 +62,10 @@ def preprocess(images: jnp.ndarray, mode: str) -> jnp.ndarray:
 
 
 def create_model(config: ml_collections.ConfigDict, task: tasks.Task):
-  model = models.get_model(config.model.name, bn_axis_name=parallel.AXIS)
+  impl = config.model.conv_impl
+  if impl == 'auto':
+    impl = 'cpu_fast' if jax.default_backend() == 'cpu' else 'xla'
+  model = models.get_model(config.model.name, bn_axis_name=parallel.AXIS, conv_impl=impl)
   if model.num_outputs != task.num_outputs:
     raise ValueError(f'model {config.model.name} has {model.num_outputs} outputs but task '
                      f'{task.name} needs {task.num_outputs}')

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mammo_jax.models import layers
+
 _glorot = nn.initializers.glorot_uniform()
 
 
@@ -28,19 +30,31 @@ class ScratchCNN(nn.Module):
   bn_momentum: float = 0.99  # Keras semantics: running = momentum * running + (1 - m) * batch
   bn_epsilon: float = 1e-3  # Keras's default, not Flax's 1e-5
   bn_axis_name: str | None = None  # set to the pmap axis to sync batch statistics
+  # 'xla': nn.Conv and nn.max_pool. 'cpu_fast': layers.Conv and layers.max_pool, the same
+  # parameters and values with gradients written in forms XLA:CPU runs several times faster
+  # (benchmarks/conv_backward.py).
+  conv_impl: str = 'xla'
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    if self.conv_impl not in ('xla', 'cpu_fast'):
+      raise ValueError(f"conv_impl must be 'xla' or 'cpu_fast', not {self.conv_impl!r}")
+    fast = self.conv_impl == 'cpu_fast'
+    conv = layers.Conv if fast else nn.Conv
     for i, width in enumerate(self.filters):
       k, s = (self.first_kernel, self.first_stride) if i == 0 else (3, 1)
-      x = nn.Conv(width, (k, k), strides=(s, s), padding='VALID', kernel_init=_glorot,
-                  name=f'conv{i}')(x)
+      x = conv(width, (k, k), strides=(s, s), padding='VALID', kernel_init=_glorot,
+               name=f'conv{i}')(x)
       if self.batch_norm:
         x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                          epsilon=self.bn_epsilon, axis_name=self.bn_axis_name,
                          name=f'bn{i}')(x)
-      x = nn.relu(x)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      if fast:
+        # ReLU is monotone, so it commutes with max-pooling, values and gradients alike (ties
+        # included, as relu'(0) = 0); pooling first leaves ReLU a quarter of the elements.
+        x = nn.relu(layers.max_pool(x, (2, 2), strides=(2, 2)))
+      else:
+        x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
     x = x.reshape((x.shape[0], -1))  # NHWC flatten = Keras's H*W*C order
     x = nn.relu(nn.Dense(self.dense, kernel_init=_glorot, name='fc')(x))
     if self.dropout:

@@ -1,0 +1,226 @@
+"""CPU-friendly drop-ins for `nn.Conv` and `nn.max_pool`: same parameters, same results.
+
+On XLA:CPU (jaxlib 0.10) a conv net's training step is slow for reasons that have equal-valued
+rewrites which run fast (benchmarks/conv_backward.py measures each one):
+  * the filter gradient that autodiff emits, a convolution that contracts over the batch, runs
+    at 10-20% of matmul speed: here it is an im2col of a few images at a time and one matmul
+    per chunk, in a loop so that the patches stay in cache; the bias gradient is summed in the
+    same loop;
+  * max-pool's gradient (select-and-scatter) is 3-8x slower than an elementwise mask: for
+    non-overlapping windows, each window's first maximum is found by comparing the input with
+    the pooled output;
+  * XLA:CPU hands forward convolutions to YNNPACK, which is ~2x slower on an unpadded
+    convolution than on the same one padded by a row: unpadded convolutions with 8 or more
+    input channels get one extra zero row at the bottom, and the extra output row is sliced
+    off (bit-identical); a one-channel convolution is a fused sum of kh*kw broadcast products.
+The input gradient is the "full" convolution of the output gradient with the flipped,
+in/out-swapped kernel, as autodiff emits it for stride 1. Strided convolutions fall back to
+autodiff. Under jit, an input gradient nobody uses (the first layer's) is dead code and XLA
+drops it.
+"""
+
+import functools
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+_DN = ('NHWC', 'HWIO', 'NHWC')
+# Output pixels per filter-gradient matmul (the contracted dimension). Measured on M2's layers:
+# ~10k rows (1 image of 148x148, 2 of 72x72, 8 of 34x34) beat both a whole-batch matmul
+# (patches fall out of cache, and a long thin contraction barely parallelises) and smaller
+# chunks (too little work per matmul).
+_CHUNK_ROWS = 8192
+
+Pads = tuple[tuple[int, int], tuple[int, int]]
+
+
+def _pair(v) -> tuple[int, int]:
+  return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _resolve_padding(spatial, window, strides, padding) -> Pads:
+  if isinstance(padding, str):
+    return tuple(lax.padtype_to_pads(spatial, window, strides, padding))
+  if isinstance(padding, int):
+    return ((padding, padding),) * 2
+  return tuple(_pair(p) for p in padding)
+
+
+def _conv(x, kernel, strides, pads: Pads):
+  """lax convolution (NHWC, HWIO), routed to the fastest equal form XLA:CPU has for it."""
+  kh, kw, cin, _ = kernel.shape
+  unpadded = all(p == 0 for pair in pads for p in pair)
+  if unpadded and cin == 1 and strides == (1, 1):
+    # One input channel: a sum of kh*kw broadcast products, one fused elementwise loop.
+    out_h, out_w = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+    return sum(x[:, i:i + out_h, j:j + out_w] * kernel[i, j, 0]
+               for i in range(kh) for j in range(kw))
+  if unpadded and cin >= 8:
+    # Unpadded convolutions run on a ~2x slower path than padded ones (measured for 8 to 256
+    # input channels; slower with fewer): pad one output row's worth and slice it off.
+    out_h = (x.shape[1] - kh) // strides[0] + 1
+    y = lax.conv_general_dilated(x, kernel, strides, ((0, strides[0]), (0, 0)),
+                                 dimension_numbers=_DN)
+    return y[:, :out_h]
+  return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_DN)
+
+
+def _patches(x, kh: int, kw: int, out_h: int, out_w: int):
+  """[n, out_h, out_w, kh*kw*c] im2col, (kh, kw, c)-major like an HWIO kernel's rows."""
+  return jnp.concatenate(
+      [x[:, i:i + out_h, j:j + out_w] for i in range(kh) for j in range(kw)], axis=-1)
+
+
+def _filter_grads(xp, g, kh: int, kw: int):
+  """Kernel and bias gradients of a stride-1 correlation of padded input xp with output grad g.
+
+  dw[i, j, c, d] = sum_{n,h,w} xp[n, h+i, w+j, c] g[n, h, w, d] and db = sum_{n,h,w} g, by
+  im2col matmuls over a few images at a time. The loop slices xp and g in place: scanning
+  over reshaped copies made XLA materialise the tensors feeding them once more.
+  """
+  n, out_h, out_w, cout = g.shape
+  cin = xp.shape[-1]
+  dtype = jnp.promote_types(xp.dtype, g.dtype)
+
+  def chunk_grads(start, size):
+    xc = lax.dynamic_slice_in_dim(xp, start, size)
+    gc = lax.dynamic_slice_in_dim(g, start, size)
+    cols = _patches(xc, kh, kw, out_h, out_w).reshape(-1, kh * kw * cin)
+    dw = lax.dot_general(cols, gc.reshape(-1, cout), (((0,), (0,)), ((), ())))
+    return dw, gc.sum(axis=(0, 1, 2), dtype=dtype)
+
+  chunk = min(n, -(-_CHUNK_ROWS // (out_h * out_w)))
+  steps = n // chunk
+
+  def body(step, acc):
+    dw, db = chunk_grads(step * chunk, chunk)
+    return acc[0] + dw, acc[1] + db
+
+  dw, db = lax.fori_loop(0, steps, body, (jnp.zeros((kh * kw * cin, cout), dtype),
+                                          jnp.zeros((cout,), dtype)))
+  if steps * chunk < n:
+    rest_dw, rest_db = chunk_grads(steps * chunk, n - steps * chunk)
+    dw, db = dw + rest_dw, db + rest_db
+  return dw.reshape(kh, kw, cin, cout), db
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _conv_s1(x, kernel, bias, pads: Pads):
+  y = _conv(x, kernel, (1, 1), pads)
+  return y if bias is None else y + bias
+
+
+def _conv_s1_fwd(x, kernel, bias, pads):
+  return _conv_s1(x, kernel, bias, pads), (x, kernel, bias is None)
+
+
+def _conv_s1_bwd(pads, res, g):
+  x, kernel, no_bias = res
+  kh, kw = kernel.shape[:2]
+  # Input gradient: the "full" correlation of g with the flipped kernel, in and out swapped.
+  flipped = jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
+  dx_pads = ((kh - 1 - pads[0][0], kh - 1 - pads[0][1]), (kw - 1 - pads[1][0], kw - 1 - pads[1][1]))
+  dx = _conv(g, flipped, (1, 1), dx_pads).astype(x.dtype)
+  xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0))) if any(map(any, pads)) else x
+  dw, db = _filter_grads(xp, g, kh, kw)
+  return dx, dw.astype(kernel.dtype), None if no_bias else db.astype(g.dtype)
+
+
+_conv_s1.defvjp(_conv_s1_fwd, _conv_s1_bwd)
+
+
+def conv2d(x, kernel, bias=None, strides=(1, 1), padding='VALID'):
+  """conv_general_dilated(x, kernel, strides, padding) [+ bias], NHWC x and HWIO kernel."""
+  strides = _pair(strides)
+  pads = _resolve_padding(x.shape[1:3], kernel.shape[:2], strides, padding)
+  in_range = all(0 <= p < k for pair, k in zip(pads, kernel.shape[:2]) for p in pair)
+  if strides != (1, 1) or not in_range:
+    y = _conv(x, kernel, strides, pads)  # autodiff: rare shapes, correct and fast enough
+    return y if bias is None else y + bias
+  return _conv_s1(x, kernel, bias, pads)
+
+
+class Conv(nn.Module):
+  """2-D NHWC convolution with nn.Conv's parameters (`kernel` HWIO, `bias`) and results.
+
+  A subset of nn.Conv: no dilation, feature groups or masks. The gradients are computed as
+  described in the module docstring.
+  """
+
+  features: int
+  kernel_size: Sequence[int]
+  strides: int | Sequence[int] = 1
+  padding: str | int | Sequence[tuple[int, int]] = 'SAME'
+  use_bias: bool = True
+  dtype: jnp.dtype | None = None
+  param_dtype: jnp.dtype = jnp.float32
+  kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+  bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    kh, kw = self.kernel_size
+    kernel = self.param('kernel', self.kernel_init, (kh, kw, x.shape[-1], self.features),
+                        self.param_dtype)
+    bias = (self.param('bias', self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias else None)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    return conv2d(x, kernel, bias, self.strides, self.padding)
+
+
+def _pool_fwd(x, kh: int, kw: int):
+  n, h, w, c = x.shape
+  oh, ow = h // kh, w // kw
+  return x[:, :oh * kh, :ow * kw].reshape(n, oh, kh, ow, kw, c).max(axis=(2, 4))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _pool(x, kh: int, kw: int):
+  return _pool_fwd(x, kh, kw)
+
+
+def _pool_vjp_fwd(x, kh, kw):
+  y = _pool_fwd(x, kh, kw)
+  return y, (x, y)
+
+
+def _pool_vjp_bwd(kh, kw, res, g):
+  x, y = res
+  n, h, w, c = x.shape
+  oh, ow = y.shape[1:3]
+  xr = x[:, :oh * kh, :ow * kw].reshape(n, oh, kh, ow, kw, c)
+  # Index of each window's first maximum in row-major order: XLA's select-and-scatter (what
+  # autodiff of nn.max_pool emits) gives the gradient to that element.
+  first = jnp.full(y.shape, kh * kw - 1, jnp.int32)
+  for p in reversed(range(kh * kw - 1)):
+    first = jnp.where(xr[:, :, p // kw, :, p % kw] == y, p, first)
+  window = (1, 1, kh, 1, kw, 1)
+  position = (lax.broadcasted_iota(jnp.int32, window, 2) * kw +
+              lax.broadcasted_iota(jnp.int32, window, 4))
+  dx = jnp.where(first[:, :, None, :, None] == position, g[:, :, None, :, None],
+                 jnp.zeros((), g.dtype)).reshape(n, oh * kh, ow * kw, c)
+  if (oh * kh, ow * kw) != (h, w):
+    dx = jnp.pad(dx, ((0, 0), (0, h - oh * kh), (0, w - ow * kw), (0, 0)))
+  return (dx,)
+
+
+_pool.defvjp(_pool_vjp_fwd, _pool_vjp_bwd)
+
+
+def max_pool(x, window_shape: Sequence[int], strides: Sequence[int] | None = None,
+             padding: str = 'VALID'):
+  """nn.max_pool for NHWC inputs; fast for non-overlapping 'VALID' windows (e.g. 2x2/2).
+
+  Forward values equal nn.max_pool's. The gradient goes to the first maximum of each window in
+  row-major order, like autodiff of nn.max_pool; a window holding a NaN has a NaN maximum that
+  equals no element, so its last element gets the gradient. Other configurations call
+  nn.max_pool.
+  """
+  window = tuple(window_shape)
+  strides = window if strides is None else tuple(strides)
+  if x.ndim != 4 or len(window) != 2 or strides != window or padding != 'VALID':
+    return nn.max_pool(x, window, strides=strides, padding=padding)
+  return _pool(x, *window)
