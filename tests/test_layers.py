@@ -1,5 +1,7 @@
 """layers.Conv and layers.max_pool equal nn.Conv and nn.max_pool, values and gradients."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -11,6 +13,20 @@ from mammo_jax import models
 from mammo_jax.models import layers
 
 
+def _normal(seed, shape, scale=1.0):
+  # numpy, not jax.random: every new jax.random shape costs a compilation, which dominated.
+  return (scale * np.random.default_rng(seed).standard_normal(shape)).astype(np.float32)
+
+
+def _random_variables(module, x, seed=0):
+  """Variables shaped like module.init's, drawn from numpy; kernels scaled by 1/sqrt(fan-in)."""
+  shapes = jax.eval_shape(module.init, jax.random.key(0), x)
+  leaves, tree = jax.tree.flatten(shapes)
+  scale = lambda shape: 1 / np.sqrt(np.prod(shape[:-1])) if len(shape) > 1 else 0.3
+  return tree.unflatten([_normal(seed + i, leaf.shape, scale(leaf.shape))
+                         for i, leaf in enumerate(leaves)])
+
+
 def _close(actual, expected, rtol=2e-5):
   """float32 equality up to summation order: relative to each array's largest entry."""
   expected = np.asarray(expected)
@@ -18,53 +34,41 @@ def _close(actual, expected, rtol=2e-5):
                              atol=rtol * max(1.0, float(np.abs(expected).max())))
 
 
-@pytest.mark.parametrize('kernel,cin,cout,strides,padding', [
-    ((3, 3), 1, 8, 1, 'VALID'), ((3, 3), 5, 3, 1, 'SAME'), ((5, 5), 4, 6, 1, 'VALID'),
-    ((2, 3), 3, 2, 1, 'SAME'), ((3, 3), 5, 3, 2, 'VALID'), ((5, 5), 4, 6, 2, 'SAME')])
-def test_conv_values_and_gradients_match_nn_conv(kernel, cin, cout, strides, padding):
-  kx, kr, kp = jax.random.split(jax.random.key(0), 3)
-  x = jax.random.normal(kx, (3, 17, 15, cin))
+# Every path of layers.conv2d: one input channel (broadcast products), a few (plain), 8 or
+# more (padded fast path), SAME padding, strides (autodiff fallback), no bias.
+@pytest.mark.parametrize('kernel,cin,cout,strides,padding,use_bias', [
+    ((3, 3), 1, 8, 1, 'VALID', True), ((3, 3), 5, 3, 1, 'SAME', True),
+    ((5, 5), 4, 6, 1, 'VALID', True), ((3, 3), 8, 4, 1, 'VALID', True),
+    ((2, 3), 16, 2, 1, 'SAME', True), ((3, 3), 12, 5, 1, 'VALID', False),
+    ((3, 3), 5, 3, 2, 'VALID', True), ((5, 5), 8, 6, 2, 'SAME', True)])
+def test_conv_values_and_gradients_match_nn_conv(kernel, cin, cout, strides, padding, use_bias):
+  x = _normal(1, (3, 17, 15, cin))
   kwargs = dict(features=cout, kernel_size=kernel, strides=strides, padding=padding,
-                bias_init=nn.initializers.normal(1.0))
+                use_bias=use_bias)
   ref, fast = nn.Conv(**kwargs), layers.Conv(**kwargs)
-  params = ref.init(kp, x)
-  assert jax.tree.map(jnp.shape, fast.init(kp, x)) == jax.tree.map(jnp.shape, params)
-  out_shape = jax.eval_shape(ref.apply, params, x).shape
-  weights = jax.random.normal(kr, out_shape)
+  key = jax.random.key(0)
+  assert jax.eval_shape(fast.init, key, x) == jax.eval_shape(ref.init, key, x)
+  params = _random_variables(ref, x)
+  weights = _normal(2, jax.eval_shape(ref.apply, params, x).shape)
 
-  def loss(module):
-    return jax.jit(jax.value_and_grad(
-        lambda p, x: jnp.sum(module.apply(p, x) * weights), argnums=(0, 1)))
+  @jax.jit
+  def outputs_and_grads(params, x):
+    return [(m.apply(params, x), jax.value_and_grad(
+        lambda p, x: jnp.sum(m.apply(p, x) * weights), argnums=(0, 1))(params, x))
+            for m in (fast, ref)]
 
-  (value, (dparams, dx)), (value_ref, (dparams_ref, dx_ref)) = loss(fast)(params, x), loss(ref)(
-      params, x)
-  _close(fast.apply(params, x), ref.apply(params, x))
-  _close(value, value_ref)
-  _close(dx, dx_ref)
-  _close(dparams['params']['kernel'], dparams_ref['params']['kernel'])
-  _close(dparams['params']['bias'], dparams_ref['params']['bias'])
-
-
-def test_conv_without_bias_matches_nn_conv():
-  x = jax.random.normal(jax.random.key(9), (2, 11, 10, 8))
-  ref, fast = (cls(4, (3, 3), padding='VALID', use_bias=False) for cls in (nn.Conv, layers.Conv))
-  params = ref.init(jax.random.key(0), x)
-  assert jax.tree.map(jnp.shape, fast.init(jax.random.key(0), x)) == jax.tree.map(
-      jnp.shape, params)
-  grads = [jax.grad(lambda p, x: jnp.sum(m.apply(p, x) ** 2), argnums=(0, 1))(params, x)
-           for m in (fast, ref)]
-  jax.tree.map(_close, grads[0], grads[1])
+  fast_results, ref_results = outputs_and_grads(params, x)
+  jax.tree.map(_close, fast_results, ref_results)  # output, loss, d/dparams, d/dx
 
 
 def test_conv_filter_gradient_chunks_with_a_remainder(monkeypatch):
-  x = jax.random.normal(jax.random.key(1), (7, 9, 8, 4))
-  w = jax.random.normal(jax.random.key(2), (3, 3, 4, 5))
-  expected = jax.grad(lambda w: jnp.sum(jnp.sin(jax.lax.conv_general_dilated(
-      x, w, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC')))))(w)
+  x, w = _normal(1, (7, 9, 8, 4)), _normal(2, (3, 3, 4, 5))
+  expected = jax.jit(jax.grad(lambda w: jnp.sum(jnp.sin(jax.lax.conv_general_dilated(
+      x, w, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))))))(w)
   # One image per chunk; then chunks of 3 images (of 7x6 output pixels) and a remainder of 1.
   for rows in (1, 3 * 7 * 6):
     monkeypatch.setattr(layers, '_CHUNK_ROWS', rows)
-    _close(jax.grad(lambda w: jnp.sum(jnp.sin(layers.conv2d(x, w))))(w), expected)
+    _close(jax.jit(jax.grad(lambda w: jnp.sum(jnp.sin(layers.conv2d(x, w)))))(w), expected)
 
 
 def test_unused_input_gradient_is_not_computed_under_jit():
@@ -80,52 +84,58 @@ def test_unused_input_gradient_is_not_computed_under_jit():
   assert convolutions((0, 1)) == 2  # + the input gradient
 
 
+def _pool_outputs_and_grads(x, window, strides, padding):
+  """layers.max_pool and nn.max_pool outputs and input gradients, from one jitted program."""
+
+  @jax.jit
+  def run(x):
+    results = []
+    for pool in (layers.max_pool, nn.max_pool):
+      y, vjp = jax.vjp(lambda x: pool(x, window, strides, padding), x)
+      results.append((y, vjp(jnp.cos(jnp.arange(y.size, dtype=y.dtype)).reshape(y.shape))))
+    return results
+
+  return run(x)
+
+
 @pytest.mark.parametrize('window', [(2, 2), (3, 3), (2, 3)])
 def test_max_pool_equals_nn_max_pool_with_ties(window):
   # Quantised, rectified values: many windows with tied maxima, as after a ReLU.
-  x = jax.nn.relu(jnp.round(2 * jax.random.normal(jax.random.key(3), (2, 17, 15, 5))) / 2)
-  g = jax.random.normal(jax.random.key(4), jax.eval_shape(
-      lambda x: nn.max_pool(x, window, window), x).shape)
-  grad = lambda pool: jax.jit(jax.vjp(pool, x)[1])(g)[0]
-  fast = lambda x: layers.max_pool(x, window, window)
-  ref = lambda x: nn.max_pool(x, window, window)
-  np.testing.assert_array_equal(fast(x), ref(x))
-  np.testing.assert_array_equal(grad(fast), grad(ref))
+  x = np.maximum(np.round(2 * _normal(3, (2, 17, 15, 5))) / 2, 0)
+  fast, ref = _pool_outputs_and_grads(x, window, window, 'VALID')
+  jax.tree.map(np.testing.assert_array_equal, fast, ref)
 
 
 @pytest.mark.parametrize('strides,padding', [((1, 1), 'VALID'), ((2, 2), 'SAME')])
 def test_max_pool_falls_back_for_other_configurations(strides, padding):
-  x = jax.random.normal(jax.random.key(5), (2, 9, 7, 3))
-  ref = lambda x: nn.max_pool(x, (2, 2), strides, padding)
-  fast = lambda x: layers.max_pool(x, (2, 2), strides, padding)
-  np.testing.assert_array_equal(fast(x), ref(x))
-  np.testing.assert_array_equal(jax.grad(lambda x: jnp.sum(fast(x) ** 2))(x),
-                                jax.grad(lambda x: jnp.sum(ref(x) ** 2))(x))
+  x = _normal(5, (2, 9, 7, 3))
+  fast, ref = _pool_outputs_and_grads(x, (2, 2), strides, padding)
+  jax.tree.map(np.testing.assert_array_equal, fast, ref)
 
 
 @pytest.mark.parametrize('name', ['scratch4_m2', 'scratch2_exp7'])
 def test_scratch_cnn_gradients_equal_across_conv_impls(name):
   """Same parameter tree; same loss and gradients (exp7: the 5x5/2 stem)."""
-  x = jax.random.normal(jax.random.key(6), (4, 46, 46, 1))
+  x = _normal(6, (4, 46, 46, 1))
   ref = models.get_model(name)
   fast = models.get_model(name, conv_impl='cpu_fast')
-  variables = ref.init(jax.random.key(7), x)
-  assert (jax.tree.map(jnp.shape, fast.init(jax.random.key(7), x))
-          == jax.tree.map(jnp.shape, variables))
+  key = jax.random.key(0)
+  assert jax.eval_shape(fast.init, key, x) == jax.eval_shape(ref.init, key, x)
+  variables = _random_variables(ref, x)
+  if 'batch_stats' in variables:
+    variables['batch_stats'] = jax.tree.map(np.abs, variables['batch_stats'])  # variances
   labels = jnp.arange(4) % ref.num_outputs
 
-  def loss_and_grad(module):
-    def loss(params):
-      logits, _ = module.apply({**variables, 'params': params}, x, train=True,
-                               mutable=['batch_stats'], rngs={'dropout': jax.random.key(8)})
-      if module.num_outputs == 1:
-        return optax.sigmoid_binary_cross_entropy(logits[:, 0], labels).mean()
-      return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    return jax.jit(jax.value_and_grad(loss))(variables['params'])
+  def loss(module, params):
+    logits, _ = module.apply({**variables, 'params': params}, x, train=True,
+                             mutable=['batch_stats'], rngs={'dropout': jax.random.key(8)})
+    if module.num_outputs == 1:
+      return optax.sigmoid_binary_cross_entropy(logits[:, 0], labels).mean()
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
-  (value, grads), (value_ref, grads_ref) = loss_and_grad(fast), loss_and_grad(ref)
-  _close(value, value_ref)
-  jax.tree.map(lambda a, b: _close(a, b, rtol=1e-4), grads, grads_ref)
+  fast_results, ref_results = jax.jit(lambda p: [
+      jax.value_and_grad(functools.partial(loss, m))(p) for m in (fast, ref)])(variables['params'])
+  jax.tree.map(lambda a, b: _close(a, b, rtol=1e-4), fast_results, ref_results)
 
 
 def test_unknown_conv_impl_is_rejected():

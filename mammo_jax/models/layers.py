@@ -107,18 +107,22 @@ def _filter_grads(xp, g, kh: int, kw: int):
   return dw.reshape(kh, kw, cin, cout), db
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _conv_s1(x, kernel, bias, pads: Pads):
-  y = _conv(x, kernel, (1, 1), pads)
+def _conv_bias(x, kernel, bias, strides, pads: Pads):
+  y = _conv(x, kernel, strides, pads)
   return y if bias is None else y + bias
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _conv_s1(x, kernel, bias, pads: Pads):
+  return _conv_bias(x, kernel, bias, (1, 1), pads)
+
+
 def _conv_s1_fwd(x, kernel, bias, pads):
-  return _conv_s1(x, kernel, bias, pads), (x, kernel, bias is None)
+  return _conv_bias(x, kernel, bias, (1, 1), pads), (x, kernel, bias)  # None: no leaves
 
 
 def _conv_s1_bwd(pads, res, g):
-  x, kernel, no_bias = res
+  x, kernel, bias = res
   kh, kw = kernel.shape[:2]
   # Input gradient: the "full" correlation of g with the flipped kernel, in and out swapped.
   flipped = jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
@@ -126,7 +130,7 @@ def _conv_s1_bwd(pads, res, g):
   dx = _conv(g, flipped, (1, 1), dx_pads).astype(x.dtype)
   xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0))) if any(map(any, pads)) else x
   dw, db = _filter_grads(xp, g, kh, kw)
-  return dx, dw.astype(kernel.dtype), None if no_bias else db.astype(g.dtype)
+  return dx, dw.astype(kernel.dtype), None if bias is None else db.astype(bias.dtype)
 
 
 _conv_s1.defvjp(_conv_s1_fwd, _conv_s1_bwd)
@@ -138,8 +142,7 @@ def conv2d(x, kernel, bias=None, strides=(1, 1), padding='VALID'):
   pads = _resolve_padding(x.shape[1:3], kernel.shape[:2], strides, padding)
   in_range = all(0 <= p < k for pair, k in zip(pads, kernel.shape[:2]) for p in pair)
   if strides != (1, 1) or not in_range:
-    y = _conv(x, kernel, strides, pads)  # autodiff: rare shapes, correct and fast enough
-    return y if bias is None else y + bias
+    return _conv_bias(x, kernel, bias, strides, pads)  # autodiff: rare here, and correct
   return _conv_s1(x, kernel, bias, pads)
 
 
@@ -215,9 +218,9 @@ def max_pool(x, window_shape: Sequence[int], strides: Sequence[int] | None = Non
   """nn.max_pool for NHWC inputs; fast for non-overlapping 'VALID' windows (e.g. 2x2/2).
 
   Forward values equal nn.max_pool's. The gradient goes to the first maximum of each window in
-  row-major order, like autodiff of nn.max_pool; a window holding a NaN has a NaN maximum that
-  equals no element, so its last element gets the gradient. Other configurations call
-  nn.max_pool.
+  row-major order, like autodiff of nn.max_pool. A window holding a NaN has a NaN maximum that
+  equals no element, so its last element gets the gradient (autodiff of nn.max_pool may pick
+  another). Other configurations call nn.max_pool.
   """
   window = tuple(window_shape)
   strides = window if strides is None else tuple(strides)
