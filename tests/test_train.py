@@ -149,6 +149,20 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
 
 
+def test_non_finite_loss_is_caught_between_sparse_metric_reads(tmp_path, data_cache):
+  """Metrics are read back only at logs, epoch ends and checkpoints; the first bad step is
+  still the one named, and nothing after it is saved."""
+  config = smoke_config('scratch2', 'exp0,smoke', data_cache)
+  config.optimizer.learning_rate = 1e30
+  config.checkpoint_every_steps = 0
+  config.log_every_steps = 100  # the first read is at the end of epoch 0 (step 3)
+  workdir = str(tmp_path / 'run')
+  with pytest.raises(FloatingPointError, match=r'training loss is (nan|inf) at step 2; '
+                     r'stopped\. No checkpoint had been written yet'):
+    train.train_and_evaluate(config, workdir)
+  assert checkpointing.Checkpoints(workdir).latest_step() is None
+
+
 def test_resuming_a_workdir_with_another_config_is_refused(tmp_path, data_cache):
   config = smoke_config('scratch2', 'exp0,smoke', data_cache)
   config.num_epochs = 1
