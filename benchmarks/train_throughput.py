@@ -1,6 +1,7 @@
 """Train-step throughput: mammo_jax against Keras (TensorFlow backend), and the input pipeline.
 
-    python benchmarks/train_throughput.py [--model m2] [--batch_size 128] [--steps 5] [--rounds 2]
+    python benchmarks/train_throughput.py [--model m2|vgg16_ft] [--batch_size 128] [--steps 5]
+        [--rounds 2] [--peak_tflops T]
 
 The study's 4-class model M2 (150x150x1, C64-C128-C256, D64, RMSprop lr 1e-3, decay 5e-4),
 batch 128, float32, in one invocation on the same machine:
@@ -12,6 +13,12 @@ batch 128, float32, in one invocation on the same machine:
     oneDNN kernels) and XLA (`jit_compile=True`);
   * the input pipeline: `input_pipeline.train_batches` over the synthetic roi150 train split
     plus `parallel.shard` (the host->device copy), in images/s.
+`--model vgg16_ft` times the study's VGG16 fine-tuning stage 2 (configs/vgg16_2.py:ft2,
+150x150, Keras caffe preprocessing inside our step) against the same Keras model
+(keras.applications.VGG16 base with block5_conv2/3 trainable, Flatten-Dropout-Dense256-Dense1,
+RMSprop 1e-4) on preprocessed float inputs; on a GPU/TPU also with half_precision. The
+TFLOP/s column divides XLA's operation count of our compiled step by its time; with
+--peak_tflops it becomes a model FLOP utilisation.
 Each framework runs in its own fresh process, alternating over --rounds so that machine noise
 hits both; a step time is the median of --steps timed steps after two warm-up steps (pmap
 compiles on the first and second call). Prints a Markdown table for BENCHMARKS.md and writes
@@ -36,12 +43,16 @@ sys.path.insert(0, sys.argv[1])
 import jax, numpy as np
 from tests.conftest import load_config
 from mammo_jax import parallel, tasks, train
-variant, batch, steps, augment = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == '1'
-config = load_config('scratch4', variant)
+name, arg, batch, steps = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+augment, impl, half = sys.argv[6] == '1', sys.argv[7], sys.argv[8] == '1'
+config = load_config(name, arg)
 config.batch_size = batch
-config.model.conv_impl = sys.argv[6]
+config.model.conv_impl = impl
+config.model.pretrained = ''  # random weights time the same as ImageNet ones
+config.half_precision = half
 if not augment:
   config.augment.rotation = config.augment.shear = config.augment.zoom = 0.0
+  config.augment.width_shift = config.augment.height_shift = 0.0
   config.augment.horizontal_flip = config.augment.vertical_flip = False
 task = tasks.get_task(config.task)
 state = train.create_train_state(jax.random.key(0), config, train.create_model(config, task),
@@ -50,6 +61,10 @@ step = train.make_train_step(config, task)
 rng = np.random.default_rng(0)
 batch = parallel.shard({'image': rng.integers(0, 65535, (batch, 150, 150, 1), dtype=np.uint16),
                         'label': rng.integers(0, 4, (batch,), dtype=np.int32)})
+# XLA's count of the compiled step's floating-point operations (all devices).
+cost = step.lower(state, batch, jax.random.key(1)).compile().cost_analysis()
+cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+flops = float(cost.get('flops', 0.0)) * jax.local_device_count() if cost else 0.0
 times = []
 for i in range(steps + 2):
   t = time.perf_counter()
@@ -57,7 +72,7 @@ for i in range(steps + 2):
   jax.block_until_ready((state, metrics))
   times.append(time.perf_counter() - t)
 print(json.dumps({'times': times[2:], 'device': str(jax.devices()[0].device_kind),
-                  'devices': jax.local_device_count()}))
+                  'devices': jax.local_device_count(), 'flops': flops}))
 '''
 
 _KERAS = r'''
@@ -78,6 +93,31 @@ model.compile(keras.optimizers.RMSprop(schedule), 'sparse_categorical_crossentro
 rng = np.random.default_rng(0)
 x = (rng.integers(0, 65535, (batch, 150, 150, 1)) / 65535).astype(np.float32)
 y = rng.integers(0, 4, (batch,)).astype(np.int32)
+times = []
+for i in range(steps + 2):
+  t = time.perf_counter()
+  model.train_on_batch(x, y)
+  times.append(time.perf_counter() - t)
+gpus = tf.config.list_physical_devices('GPU')
+print(json.dumps({'times': times[2:], 'device': 'GPU' if gpus else 'CPU'}))
+'''
+
+_KERAS_VGG = r'''
+import json, sys, time
+import numpy as np
+import keras, tensorflow as tf
+trainable, batch, steps, jit = sys.argv[1].split(','), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == '1'
+base = keras.applications.VGG16(weights=None, include_top=False, input_shape=(150, 150, 3))
+for layer in base.layers:
+  layer.trainable = layer.name in trainable
+model = keras.Sequential([base, keras.layers.Flatten(), keras.layers.Dropout(0.5),
+                          keras.layers.Dense(256, activation='relu'),
+                          keras.layers.Dense(1, activation='sigmoid')])
+model.compile(keras.optimizers.RMSprop(1e-4), 'binary_crossentropy', jit_compile=jit)
+rng = np.random.default_rng(0)
+x = keras.applications.vgg16.preprocess_input(
+    np.repeat(rng.integers(0, 65535, (batch, 150, 150, 1)) / 256.0, 3, axis=-1)).astype(np.float32)
+y = rng.integers(0, 2, (batch,)).astype(np.float32)
 times = []
 for i in range(steps + 2):
   t = time.perf_counter()
@@ -111,6 +151,8 @@ print(json.dumps({'images_per_s': images / (time.perf_counter() - t),
 
 MODELS = {'m1': ([32, 64, 128, 256], 48, 1e-3), 'm2': ([64, 128, 256], 64, 5e-4),
           'm3': ([64, 128, 256, 512], 64, 5e-4)}
+# The study's 2-class fine-tuning stage 2: block5_conv2/3 and the FC256 head trainable.
+VGG_FT = ('vgg16_2', 'ft2', 'block5_conv2,block5_conv3')
 
 
 def _run(code: str, *args) -> dict:
@@ -122,55 +164,99 @@ def _run(code: str, *args) -> dict:
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _variants(args, accelerator: bool) -> dict:
+  """Row name -> a function running one round of it, returning {'times', ...}."""
+  b, n = args.batch_size, args.steps
+  if args.model == 'vgg16_ft':
+    name, arg, convs = VGG_FT
+    rows = {
+        'mammo_jax': lambda: _run(_JAX, ROOT, name, arg, b, n, 0, 'auto', 0),
+        'mammo_jax + augmentation C': lambda: _run(_JAX, ROOT, name, arg, b, n, 1, 'auto', 0),
+        'Keras/TF': lambda: _run(_KERAS_VGG, convs, b, n, 0),
+        'Keras/TF XLA (jit_compile)': lambda: _run(_KERAS_VGG, convs, b, n, 1),
+    }
+    if accelerator:  # bfloat16 is for GPU/TPU; XLA:CPU emulates it slowly
+      rows['mammo_jax, half_precision (bf16)'] = lambda: _run(_JAX, ROOT, name, arg, b, n, 0,
+                                                               'auto', 1)
+    return rows
+  widths, dense, decay = MODELS[args.model]
+  return {
+      'mammo_jax, conv_impl=xla': lambda: _run(_JAX, ROOT, 'scratch4', args.model, b, n, 0,
+                                               'xla', 0),
+      'mammo_jax, conv_impl=cpu_fast': lambda: _run(_JAX, ROOT, 'scratch4', args.model, b, n,
+                                                    0, 'cpu_fast', 0),
+      'mammo_jax + augmentation A': lambda: _run(_JAX, ROOT, 'scratch4', args.model, b, n, 1,
+                                                 'auto', 0),
+      'Keras/TF': lambda: _run(_KERAS, json.dumps(widths), dense, decay, b, n, 0),
+      'Keras/TF XLA (jit_compile)': lambda: _run(_KERAS, json.dumps(widths), dense, decay, b,
+                                                 n, 1),
+  }
+
+
+def _accelerator() -> bool:
+  code = 'import jax; print(jax.default_backend())'
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                       check=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
+  return out.stdout.strip().splitlines()[-1] != 'cpu'
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--model', default='m2', choices=sorted(MODELS))
+  parser.add_argument('--model', default='m2', choices=sorted(MODELS) + ['vgg16_ft'])
   parser.add_argument('--batch_size', type=int, default=128)
   parser.add_argument('--steps', type=int, default=5)
   parser.add_argument('--rounds', type=int, default=2)
   parser.add_argument('--pipeline_batches', type=int, default=200)
   parser.add_argument('--skip_keras_xla', action='store_true')
+  parser.add_argument('--peak_tflops', type=float, default=0.0,
+                      help="the device's peak TFLOP/s for the model FLOP utilisation column "
+                           '(e.g. 989 for an H100 SXM in bf16, 67 in fp32)')
   args = parser.parse_args()
-  widths, dense, decay = MODELS[args.model]
-  runs = {'mammo_jax, conv_impl=xla': [], 'mammo_jax, conv_impl=cpu_fast': [],
-          'mammo_jax + augmentation A': [], 'Keras/TF': [], 'Keras/TF XLA (jit_compile)': []}
-  device = None
+  accelerator = _accelerator()
+  variants = _variants(args, accelerator)
+  if args.skip_keras_xla:
+    variants.pop('Keras/TF XLA (jit_compile)')
+  runs = {k: [] for k in variants}
+  flops, device = {}, None
   for r in range(args.rounds):
     print(f'round {r + 1}/{args.rounds}', file=sys.stderr, flush=True)
-    out = _run(_JAX, ROOT, args.model, args.batch_size, args.steps, 0, 'xla')
-    runs['mammo_jax, conv_impl=xla'] += out['times']
-    device = f'{out["device"]} x{out["devices"]}'
-    runs['mammo_jax, conv_impl=cpu_fast'] += _run(_JAX, ROOT, args.model, args.batch_size,
-                                                  args.steps, 0, 'cpu_fast')['times']
-    runs['mammo_jax + augmentation A'] += _run(_JAX, ROOT, args.model, args.batch_size,
-                                               args.steps, 1, 'auto')['times']
-    runs['Keras/TF'] += _run(_KERAS, json.dumps(widths), dense, decay, args.batch_size,
-                             args.steps, 0)['times']
-    if not args.skip_keras_xla:
-      runs['Keras/TF XLA (jit_compile)'] += _run(_KERAS, json.dumps(widths), dense, decay,
-                                                 args.batch_size, args.steps, 1)['times']
+    for name, run in variants.items():
+      out = run()
+      runs[name] += out['times']
+      if 'devices' in out:
+        device = f'{out["device"]} x{out["devices"]}'
+        flops[name] = out['flops']
+  consumer = 'mammo_jax + augmentation C' if args.model == 'vgg16_ft' else \
+      'mammo_jax + augmentation A'
   pipeline = _run(_PIPELINE, ROOT, args.batch_size, args.pipeline_batches)
 
-  rates = {k: args.batch_size / statistics.median(v) for k, v in runs.items() if v}
+  medians = {k: statistics.median(v) for k, v in runs.items() if v}
+  rates = {k: args.batch_size / t for k, t in medians.items()}
   keras = rates['Keras/TF']
-  consumed = rates['mammo_jax + augmentation A']
   machine = f'{platform.machine()}, {os.cpu_count()} cores, JAX device {device}'
-  lines = [f'Model {args.model}, batch {args.batch_size}, float32, {machine}; median of '
+  model = ('VGG16 fine-tuning (study 2-class FT 2: block5_conv2/3 + FC256 head trainable), '
+           '150x150' if args.model == 'vgg16_ft' else f'Model {args.model}')
+  lines = [f'{model}, batch {args.batch_size}, {machine}; median of '
            f'{args.steps * args.rounds} steps over {args.rounds} rounds.', '',
-           '| train step | images/s | vs Keras/TF |', '|---|---:|---:|']
+           '| train step | images/s | vs Keras/TF | TFLOP/s (XLA count) | MFU |',
+           '|---|---:|---:|---:|---:|']
   for name, rate in rates.items():
-    lines.append(f'| {name} | {rate:.1f} | {rate / keras:.2f}x |')
+    achieved = flops.get(name, 0.0) / medians[name] / 1e12
+    mfu = f'{achieved / args.peak_tflops:.1%}' if achieved and args.peak_tflops else '-'
+    lines.append(f'| {name} | {rate:.1f} | {rate / keras:.2f}x | '
+                 f'{f"{achieved:.3f}" if achieved else "-"} | {mfu} |')
   lines += ['', f'Input pipeline (train_batches + shard, {pipeline["train_examples"]} synthetic '
             f'train patches): {pipeline["images_per_s"]:.0f} images/s, '
-            f'{pipeline["images_per_s"] / consumed:.0f}x what the step (with augmentation) '
-            f'consumes.']
+            f'{pipeline["images_per_s"] / rates[consumer]:.0f}x what the step (with '
+            f'augmentation) consumes.']
   print('\n'.join(lines))
   os.makedirs(os.path.join(ROOT, 'benchmarks', 'results'), exist_ok=True)
-  name = 'cpu' if 'cpu' in (device or '').lower() else 'accelerator'
-  with open(os.path.join(ROOT, 'benchmarks', 'results', f'train_throughput-{name}.json'),
-            'w') as f:
+  suffix = 'accelerator' if accelerator else 'cpu'
+  with open(os.path.join(ROOT, 'benchmarks', 'results',
+                         f'train_throughput-{args.model}-{suffix}.json'), 'w') as f:
     json.dump({'args': vars(args), 'machine': machine, 'images_per_s': rates,
-               'step_seconds': runs, 'pipeline': pipeline}, f, indent=1)
+               'flops_per_step': flops, 'step_seconds': runs, 'pipeline': pipeline}, f,
+              indent=1)
 
 
 if __name__ == '__main__':

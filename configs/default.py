@@ -27,6 +27,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # parameters and values, gradients in forms XLA:CPU runs faster; mammo_jax.models.layers),
   # or 'auto' (cpu_fast on CPU, xla on GPU/TPU).
   model.conv_impl = 'auto'
+  # 'all', or comma-separated layer paths to train, the rest frozen (Keras's trainable=False):
+  # e.g. 'fc,logits,vgg16/block5_conv3'. Frozen parameters get no gradient and no optimizer state.
+  model.trainable = 'all'
+  # VGG16 only: ImageNet weights for the base, a file ported by `python -m mammo_jax.port_vgg16`
+  # (or an original Keras .h5 / torchvision .pth), or 'keras_notop' to download the Keras
+  # file (needs internet); '' = random initialisation.
+  model.pretrained = ''
+  # Start from the best checkpoint of another run: a workdir, or '@STAGE' for the sibling
+  # workdir STAGE (how pipeline stages chain). Parameters only; the optimizer starts afresh.
+  config.init_from = ''
+  config.half_precision = False  # bfloat16 convolutions (GPU/TPU); params and loss in float32
 
   config.optimizer = opt = ml_collections.ConfigDict()
   opt.name = 'rmsprop'  # rmsprop | adam | nadam | sgd, with Keras's defaults and semantics

@@ -9,6 +9,7 @@ never leave a half-written checkpoint that a resumption would trust.
 
 from __future__ import annotations
 
+import json
 import os
 
 import jax
@@ -72,3 +73,26 @@ class Checkpoints:
       if best_step > step:
         self._best.delete(best_step)
     self._best.reload()
+
+
+def best_variables(workdir: str):
+  """(params, batch_stats, step) of a finished run's best checkpoint, as saved.
+
+  Read without a target, so the run may have had another optimizer (e.g. a feature-extraction
+  stage whose state covers the head only); the caller merges the parameters strictly.
+  """
+  results = os.path.join(workdir, 'results.json')
+  if not os.path.exists(results):
+    raise FileNotFoundError(f'{workdir} holds no finished run (no results.json): run that '
+                            f'stage to the end first, in that workdir')
+  with open(results) as f:
+    step = json.load(f)['best_step']
+  best_dir = os.path.join(os.path.abspath(workdir), 'checkpoints', 'best')
+  manager = ocp.CheckpointManager(best_dir, options=ocp.CheckpointManagerOptions(
+      create=False, enable_async_checkpointing=False))
+  if step not in manager.all_steps():
+    raise FileNotFoundError(f'the best checkpoint (step {step}) named by {results} is missing '
+                            f'from {best_dir}')
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  state = restored.state
+  return state['params'], state.get('batch_stats'), step

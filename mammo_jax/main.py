@@ -1,7 +1,7 @@
 """Runs one mammo_jax experiment: `python -m mammo_jax.main --config=configs/X.py --workdir=DIR`.
 
 This file is intentionally thin: it parses flags and hands the config to
-`train.train_and_evaluate`. Re-running the same command on the same workdir resumes an
+`train.train_and_evaluate`, or to `pipeline.run` for a multi-stage config (`config.pipeline`). Re-running the same command on the same workdir resumes an
 interrupted run exactly.
 """
 
@@ -13,6 +13,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from mammo_jax import pipeline
 from mammo_jax import train
 
 FLAGS = flags.FLAGS
@@ -27,8 +28,11 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.info('JAX devices: %s', jax.local_devices())
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (FloatingPointError, ValueError, FileNotFoundError) as e:
+    if FLAGS.config.get('pipeline'):
+      pipeline.run(FLAGS.config, FLAGS.workdir)
+    else:
+      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (FloatingPointError, ValueError, FileNotFoundError, ConnectionError) as e:
     # Known failure modes (bad config or data, diverged training) end with one clear line;
     # the traceback stays in the log for bug reports.
     logging.exception('Run failed')

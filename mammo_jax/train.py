@@ -34,6 +34,7 @@ import optax
 
 from mammo_jax import augment
 from mammo_jax import checkpointing
+from mammo_jax import freezing
 from mammo_jax import input_pipeline
 from mammo_jax import metrics as metrics_lib
 from mammo_jax import models
@@ -54,18 +55,67 @@ class TrainState(train_state.TrainState):
   batch_stats: Any = None
 
 
-def preprocess(images: jnp.ndarray, mode: str) -> jnp.ndarray:
-  """Stored uint16 patches -> model input; identical for training, validation and test."""
-  if mode == 'unit':  # the study's scratch / dual / siamese scaling: uint16 / 65535
+# Keras "caffe" preprocessing (keras.applications.vgg16.preprocess_input): RGB -> BGR, then
+# minus the ImageNet means in BGR order, no scaling. torchvision's: [0, 1], minus mean, over std.
+CAFFE_BGR_MEANS = (103.939, 116.779, 123.68)
+TORCH_RGB_MEAN, TORCH_RGB_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+PREPROCESS_MODES = ('unit', 'caffe', 'torch')
+
+
+def scale(images: jnp.ndarray, mode: str) -> jnp.ndarray:
+  """Stored uint16 grey patches -> float grey images, the space augmentation works in."""
+  if mode in ('unit', 'torch'):  # the study's scratch / dual / siamese scaling, or torch's [0, 1]
     return images.astype(jnp.float32) / 65535.0
-  raise ValueError(f'unknown model.preprocess {mode!r}; known: unit')
+  if mode == 'caffe':  # the study's VGG16 input: uint16 / 256, roughly [0, 255]
+    return images.astype(jnp.float32) / 256.0
+  raise ValueError(f'unknown model.preprocess {mode!r}; known: {", ".join(PREPROCESS_MODES)}')
+
+
+def finish(images: jnp.ndarray, mode: str) -> jnp.ndarray:
+  """Scaled (and possibly augmented) grey images -> model input."""
+  if mode == 'unit':
+    return images
+  rgb = jnp.repeat(images, 3, axis=-1)  # grey -> 3 channels, as the study's np.repeat
+  if mode == 'caffe':
+    return rgb[..., ::-1] - jnp.asarray(CAFFE_BGR_MEANS, jnp.float32)
+  if mode == 'torch':
+    return (rgb - jnp.asarray(TORCH_RGB_MEAN)) / jnp.asarray(TORCH_RGB_STD)
+  raise ValueError(f'unknown model.preprocess {mode!r}; known: {", ".join(PREPROCESS_MODES)}')
+
+
+def preprocess(images: jnp.ndarray, mode: str) -> jnp.ndarray:
+  """Stored uint16 patches -> model input; the one path for validation, test and training.
+
+  Training augments between `scale` and `finish`, where Keras's ImageDataGenerator applied
+  the study's `preprocessing_function`: after the random transform (its fill values are grey
+  values, not mean-subtracted ones). The reference study's D1 defect (a different
+  preprocessing at test time) cannot occur: both steps call these two functions.
+  """
+  return finish(scale(images, mode), mode)
+
+
+def train_inputs(images: jnp.ndarray, keys: jax.Array | None, spec: augment.AugmentSpec,
+                 mode: str) -> jnp.ndarray:
+  """The training step's model input: preprocess() with augmentation in the middle."""
+  x = scale(images, mode)
+  if spec.enabled and keys is not None:
+    x = augment.augment_batch(keys, x, spec)
+  return finish(x, mode)
 
 
 def create_model(config: ml_collections.ConfigDict, task: tasks.Task):
   impl = config.model.conv_impl
   if impl == 'auto':
     impl = 'cpu_fast' if jax.default_backend() == 'cpu' else 'xla'
-  model = models.get_model(config.model.name, bn_axis_name=parallel.AXIS, conv_impl=impl)
+  dtype = jnp.bfloat16 if config.half_precision else jnp.float32
+  if config.model.name == 'vgg16':
+    if config.model.preprocess not in ('caffe', 'torch'):
+      raise ValueError(f"model vgg16 needs model.preprocess 'caffe' (Keras weights) or 'torch' "
+                       f"(torchvision weights), not {config.model.preprocess!r}")
+    return models.VGG16Classifier(num_outputs=task.num_outputs, fc=config.model.fc,
+                                  dropout=config.model.dropout, conv_impl=impl, dtype=dtype)
+  model = models.get_model(config.model.name, bn_axis_name=parallel.AXIS, conv_impl=impl,
+                           dtype=dtype)
   if model.num_outputs != task.num_outputs:
     raise ValueError(f'model {config.model.name} has {model.num_outputs} outputs but task '
                      f'{task.name} needs {task.num_outputs}')
@@ -93,11 +143,78 @@ def learning_rate(config: ml_collections.ConfigDict, step: int) -> float:
 
 def create_train_state(rng: jax.Array, config: ml_collections.ConfigDict, model,
                        image_shape: tuple[int, ...]) -> TrainState:
+  """Initialised parameters and optimizer; `image_shape` is the stored patches' [H, W, C]."""
   init = jax.jit(functools.partial(model.init, train=False))
-  variables = init({'params': rng}, jnp.zeros((1, *image_shape), jnp.float32))
-  return TrainState.create(apply_fn=model.apply, params=variables['params'],
-                           tx=create_optimizer(config),
+  dummy = preprocess(jnp.zeros((1, *image_shape), jnp.uint16), config.model.preprocess)
+  variables = init({'params': rng}, dummy)
+  params = variables['params']
+  tx = freezing.masked_optimizer(create_optimizer(config), params, config.model.trainable)
+  return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
                            batch_stats=variables.get('batch_stats'))
+
+
+# Keys of the ImageNet top in a ported VGG16 file; the study's classifier has its own head.
+VGG16_TOP = r'^(fc1|fc2|predictions)(/|$)'
+
+
+def resolve_init_from(init_from: str, workdir: str) -> str:
+  """'@STAGE' -> the sibling workdir STAGE (pipeline stages live side by side)."""
+  if init_from.startswith('@'):
+    return os.path.join(os.path.dirname(os.path.abspath(workdir)), init_from[1:])
+  return init_from
+
+
+def _check_warm_start_sources(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Fails fast when a fresh run's pretrained weights or init_from run are missing."""
+  if os.path.isdir(os.path.join(workdir, 'checkpoints', 'latest')):
+    return  # resuming (or about to): the checkpoint holds the starting point already
+  spec = config.model.pretrained
+  if spec:
+    from mammo_jax import vgg16_weights  # pylint: disable=g-import-not-at-top
+    if spec not in vgg16_weights.OFFICIAL and not os.path.isfile(os.path.expanduser(spec)):
+      raise FileNotFoundError(vgg16_weights.missing_message(spec))
+  if config.init_from:
+    source = resolve_init_from(config.init_from, workdir)
+    if not os.path.exists(os.path.join(source, 'results.json')):
+      raise FileNotFoundError(
+          f'init_from={config.init_from}: {source} holds no finished run (no results.json). '
+          f'Run that stage to the end first, in that workdir, or run the whole chain with '
+          f'the config\'s :pipeline argument.')
+
+
+def warm_start(config: ml_collections.ConfigDict, workdir: str,
+               state: TrainState) -> TrainState:
+  """A fresh run's starting parameters: ImageNet weights and/or another run's best checkpoint.
+
+  Both merges are strict: a name or shape that differs raises with the differences listed.
+  """
+  if not (config.model.pretrained or config.init_from):
+    return state
+  from mammo_jax import vgg16_weights  # pylint: disable=g-import-not-at-top  (h5py, lazily)
+  params, batch_stats = state.params, state.batch_stats
+  if config.model.pretrained:
+    if 'vgg16' not in params:
+      raise ValueError(f'model.pretrained applies to vgg16 models, not {config.model.name}')
+    loaded, meta = vgg16_weights.load_pretrained(config.model.pretrained,
+                                                 cache_dir=config.data.cache_dir or None)
+    if meta.get('preprocess', config.model.preprocess) != config.model.preprocess:
+      raise ValueError(f'{config.model.pretrained} holds weights trained on '
+                       f'{meta["preprocess"]!r}-preprocessed inputs, but model.preprocess is '
+                       f'{config.model.preprocess!r}; set --config.model.preprocess='
+                       f'{meta["preprocess"]}')
+    params = {**params, 'vgg16': vgg16_weights.merge_params(params['vgg16'], loaded,
+                                                            skip=VGG16_TOP)}
+    print(f'VGG16 base initialised from {config.model.pretrained} ({meta.get("format")}, '
+          f'source sha256 {str(meta.get("source_sha256"))[:12]})', flush=True)
+  if config.init_from:
+    source = resolve_init_from(config.init_from, workdir)
+    best_params, best_stats, best_step = checkpointing.best_variables(source)
+    params = vgg16_weights.merge_params(params, best_params)
+    if batch_stats is not None:
+      batch_stats = vgg16_weights.merge_params(batch_stats, best_stats)
+    print(f'Parameters initialised from the best checkpoint of {source} (step {best_step})',
+          flush=True)
+  return state.replace(params=params, batch_stats=batch_stats)
 
 
 def _variables(state: TrainState, params=None) -> dict:
@@ -114,28 +231,31 @@ def l2_penalty(params, l2: float) -> jnp.ndarray:
 
 
 def train_step(state: TrainState, batch: dict, rng: jax.Array, *, task: tasks.Task,
-               spec: augment.AugmentSpec, preprocess_mode: str, l2: float):
+               spec: augment.AugmentSpec, preprocess_mode: str, l2: float, trainable: str):
   """One update on a per-device slice of the global batch (runs under pmap)."""
   step_rng = jax.random.fold_in(rng, state.step)
   aug_rng, dropout_rng = jax.random.split(step_rng)
   device = lax.axis_index(parallel.AXIS)
   per_device = batch['label'].shape[0]
-  images = preprocess(batch['image'], preprocess_mode)
-  if spec.enabled:
-    index = device * per_device + jnp.arange(per_device)  # position in the global batch
-    keys = jax.vmap(jax.random.fold_in, (None, 0))(aug_rng, index)
-    images = augment.augment_batch(keys, images, spec)
+  index = device * per_device + jnp.arange(per_device)  # position in the global batch
+  keys = jax.vmap(jax.random.fold_in, (None, 0))(aug_rng, index)
+  images = train_inputs(batch['image'], keys, spec, preprocess_mode)
   dropout_rng = jax.random.fold_in(dropout_rng, device)
+  # Gradients only for trainable parameters: nothing is back-propagated into frozen layers.
+  train_params, frozen_params = freezing.partition(state.params, trainable)
 
-  def loss_fn(params):
+  def loss_fn(train_params):
+    params = freezing.combine(train_params, frozen_params)
     logits, updates = state.apply_fn(_variables(state, params), images, train=True,
                                      rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
     loss = task.loss(logits, batch['label']).mean()
     total = loss + l2_penalty(params, l2) if l2 else loss
     return total, (loss, logits, updates)
 
-  grads, (loss, logits, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
+  grads, (loss, logits, updates) = jax.grad(loss_fn, has_aux=True)(train_params)
   grads = lax.pmean(grads, parallel.AXIS)
+  # Frozen parameters get zeros, which the masked optimizer ignores (set_to_zero).
+  grads = freezing.combine(grads, jax.tree.map(jnp.zeros_like, frozen_params))
   state = state.apply_gradients(grads=grads)
   if state.batch_stats is not None:  # already synced by BatchNorm's axis_name; pmean is exact
     state = state.replace(batch_stats=lax.pmean(updates['batch_stats'], parallel.AXIS))
@@ -154,7 +274,8 @@ def eval_step(state: TrainState, batch: dict, *, task: tasks.Task, preprocess_mo
 def make_train_step(config: ml_collections.ConfigDict, task: tasks.Task):
   step = functools.partial(train_step, task=task,
                            spec=augment.AugmentSpec.from_config(config.augment),
-                           preprocess_mode=config.model.preprocess, l2=config.l2)
+                           preprocess_mode=config.model.preprocess, l2=config.l2,
+                           trainable=config.model.trainable)
   return jax.pmap(step, axis_name=parallel.AXIS, in_axes=(None, 0, None),
                   out_axes=(None, None))
 
@@ -227,19 +348,30 @@ def _fingerprint(config_dict: dict) -> dict:
   return {k: v for k, v in flat.items() if k not in RESUMABLE_FIELDS}
 
 
+def _config_differences(config: ml_collections.ConfigDict, workdir: str) -> list[str] | None:
+  """Fields that differ from workdir's config.json (None when it has none)."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    old = _fingerprint(json.load(f))
+  new = _fingerprint(json.loads(config.to_json_best_effort()))
+  return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def same_config(config: ml_collections.ConfigDict, workdir: str) -> bool:
+  """True when workdir's run used this config (up to RESUMABLE_FIELDS)."""
+  return _config_differences(config, workdir) == []
+
+
 def _check_workdir_config(config: ml_collections.ConfigDict, workdir: str,
                           resuming: bool) -> None:
   """Refuses to resume a checkpointed run with a different config; writes config.json."""
-  path = os.path.join(workdir, 'config.json')
-  if resuming and os.path.exists(path):
-    with open(path) as f:
-      old = _fingerprint(json.load(f))
-    new = _fingerprint(json.loads(config.to_json_best_effort()))
-    if old != new:
-      diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-      raise ValueError(f'workdir {workdir} holds a run with a different config (fields '
-                       f'{", ".join(diff)}); use another --workdir or delete this one')
-  with open(path, 'w') as f:
+  diff = _config_differences(config, workdir) if resuming else None
+  if diff:
+    raise ValueError(f'workdir {workdir} holds a run with a different config (fields '
+                     f'{", ".join(diff)}); use another --workdir or delete this one')
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
     f.write(config.to_json_best_effort(indent=1, sort_keys=True))
 
 
@@ -262,6 +394,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   parallel.check_batch_size(config.batch_size)
   parallel.check_batch_size(config.eval_batch_size, 'eval_batch_size')
 
+  _check_warm_start_sources(config, workdir)  # before minutes of data preparation
   builder = input_pipeline.prepare_builder(config.data)
   print(input_pipeline.describe(builder), flush=True)
   report = input_pipeline.build_report(builder)
@@ -281,7 +414,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   image_shape = splits['train']['image'].shape[1:]
   state = create_train_state(init_rng, config, model, image_shape)
   ckpt = checkpointing.Checkpoints(workdir)
-  _check_workdir_config(config, workdir, resuming=ckpt.latest_step() is not None)
+  resuming = ckpt.latest_step() is not None
+  _check_workdir_config(config, workdir, resuming=resuming)
+  if not resuming:  # a resumed run's checkpoint already holds these
+    state = warm_start(config, workdir, state)
+  n_trainable, n_total = freezing.count(state.params, config.model.trainable)
+  print(f'Model {config.model.name}: {n_total:,} parameters, {n_trainable:,} trainable',
+        flush=True)
   state, loop = ckpt.restore_latest(state, _new_loop_state())
   step = int(state.step)
   if step:
@@ -379,12 +518,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
 
   print(f'Training stopped at step {step}: {loop["stop_reason"]}', flush=True)
   summary = final_evaluation(config, workdir, ckpt, state, loop, splits, p_eval_step, task, log,
-                             synthetic=synthetic, steps_per_epoch=steps_per_epoch)
+                             synthetic=synthetic, steps_per_epoch=steps_per_epoch,
+                             params=(n_trainable, n_total))
   return state, summary
 
 
 def final_evaluation(config, workdir, ckpt, state, loop, splits, p_eval_step, task, log, *,
-                     synthetic: bool, steps_per_epoch: int) -> dict:
+                     synthetic: bool, steps_per_epoch: int, params: tuple[int, int]) -> dict:
   """Evaluates the best-validation-loss checkpoint once on validation and test."""
   best = ckpt.restore_best(state, loop['best_step'])
   outputs, results = {}, {}
@@ -400,6 +540,7 @@ def final_evaluation(config, workdir, ckpt, state, loop, splits, p_eval_step, ta
       'best_epoch': loop['best_epoch'], 'best_step': loop['best_step'],
       'epochs_run': loop['epoch'], 'steps_run': int(state.step),
       'steps_per_epoch': steps_per_epoch, 'stop_reason': loop['stop_reason'],
+      'trainable_params': params[0], 'total_params': params[1],
       'examples': {s: int(len(d['label'])) for s, d in splits.items()},
       **results,
   }

@@ -222,7 +222,7 @@ def test_preprocess_scales_uint16_to_unit_interval():
   x = jnp.array([0, 32768, 65535], jnp.uint16)
   np.testing.assert_allclose(train.preprocess(x, 'unit'), [0, 32768 / 65535, 1])
   with pytest.raises(ValueError, match='unknown model.preprocess'):
-    train.preprocess(x, 'caffe')
+    train.preprocess(x, 'imagenet')
 
 
 def test_batch_sizes_must_split_over_devices(monkeypatch):

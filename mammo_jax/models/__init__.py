@@ -1,5 +1,8 @@
 """Model registry: config.model.name -> a linen module.
 
+`vgg16` (models/vgg16.py) is not in the registry: its head comes from config.model.fc and
+config.model.dropout, so train.create_model builds it.
+
 The scratch family follows REFERENCE_STUDY.md §2.1 (2-class Exps 0-11), §2.2 (4-class
 M1-M3) and §2.3 (benign vs malignant). Optimiser, L2 and augmentation differences between
 experiments (e.g. Exp 5's LR decay, Exp 8's Adam, Exp 9's L2) are config, not architecture.
@@ -8,6 +11,7 @@ experiments (e.g. Exp 5's LR decay, Exp 8's Adam, Exp 9's L2) are config, not ar
 import functools
 
 from mammo_jax.models.scratch import ScratchCNN
+from mammo_jax.models.vgg16 import VGG16, VGG16Classifier
 
 _C2 = (32, 64)
 _C3 = (32, 64, 128)

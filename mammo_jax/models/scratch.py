@@ -34,6 +34,9 @@ class ScratchCNN(nn.Module):
   # parameters and values with gradients written in forms XLA:CPU runs several times faster
   # (benchmarks/conv_backward.py).
   conv_impl: str = 'xla'
+  # Computation dtype of the conv stack (bfloat16 = config.half_precision); parameters, batch
+  # statistics and the dense head stay float32.
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -41,21 +44,22 @@ class ScratchCNN(nn.Module):
       raise ValueError(f"conv_impl must be 'xla' or 'cpu_fast', not {self.conv_impl!r}")
     fast = self.conv_impl == 'cpu_fast'
     conv = layers.Conv if fast else nn.Conv
+    x = x.astype(self.dtype)
     for i, width in enumerate(self.filters):
       k, s = (self.first_kernel, self.first_stride) if i == 0 else (3, 1)
       x = conv(width, (k, k), strides=(s, s), padding='VALID', kernel_init=_glorot,
-               name=f'conv{i}')(x)
+               dtype=self.dtype, name=f'conv{i}')(x)
       if self.batch_norm:
         x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                          epsilon=self.bn_epsilon, axis_name=self.bn_axis_name,
-                         name=f'bn{i}')(x)
+                         dtype=self.dtype, name=f'bn{i}')(x)
       if fast:
         # ReLU is monotone, so it commutes with max-pooling, values and gradients alike (ties
         # included, as relu'(0) = 0); pooling first leaves ReLU a quarter of the elements.
         x = nn.relu(layers.max_pool(x, (2, 2), strides=(2, 2)))
       else:
         x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
-    x = x.reshape((x.shape[0], -1))  # NHWC flatten = Keras's H*W*C order
+    x = x.astype(jnp.float32).reshape((x.shape[0], -1))  # NHWC flatten = Keras's H*W*C order
     x = nn.relu(nn.Dense(self.dense, kernel_init=_glorot, name='fc')(x))
     if self.dropout:
       x = nn.Dropout(self.dropout, deterministic=not train)(x)

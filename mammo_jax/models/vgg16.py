@@ -1,0 +1,128 @@
+"""VGG16 (Simonyan & Zisserman 2014) with Keras's layer names, and the study's classifier on it.
+
+`VGG16` is the network of `keras.applications.VGG16`: thirteen 3x3 'same' convolutions with
+ReLU in five blocks, each block ending in a 2x2/2 max-pool, then optionally the ImageNet top
+(flatten, fc1, fc2, predictions). Parameter names equal Keras's layer names
+(`block{b}_conv{i}`, `fc1`, `fc2`, `predictions`), so ported weights map one to one
+(`mammo_jax.vgg16_weights`). The module does no preprocessing and no I/O: inputs are NHWC,
+already in the weights' expected form (Keras "caffe": BGR minus the ImageNet means, or
+torchvision's normalisation), and pretrained weights are merged into the initialised
+parameters outside the module.
+
+`VGG16Classifier` is the study's `create_vgg16` (REFERENCE_STUDY.md §2.4): the base without
+its top, flatten, optional dropout, Dense(fc, relu), Dense(k). The base is the submodule
+`vgg16`, as Keras nests it, so freezing is a matter of parameter paths (`vgg16/block5_conv3`).
+"""
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from mammo_jax.models import layers
+
+# (filters, convolutions) per block.
+BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
+CONV_NAMES = tuple(f'block{b}_conv{i}' for b, (_, n) in enumerate(BLOCKS, 1)
+                   for i in range(1, n + 1))
+TOP_NAMES = ('fc1', 'fc2', 'predictions')
+
+_glorot = nn.initializers.glorot_uniform()  # Keras's defaults (weights=None)
+
+
+def adaptive_avg_pool(x: jnp.ndarray, output_size: tuple[int, int]) -> jnp.ndarray:
+  """torch.nn.AdaptiveAvgPool2d on NHWC: bin i spans [floor(i*H/o), ceil((i+1)*H/o))."""
+  (h, w), (oh, ow) = x.shape[1:3], output_size
+  if (h, w) == (oh, ow):
+    return x
+  rows = []
+  for i in range(oh):
+    r0, r1 = (i * h) // oh, -((-(i + 1) * h) // oh)
+    cols = []
+    for j in range(ow):
+      c0, c1 = (j * w) // ow, -((-(j + 1) * w) // ow)
+      cols.append(x[:, r0:r1, c0:c1].mean(axis=(1, 2)))
+    rows.append(jnp.stack(cols, axis=1))
+  return jnp.stack(rows, axis=1)
+
+
+class VGG16(nn.Module):
+  """keras.applications.VGG16 as a linen module; returns block5_pool features or top logits.
+
+  Attributes:
+    include_top: add flatten, fc1, fc2 and predictions; `__call__` then returns logits
+      (Keras applies a softmax, which belongs to the loss here).
+    num_classes: width of `predictions`.
+    fc_units: width of fc1 and fc2 (4096 in the published weights).
+    top_pool: None flattens block5_pool as is (Keras: fc1's input width then follows the
+      input size, 8192 at 150x150). (7, 7) first average-pools to 7x7 the way torchvision's
+      AdaptiveAvgPool2d does, so torchvision's 25088-wide fc1 applies at any input size.
+    conv_impl: 'xla' (nn.Conv, nn.max_pool) or 'cpu_fast' (mammo_jax.models.layers: same
+      parameters and values, faster gradients on XLA:CPU).
+    dtype: computation dtype of the convolutions (bfloat16 for half precision); parameters
+      stay float32.
+  """
+
+  include_top: bool
+  num_classes: int = 1000
+  fc_units: int = 4096
+  top_pool: tuple[int, int] | None = None
+  conv_impl: str = 'xla'
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    del train  # no dropout or batch norm in VGG16
+    if self.conv_impl not in ('xla', 'cpu_fast'):
+      raise ValueError(f"conv_impl must be 'xla' or 'cpu_fast', not {self.conv_impl!r}")
+    if x.ndim != 4 or min(x.shape[1:3]) < 32:
+      raise ValueError(f'VGG16 takes NHWC inputs of at least 32x32, got shape {x.shape}')
+    fast = self.conv_impl == 'cpu_fast'
+    conv = layers.Conv if fast else nn.Conv
+    pool = layers.max_pool if fast else nn.max_pool
+    x = x.astype(self.dtype)
+    for b, (filters, n) in enumerate(BLOCKS, 1):
+      for i in range(1, n + 1):
+        x = conv(filters, (3, 3), padding='SAME', kernel_init=_glorot, dtype=self.dtype,
+                 name=f'block{b}_conv{i}')(x)
+        x = nn.relu(x)
+      x = pool(x, (2, 2), strides=(2, 2))
+    if not self.include_top:
+      return x
+    if self.top_pool is not None:
+      x = adaptive_avg_pool(x, tuple(self.top_pool))
+    x = x.reshape((x.shape[0], -1))  # NHWC flatten, Keras's order (torch ports permute fc1)
+    x = nn.relu(nn.Dense(self.fc_units, kernel_init=_glorot, dtype=self.dtype, name='fc1')(x))
+    x = nn.relu(nn.Dense(self.fc_units, kernel_init=_glorot, dtype=self.dtype, name='fc2')(x))
+    x = nn.Dense(self.num_classes, kernel_init=_glorot, dtype=self.dtype,
+                 name='predictions')(x)
+    return x.astype(jnp.float32)
+
+
+class VGG16Classifier(nn.Module):
+  """The study's transfer model: VGG16 base -> flatten -> [dropout] -> Dense(fc, relu) -> Dense.
+
+  The dropout sits before the FC layer, where the study put it. The head runs in float32 even
+  when the base runs in bfloat16.
+  """
+
+  num_outputs: int
+  fc: int = 256
+  dropout: float = 0.0
+  conv_impl: str = 'xla'
+  dtype: jnp.dtype = jnp.float32
+  bn_axis_name: str | None = None  # unused (no batch norm); accepted like the other models
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    x = VGG16(include_top=False, conv_impl=self.conv_impl, dtype=self.dtype, name='vgg16')(x)
+    x = x.astype(jnp.float32).reshape((x.shape[0], -1))
+    if self.dropout:
+      x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    x = nn.relu(nn.Dense(self.fc, kernel_init=_glorot, name='fc')(x))
+    return nn.Dense(self.num_outputs, kernel_init=_glorot, name='logits')(x)
+
+
+def conv_names(blocks: Sequence[int] = (1, 2, 3, 4, 5)) -> tuple[str, ...]:
+  """Keras names of the convolutions in the given blocks."""
+  return tuple(n for n in CONV_NAMES if int(n[5]) in blocks)

@@ -1,0 +1,62 @@
+"""Ports VGG16 ImageNet weights (Keras .h5 / .weights.h5, torchvision .pth) to a Flax file.
+
+  python -m mammo_jax.port_vgg16 vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 \
+      vgg16_notop.msgpack
+
+writes OUT (flax msgpack of {layer: {kernel, bias}}, Keras's layer names) and OUT.json (format,
+source SHA-256, preprocessing, top_pool, ...); train with --config.model.pretrained=OUT. The
+official files are listed in mammo_jax.vgg16_weights.OFFICIAL. Exit status 1 with a one-line
+error on bad input; an existing OUT is replaced only with --overwrite, and never left half
+written.
+"""
+
+import argparse
+import os
+import sys
+
+from mammo_jax import vgg16_weights
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(
+      prog='python -m mammo_jax.port_vgg16',
+      description='Port VGG16 ImageNet weights to a Flax params file (OUT + OUT.json).')
+  parser.add_argument('src', help='Keras .h5 / .weights.h5 / .keras, or torchvision .pth')
+  parser.add_argument('out', help='the Flax params file to write, e.g. vgg16_notop.msgpack')
+  parser.add_argument('--format', default='auto', choices=('auto',) + vgg16_weights.FORMATS,
+                      help='source format (default: from the file content)')
+  parser.add_argument('--notop', action='store_true',
+                      help='leave out fc1, fc2 and predictions')
+  parser.add_argument('--overwrite', action='store_true', help='replace an existing OUT')
+  args = parser.parse_args(argv)
+  sidecar = args.out + '.json'
+  try:
+    if not os.path.isfile(args.src):
+      urls = ', '.join(s.url for s in vgg16_weights.OFFICIAL.values())
+      raise FileNotFoundError(f'{args.src}: no such file (the official files: {urls})')
+    if not args.overwrite and (os.path.exists(args.out) or os.path.exists(sidecar)):
+      raise FileExistsError(f'{args.out} or {sidecar} exists; pass --overwrite to replace it')
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(out_dir):
+      raise FileNotFoundError(f'{out_dir}: no such directory')
+    params, metadata = vgg16_weights.port_file(args.src, args.format,
+                                               include_top=False if args.notop else None)
+    metadata = vgg16_weights.save_params(params, args.out, metadata)
+  except (OSError, ValueError, ImportError) as e:
+    # One line: the first line of the message (ValueErrors list details on later lines).
+    lines = str(e).splitlines() or [type(e).__name__]
+    detail = '; '.join(line.strip() for line in lines[1:4])
+    print(f'port_vgg16: error: {lines[0]}{" " + detail if detail else ""}', file=sys.stderr)
+    return 1
+  print(f'format       {metadata["format"]} ({metadata["source"]})')
+  print(f'include_top  {metadata["include_top"]}'
+        + (f' (top_pool {metadata["top_pool"]})' if metadata['top_pool'] else ''))
+  print(f'preprocess   {metadata["preprocess"]}')
+  print(f'parameters   {metadata["num_params"]:,}')
+  print(f'sha256       {metadata["source_sha256"]}')
+  print(f'wrote        {args.out} and {sidecar}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
