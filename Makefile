@@ -40,6 +40,7 @@ demo: install
 benchmark: install
 	$(PY) benchmarks/build_throughput.py
 	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/train_throughput.py --model vgg16_ft --steps 3 --rounds 1
 
 # Regenerates tfds_cbis/cbis_ddsm/dummy_data (tiny synthetic CBIS-DDSM for the builder tests).
 dummy-data: install

@@ -1,7 +1,7 @@
 """Train-step throughput: mammo_jax against Keras (TensorFlow backend), and the input pipeline.
 
     python benchmarks/train_throughput.py [--model m2|vgg16_ft] [--batch_size 128] [--steps 5]
-        [--rounds 2] [--peak_tflops T]
+        [--rounds 2] [--peak_tflops_fp32 T] [--peak_tflops_bf16 T]
 
 The study's 4-class model M2 (150x150x1, C64-C128-C256, D64, RMSprop lr 1e-3, decay 5e-4),
 batch 128, float32, in one invocation on the same machine:
@@ -17,12 +17,12 @@ batch 128, float32, in one invocation on the same machine:
 150x150, Keras caffe preprocessing inside our step) against the same Keras model
 (keras.applications.VGG16 base with block5_conv2/3 trainable, Flatten-Dropout-Dense256-Dense1,
 RMSprop 1e-4) on preprocessed float inputs; on a GPU/TPU also with half_precision. The
-TFLOP/s column divides XLA's operation count of our compiled step by its time; with
---peak_tflops it becomes a model FLOP utilisation.
+TFLOP/s column divides XLA's operation count of our compiled step (all devices) by its
+time; with the --peak_tflops_* of one device it becomes a model FLOP utilisation.
 Each framework runs in its own fresh process, alternating over --rounds so that machine noise
 hits both; a step time is the median of --steps timed steps after two warm-up steps (pmap
 compiles on the first and second call). Prints a Markdown table for BENCHMARKS.md and writes
-benchmarks/results/train_throughput-<platform>.json.
+benchmarks/results/train_throughput-<model>-<cpu|accelerator>.json.
 """
 
 from __future__ import annotations
@@ -106,7 +106,8 @@ _KERAS_VGG = r'''
 import json, sys, time
 import numpy as np
 import keras, tensorflow as tf
-trainable, batch, steps, jit = sys.argv[1].split(','), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == '1'
+trainable, batch, steps = sys.argv[1].split(','), int(sys.argv[2]), int(sys.argv[3])
+jit = sys.argv[4] == '1'
 base = keras.applications.VGG16(weights=None, include_top=False, input_shape=(150, 150, 3))
 for layer in base.layers:
   layer.trainable = layer.name in trainable
@@ -118,6 +119,7 @@ rng = np.random.default_rng(0)
 x = keras.applications.vgg16.preprocess_input(
     np.repeat(rng.integers(0, 65535, (batch, 150, 150, 1)) / 256.0, 3, axis=-1)).astype(np.float32)
 y = rng.integers(0, 2, (batch,)).astype(np.float32)
+x, y = tf.constant(x), tf.constant(y)  # on the GPU when there is one, as JAX's batch is
 times = []
 for i in range(steps + 2):
   t = time.perf_counter()
@@ -208,23 +210,26 @@ def main():
   parser.add_argument('--rounds', type=int, default=2)
   parser.add_argument('--pipeline_batches', type=int, default=200)
   parser.add_argument('--skip_keras_xla', action='store_true')
-  parser.add_argument('--peak_tflops', type=float, default=0.0,
-                      help="the device's peak TFLOP/s for the model FLOP utilisation column "
-                           '(e.g. 989 for an H100 SXM in bf16, 67 in fp32)')
+  parser.add_argument('--peak_tflops_fp32', type=float, default=0.0,
+                      help="one device's peak TFLOP/s for float32 steps, for the model FLOP "
+                           'utilisation column; XLA uses TF32 tensor cores on recent NVIDIA '
+                           'GPUs, so give the TF32 peak there (e.g. 495 for an H100 SXM)')
+  parser.add_argument('--peak_tflops_bf16', type=float, default=0.0,
+                      help="one device's peak bfloat16 TFLOP/s (e.g. 989 for an H100 SXM)")
   args = parser.parse_args()
   accelerator = _accelerator()
   variants = _variants(args, accelerator)
   if args.skip_keras_xla:
     variants.pop('Keras/TF XLA (jit_compile)')
   runs = {k: [] for k in variants}
-  flops, device = {}, None
+  flops, device, n_devices = {}, None, 1
   for r in range(args.rounds):
     print(f'round {r + 1}/{args.rounds}', file=sys.stderr, flush=True)
     for name, run in variants.items():
       out = run()
       runs[name] += out['times']
       if 'devices' in out:
-        device = f'{out["device"]} x{out["devices"]}'
+        device, n_devices = f'{out["device"]} x{out["devices"]}', out['devices']
         flops[name] = out['flops']
   consumer = 'mammo_jax + augmentation C' if args.model == 'vgg16_ft' else \
       'mammo_jax + augmentation A'
@@ -242,7 +247,8 @@ def main():
            '|---|---:|---:|---:|---:|']
   for name, rate in rates.items():
     achieved = flops.get(name, 0.0) / medians[name] / 1e12
-    mfu = f'{achieved / args.peak_tflops:.1%}' if achieved and args.peak_tflops else '-'
+    peak = (args.peak_tflops_bf16 if 'bf16' in name else args.peak_tflops_fp32) * n_devices
+    mfu = f'{achieved / peak:.1%}' if achieved and peak else '-'
     lines.append(f'| {name} | {rate:.1f} | {rate / keras:.2f}x | '
                  f'{f"{achieved:.3f}" if achieved else "-"} | {mfu} |')
   lines += ['', f'Input pipeline (train_batches + shard, {pipeline["train_examples"]} synthetic '

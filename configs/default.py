@@ -35,7 +35,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # file (needs internet); '' = random initialisation.
   model.pretrained = ''
   # Start from the best checkpoint of another run: a workdir, or '@STAGE' for the sibling
-  # workdir STAGE (how pipeline stages chain). Parameters only; the optimizer starts afresh.
+  # workdir STAGE (how pipeline stages chain). Parameters and batch statistics; the optimizer
+  # starts afresh. Takes precedence over model.pretrained.
   config.init_from = ''
   config.half_precision = False  # bfloat16 convolutions (GPU/TPU); params and loss in float32
 

@@ -10,7 +10,8 @@ WORKDIR/<stage>, reusing finished stages):
       --config.data.manual_dir=/data/CBIS-DDSM
   python -m mammo_jax.main --config=configs/vgg16_2.py:fe_dropout --workdir=runs/vgg16_2/fe_dropout
   python -m mammo_jax.main --config=configs/vgg16_2.py:pipeline,smoke --workdir=/tmp/vgg_smoke
-With internet (Colab), --config.model.pretrained=keras_notop downloads, verifies and caches the file.
+With internet (Colab), --config.model.pretrained=keras_notop downloads, verifies and caches
+the file.
 
 Stages, with the study's trainable parameters and test accuracy (336 real test patches):
   fe          FC256, no dropout, augmentation B                    2,097,665   86.90

@@ -31,13 +31,13 @@ def fine_tune(convs: tuple[str, ...], learning_rate: float, start: str, fc: int)
   """Overrides of a fine-tuning stage: the head plus `convs` trainable, from stage `start`
   (whose head is `fc` wide)."""
   trainable = ','.join([HEAD] + [f'vgg16/{c}' for c in convs])
-  return {'model': {'trainable': trainable, 'fc': fc,
-                    'pretrained': ''},  # the weights come from `start`
+  # model.pretrained stays: init_from, which sets every weight, takes precedence over it.
+  return {'model': {'trainable': trainable, 'fc': fc},
           'optimizer': {'learning_rate': learning_rate}, 'init_from': f'@{start}',
           'augment': augmentation('C'), 'num_epochs': 200, 'patience': 30}
 
 
-def base(task: str) -> 'default.ml_collections.ConfigDict':
+def base(task: str):
   config = default.get_config()
   config.task = task
   config.model.name = 'vgg16'

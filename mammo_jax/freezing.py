@@ -19,8 +19,10 @@ TRAINABLE, FROZEN = 'trainable', 'frozen'
 def _prefixes(spec: str) -> tuple[str, ...] | None:
   """None for 'all', else the layer paths of a comma-separated spec."""
   spec = spec.strip()
-  if spec in ('all', ''):
+  if spec == 'all':
     return None
+  if not spec:
+    raise ValueError("model.trainable is empty; use 'all' or a comma-separated list of layers")
   return tuple(p.strip().strip('/') for p in spec.split(',') if p.strip())
 
 

@@ -1,8 +1,9 @@
-"""Runs one mammo_jax experiment: `python -m mammo_jax.main --config=configs/X.py --workdir=DIR`.
+"""Runs a mammo_jax experiment: `python -m mammo_jax.main --config=configs/X.py --workdir=DIR`.
 
 This file is intentionally thin: it parses flags and hands the config to
-`train.train_and_evaluate`, or to `pipeline.run` for a multi-stage config (`config.pipeline`). Re-running the same command on the same workdir resumes an
-interrupted run exactly.
+`train.train_and_evaluate`, or to `pipeline.run` for a multi-stage config
+(`config.pipeline`). Re-running the same command on the same workdir resumes an interrupted
+run exactly.
 """
 
 import sys
@@ -32,7 +33,8 @@ def main(argv):
       pipeline.run(FLAGS.config, FLAGS.workdir)
     else:
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (FloatingPointError, ValueError, FileNotFoundError, ConnectionError) as e:
+  except (FloatingPointError, ValueError, FileNotFoundError, ConnectionError,
+          ImportError) as e:
     # Known failure modes (bad config or data, diverged training) end with one clear line;
     # the traceback stays in the log for bug reports.
     logging.exception('Run failed')

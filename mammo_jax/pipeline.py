@@ -1,15 +1,19 @@
 """Multi-stage runs (feature extraction -> fine-tuning ...) as one command.
 
-A pipeline config is an experiment's base config plus two fields:
+A pipeline config is an experiment's base config plus three fields:
   config.pipeline  'fe_hardaug,ft1,ft2': the stages, in order;
-  config.stages    one ConfigDict of overrides per stage (any base field, nested).
+  config.stages    one ConfigDict of overrides per stage (any base field, nested);
+  config.stage_field_defaults  bookkeeping (JSON): the file's base values of the fields that
+                   stages set, to catch command-line changes that would not reach them.
 Stage STAGE runs with the base config updated by its overrides, in WORKDIR/STAGE, exactly as
 the single-stage config `configs/x.py:STAGE` would; a stage starts from an earlier one with
 `init_from='@EARLIER'` (the sibling workdir's best checkpoint). A stage that finished with the
 same config is reused, an interrupted one resumes, and one that finished with a different
 config is refused (train.train_and_evaluate names the differing fields). Command-line
-overrides of base fields (`--config.data.manual_dir=...`) reach every stage; a stage's own
-values are overridden with `--config.stages.STAGE.FIELD=...`.
+overrides of base fields (`--config.data.manual_dir=...`) reach every stage; a field that a
+stage sets itself is changed with `--config.stages.STAGE.FIELD=...` (changing it in the base
+instead is an error naming that flag). A stage whose init_from run has been re-run since it
+started from it is refused too (check_not_stale).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import ml_collections
 
 from mammo_jax import train
 
-PIPELINE_FIELDS = ('pipeline', 'stages')
+PIPELINE_FIELDS = ('pipeline', 'stages', 'stage_field_defaults')
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping,
@@ -38,6 +42,20 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping,
       config[key] = value
 
 
+def _flatten(tree: Mapping, prefix: str = '') -> dict:
+  out = {}
+  for key, value in tree.items():
+    path = f'{prefix}.{key}' if prefix else key
+    out.update(_flatten(value, path) if isinstance(value, Mapping) else {path: value})
+  return out
+
+
+def _get(config: ml_collections.ConfigDict, path: str):
+  for key in path.split('.'):
+    config = config[key]
+  return config
+
+
 def make_config(base: ml_collections.ConfigDict, stages: Mapping[str, Mapping],
                 chain: tuple[str, ...]) -> ml_collections.ConfigDict:
   """base + `pipeline` (the chain) + `stages` (each stage's overrides)."""
@@ -47,6 +65,10 @@ def make_config(base: ml_collections.ConfigDict, stages: Mapping[str, Mapping],
   config = ml_collections.ConfigDict(base)
   config.pipeline = ','.join(chain)
   config.stages = ml_collections.ConfigDict({s: dict(stages[s]) for s in chain})
+  # The base values of every field some stage sets, as the config file made them: a
+  # command-line change of such a field would not reach those stages (stage_configs refuses).
+  paths = sorted({p for s in chain for p in _flatten(stages[s])})
+  config.stage_field_defaults = json.dumps({p: _get(base, p) for p in paths}, sort_keys=True)
   return config
 
 
@@ -62,12 +84,24 @@ def stage_config(base: ml_collections.ConfigDict,
 
 
 def stage_configs(config: ml_collections.ConfigDict) -> list[tuple[str, ml_collections.ConfigDict]]:
+  """[(stage, its resolved config)] in pipeline order, after consistency checks."""
   names = [s for s in config.pipeline.split(',') if s]
   if not names:
     raise ValueError('config.pipeline names no stage')
   missing = [s for s in names if s not in config.stages]
   if missing:
     raise ValueError(f'config.pipeline names stages {missing} that config.stages lacks')
+  defaults = json.loads(config.stage_field_defaults)
+  for name in names:
+    overrides = _flatten(config.stages[name].to_dict())
+    for path in overrides:
+      if path in defaults and _get(config, path) != defaults[path]:
+        raise ValueError(f'--config.{path} does not reach stage {name}, which sets {path} '
+                         f'itself; use --config.stages.{name}.{path}=... instead')
+    start = overrides.get('init_from', '')
+    if start.startswith('@') and start[1:] in names[names.index(name):]:
+      raise ValueError(f'stage {name} starts from {start[1:]}, which config.pipeline '
+                       f'({config.pipeline}) does not run before it')
   return [(s, stage_config(config, config.stages[s])) for s in names]
 
 
@@ -77,12 +111,30 @@ def finished(config: ml_collections.ConfigDict, workdir: str) -> bool:
           and train.same_config(config, workdir))
 
 
+def check_not_stale(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses a stage (finished or interrupted) whose init_from run changed since it started."""
+  record_path = os.path.join(workdir, train.INIT_FROM_RECORD)
+  if not config.init_from or not os.path.exists(record_path):
+    return  # not started yet, or made before records were kept
+  source = train.resolve_init_from(config.init_from, workdir)
+  with open(record_path) as f:
+    record = json.load(f)
+  recorded = {k: record.get(k) for k in ('best_step', 'config_sha256')}
+  current = (train.run_identity(source)
+             if os.path.exists(os.path.join(source, 'results.json')) else None)
+  if current != recorded:
+    raise ValueError(f'{workdir} started from a run of {source} that has since been re-run, '
+                     f'changed or removed; delete {workdir} to train that stage again from '
+                     f'the current one, or use another --workdir')
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or reuses) every stage in order; writes WORKDIR/pipeline.json; returns it."""
   os.makedirs(workdir, exist_ok=True)
   summary = {}
   for name, stage in stage_configs(config):
     stage_dir = os.path.join(workdir, name)
+    check_not_stale(stage, stage_dir)
     if finished(stage, stage_dir):
       print(f'=== stage {name}: finished in {stage_dir}; reusing it', flush=True)
       with open(os.path.join(stage_dir, 'results.json')) as f:

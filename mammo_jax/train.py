@@ -15,6 +15,7 @@ and, on CPU, ends with the same metrics as an uninterrupted one.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import signal
@@ -148,13 +149,16 @@ def create_train_state(rng: jax.Array, config: ml_collections.ConfigDict, model,
   dummy = preprocess(jnp.zeros((1, *image_shape), jnp.uint16), config.model.preprocess)
   variables = init({'params': rng}, dummy)
   params = variables['params']
+  if 'batch_stats' in variables and not freezing.is_all_trainable(config.model.trainable):
+    # Keras runs a frozen BatchNorm in inference mode; here BN always runs in training mode.
+    raise ValueError(f'model.trainable={config.model.trainable!r}: freezing layers of a model '
+                     f'with batch norm ({config.model.name}) is not supported')
   tx = freezing.masked_optimizer(create_optimizer(config), params, config.model.trainable)
   return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
                            batch_stats=variables.get('batch_stats'))
 
 
-# Keys of the ImageNet top in a ported VGG16 file; the study's classifier has its own head.
-VGG16_TOP = r'^(fc1|fc2|predictions)(/|$)'
+INIT_FROM_RECORD = 'init_from.json'  # in a workdir: the finished run it started from
 
 
 def resolve_init_from(init_from: str, workdir: str) -> str:
@@ -164,15 +168,28 @@ def resolve_init_from(init_from: str, workdir: str) -> str:
   return init_from
 
 
+def run_identity(workdir: str) -> dict:
+  """What identifies a finished run's best checkpoint: its step and its config's fingerprint
+  (not results.json's bytes, which a re-evaluation on another device may change)."""
+  with open(os.path.join(workdir, 'results.json')) as f:
+    best_step = json.load(f)['best_step']
+  with open(os.path.join(workdir, 'config.json')) as f:
+    fingerprint = json.dumps(_fingerprint(json.load(f)), sort_keys=True)
+  return {'best_step': best_step,
+          'config_sha256': hashlib.sha256(fingerprint.encode()).hexdigest()}
+
+
+def _has_checkpoint(workdir: str) -> bool:
+  latest = os.path.join(workdir, 'checkpoints', 'latest')
+  return os.path.isdir(latest) and any(n.isdigit() for n in os.listdir(latest))
+
+
 def _check_warm_start_sources(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Fails fast when a fresh run's pretrained weights or init_from run are missing."""
-  if os.path.isdir(os.path.join(workdir, 'checkpoints', 'latest')):
-    return  # resuming (or about to): the checkpoint holds the starting point already
-  spec = config.model.pretrained
-  if spec:
-    from mammo_jax import vgg16_weights  # pylint: disable=g-import-not-at-top
-    if spec not in vgg16_weights.OFFICIAL and not os.path.isfile(os.path.expanduser(spec)):
-      raise FileNotFoundError(vgg16_weights.missing_message(spec))
+  """Fails fast, before data preparation, on a fresh run's missing or unusable start."""
+  if config.model.pretrained and config.model.name != 'vgg16':
+    raise ValueError(f'model.pretrained applies to vgg16 models, not {config.model.name}')
+  if _has_checkpoint(workdir):
+    return  # resuming: the checkpoint holds the starting point already
   if config.init_from:
     source = resolve_init_from(config.init_from, workdir)
     if not os.path.exists(os.path.join(source, 'results.json')):
@@ -180,40 +197,63 @@ def _check_warm_start_sources(config: ml_collections.ConfigDict, workdir: str) -
           f'init_from={config.init_from}: {source} holds no finished run (no results.json). '
           f'Run that stage to the end first, in that workdir, or run the whole chain with '
           f'the config\'s :pipeline argument.')
+  elif config.model.pretrained:
+    from mammo_jax import vgg16_weights  # pylint: disable=g-import-not-at-top
+    spec = config.model.pretrained
+    if spec not in vgg16_weights.OFFICIAL and not os.path.isfile(os.path.expanduser(spec)):
+      raise FileNotFoundError(vgg16_weights.missing_message(spec))
+
+
+def _merge(target, loaded, source: str, fix: str, skip: str | None = None):
+  """Strict merge whose error names where the values came from and what to change."""
+  from mammo_jax import vgg16_weights  # pylint: disable=g-import-not-at-top  (h5py, lazily)
+  try:
+    return vgg16_weights.merge_params(target, loaded, skip=skip)
+  except ValueError as e:
+    raise ValueError(f'{source}: {e}\n{fix}') from None
 
 
 def warm_start(config: ml_collections.ConfigDict, workdir: str,
                state: TrainState) -> TrainState:
-  """A fresh run's starting parameters: ImageNet weights and/or another run's best checkpoint.
+  """A fresh run's starting parameters: another run's best checkpoint (config.init_from),
+  else ImageNet weights for the VGG16 base (config.model.pretrained), else state as is.
 
-  Both merges are strict: a name or shape that differs raises with the differences listed.
+  init_from wins because it sets every parameter. Merges are strict: names or shapes that
+  differ raise, listing the differences.
   """
-  if not (config.model.pretrained or config.init_from):
-    return state
-  from mammo_jax import vgg16_weights  # pylint: disable=g-import-not-at-top  (h5py, lazily)
   params, batch_stats = state.params, state.batch_stats
-  if config.model.pretrained:
+  if config.init_from:
+    source = os.path.abspath(resolve_init_from(config.init_from, workdir))
+    best_params, best_stats, best_step = checkpointing.best_variables(source)
+    what = f'init_from={config.init_from} ({source}, best step {best_step})'
+    fix = ('The model (model.name, model.fc, the task) must be the one that run trained; '
+           'compare its config.json.')
+    params = _merge(params, best_params, what, fix)
+    if (batch_stats is None) != (best_stats is None):
+      raise ValueError(f'{what}: one of the two models has batch norm and the other not. {fix}')
+    if batch_stats is not None:
+      batch_stats = _merge(batch_stats, best_stats, what, fix)
+    print(f'Parameters initialised from the best checkpoint of {source} (step {best_step})',
+          flush=True)
+    with open(os.path.join(workdir, INIT_FROM_RECORD), 'w') as f:
+      json.dump({'init_from': source, **run_identity(source)}, f, indent=1)
+  elif config.model.pretrained:
+    from mammo_jax import vgg16_weights  # pylint: disable=g-import-not-at-top  (h5py, lazily)
     if 'vgg16' not in params:
       raise ValueError(f'model.pretrained applies to vgg16 models, not {config.model.name}')
-    loaded, meta = vgg16_weights.load_pretrained(config.model.pretrained,
-                                                 cache_dir=config.data.cache_dir or None)
+    cache = os.path.join(config.data.cache_dir, 'weights') if config.data.cache_dir else None
+    loaded, meta = vgg16_weights.load_pretrained(config.model.pretrained, cache_dir=cache)
     if meta.get('preprocess', config.model.preprocess) != config.model.preprocess:
       raise ValueError(f'{config.model.pretrained} holds weights trained on '
                        f'{meta["preprocess"]!r}-preprocessed inputs, but model.preprocess is '
                        f'{config.model.preprocess!r}; set --config.model.preprocess='
                        f'{meta["preprocess"]}')
-    params = {**params, 'vgg16': vgg16_weights.merge_params(params['vgg16'], loaded,
-                                                            skip=VGG16_TOP)}
+    vgg = _merge(params['vgg16'], loaded, f'model.pretrained={config.model.pretrained}',
+                 'Port the weights of a VGG16 (python -m mammo_jax.port_vgg16 SRC OUT).',
+                 skip=vgg16_weights.TOP_PATTERN)
+    params = {**params, 'vgg16': vgg}
     print(f'VGG16 base initialised from {config.model.pretrained} ({meta.get("format")}, '
           f'source sha256 {str(meta.get("source_sha256"))[:12]})', flush=True)
-  if config.init_from:
-    source = resolve_init_from(config.init_from, workdir)
-    best_params, best_stats, best_step = checkpointing.best_variables(source)
-    params = vgg16_weights.merge_params(params, best_params)
-    if batch_stats is not None:
-      batch_stats = vgg16_weights.merge_params(batch_stats, best_stats)
-    print(f'Parameters initialised from the best checkpoint of {source} (step {best_step})',
-          flush=True)
   return state.replace(params=params, batch_stats=batch_stats)
 
 
@@ -416,7 +456,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   ckpt = checkpointing.Checkpoints(workdir)
   resuming = ckpt.latest_step() is not None
   _check_workdir_config(config, workdir, resuming=resuming)
-  if not resuming:  # a resumed run's checkpoint already holds these
+  if not resuming:  # a resumed run's checkpoint already holds its start
     state = warm_start(config, workdir, state)
   n_trainable, n_total = freezing.count(state.params, config.model.trainable)
   print(f'Model {config.model.name}: {n_total:,} parameters, {n_trainable:,} trainable',
@@ -519,12 +559,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   print(f'Training stopped at step {step}: {loop["stop_reason"]}', flush=True)
   summary = final_evaluation(config, workdir, ckpt, state, loop, splits, p_eval_step, task, log,
                              synthetic=synthetic, steps_per_epoch=steps_per_epoch,
-                             params=(n_trainable, n_total))
+                             param_counts=(n_trainable, n_total))
   return state, summary
 
 
 def final_evaluation(config, workdir, ckpt, state, loop, splits, p_eval_step, task, log, *,
-                     synthetic: bool, steps_per_epoch: int, params: tuple[int, int]) -> dict:
+                     synthetic: bool, steps_per_epoch: int, param_counts: tuple[int, int]) -> dict:
   """Evaluates the best-validation-loss checkpoint once on validation and test."""
   best = ckpt.restore_best(state, loop['best_step'])
   outputs, results = {}, {}
@@ -540,7 +580,7 @@ def final_evaluation(config, workdir, ckpt, state, loop, splits, p_eval_step, ta
       'best_epoch': loop['best_epoch'], 'best_step': loop['best_step'],
       'epochs_run': loop['epoch'], 'steps_run': int(state.step),
       'steps_per_epoch': steps_per_epoch, 'stop_reason': loop['stop_reason'],
-      'trainable_params': params[0], 'total_params': params[1],
+      'trainable_params': param_counts[0], 'total_params': param_counts[1],
       'examples': {s: int(len(d['label'])) for s, d in splits.items()},
       **results,
   }

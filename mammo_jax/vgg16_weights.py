@@ -40,17 +40,14 @@ from absl import logging
 from flax.core import frozen_dict
 
 import mammo_jax
+from mammo_jax.models import vgg16 as vgg16_model
 
 FORMATS = ('keras_h5', 'keras3', 'torchvision')
 PORT_VERSION = 1  # bump when the conversion or the sidecar changes meaning
 
-CONV_LAYERS = (
-    'block1_conv1', 'block1_conv2',
-    'block2_conv1', 'block2_conv2',
-    'block3_conv1', 'block3_conv2', 'block3_conv3',
-    'block4_conv1', 'block4_conv2', 'block4_conv3',
-    'block5_conv1', 'block5_conv2', 'block5_conv3')
-TOP_LAYERS = ('fc1', 'fc2', 'predictions')
+# Keras's layer names, which are the model's (one definition, in models/vgg16.py).
+CONV_LAYERS = vgg16_model.CONV_NAMES
+TOP_LAYERS = vgg16_model.TOP_NAMES
 # For merge_params(skip=...): drops the ImageNet top of a with-top file.
 TOP_PATTERN = r'^(fc1|fc2|predictions)(/|$)'
 

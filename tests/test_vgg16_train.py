@@ -94,7 +94,8 @@ def test_stage_trainable_parameters_equal_the_study(name, stage):
 
 
 def test_freezing_labels_and_errors():
-  params = {'vgg16': {'block5_conv3': {'kernel': np.ones(2)}, 'block5_conv2': {'kernel': np.ones(1)}},
+  params = {'vgg16': {'block5_conv3': {'kernel': np.ones(2)},
+                      'block5_conv2': {'kernel': np.ones(1)}},
             'fc': {'kernel': np.ones(3), 'bias': np.ones(1)}}
   labels = freezing.labels(params, 'fc, vgg16/block5_conv3')
   assert labels == {'vgg16': {'block5_conv3': {'kernel': 'trainable'},
@@ -102,8 +103,18 @@ def test_freezing_labels_and_errors():
                     'fc': {'kernel': 'trainable', 'bias': 'trainable'}}
   assert freezing.count(params, 'fc') == (4, 7)
   # A prefix matches whole path components only, and must match something.
-  with pytest.raises(ValueError, match=r'vgg16/block5_conv.*match no parameter.*vgg16/block5_conv2'):
+  with pytest.raises(ValueError, match=r'vgg16/block5_conv.*match no param.*vgg16/block5_conv2'):
     freezing.labels(params, 'vgg16/block5_conv')
+  with pytest.raises(ValueError, match="model.trainable is empty; use 'all'"):
+    freezing.labels(params, ' ')
+
+
+def test_freezing_a_model_with_batch_norm_is_refused():
+  config = load_config('scratch2', 'exp11,smoke')
+  config.model.trainable = 'fc,logits'
+  model = train.create_model(config, tasks.get_task(config.task))
+  with pytest.raises(ValueError, match='freezing layers of a model with batch norm'):
+    train.create_train_state(jax.random.key(0), config, model, (150, 150, 1))
 
 
 def small_vgg_config(trainable='fc,logits', half=False):
@@ -147,6 +158,16 @@ def test_train_and_eval_inputs_are_identical_and_equal_keras_caffe_preprocessing
   np.testing.assert_array_equal(train_x, eval_x)
   reference = keras_vgg16.preprocess_input(np.repeat(images / 256.0, 3, axis=-1))
   np.testing.assert_allclose(eval_x, reference, rtol=1e-6, atol=1e-4)
+  # With augmentation on, the preprocessing still follows it: flips of an image symmetric
+  # under both flips change nothing, so the training input equals the evaluation input.
+  symmetric = np.concatenate([images, images[:, ::-1]], axis=1)
+  symmetric = np.concatenate([symmetric, symmetric[:, :, ::-1]], axis=2)
+  flips = augment.AugmentSpec(horizontal_flip=True, vertical_flip=True)
+  assert flips.enabled
+  for seed in range(3):
+    keys = jax.random.split(jax.random.key(seed), 3)
+    np.testing.assert_allclose(train.train_inputs(jnp.asarray(symmetric), keys, flips, 'caffe'),
+                               train.preprocess(jnp.asarray(symmetric), 'caffe'), atol=1e-4)
   # Channel 0 is blue minus the blue mean (Keras reverses RGB); grey makes B = G = R.
   np.testing.assert_allclose(eval_x[..., 0] - eval_x[..., 2], 123.68 - 103.939, atol=1e-4)
 
@@ -202,6 +223,19 @@ def test_stage_overrides_and_config_errors():
   assert stages['fe_fc128'].num_epochs == 150 and stages['ft1'].num_epochs == 200
   # A single-stage config equals the pipeline's stage.
   assert load_config('vgg16_4', 'ft2').to_dict() == stages['ft2'].to_dict()
+  # A command-line change of a field that stages set would not reach them: refused.
+  changed = load_config('vgg16_4', 'pipeline')
+  changed.optimizer.learning_rate = 5e-5
+  with pytest.raises(ValueError, match=r'--config.optimizer.learning_rate does not reach stage '
+                                       r'ft1.*--config.stages.ft1.optimizer'):
+    pipeline.stage_configs(changed)
+  changed = load_config('vgg16_4', 'pipeline')
+  changed.model.pretrained = '/elsewhere/vgg16.msgpack'  # no stage sets it: reaches all
+  assert {c.model.pretrained for _, c in pipeline.stage_configs(changed)} == {
+      '/elsewhere/vgg16.msgpack'}
+  changed.pipeline = 'ft2,ft1'
+  with pytest.raises(ValueError, match='stage ft2 starts from ft1, which config.pipeline'):
+    pipeline.stage_configs(changed)
   with pytest.raises(ValueError, match='stage override model.fcc names no field'):
     pipeline.stage_config(config, {'model': {'fcc': 3}})
   with pytest.raises(ValueError, match='takes one of fe_fc128'):
@@ -247,6 +281,13 @@ def test_pipeline_chains_stages_and_reuses_finished_ones(tmp_path, data_cache, c
   assert 'stage ft1: finished' in capsys.readouterr().out
   assert os.path.getmtime(os.path.join(workdir, 'ft1', 'results.json')) == mtime
   assert first['trainable_params'] == 4_457_473
+  # A finished stage whose starting run changed since is refused, not silently reused.
+  fe_results = os.path.join(workdir, 'fe_hardaug', 'results.json')
+  results = json.load(open(fe_results))
+  results['best_step'] += 1  # as if fe_hardaug had been run again, with another outcome
+  json.dump(results, open(fe_results, 'w'))
+  with pytest.raises(ValueError, match=r'ft1 started from a run of .*fe_hardaug that has since'):
+    pipeline.run(config, workdir)
 
 
 def test_warm_start_merges_pretrained_weights_into_the_base_only(tmp_path):
@@ -277,14 +318,17 @@ def test_warm_start_merges_pretrained_weights_into_the_base_only(tmp_path):
 
 
 def test_cli_without_the_weights_file_says_where_to_get_it_before_building_data(tmp_path):
+  # The configs point at where the README's port command writes the weights.
+  assert load_config('vgg16_2').model.pretrained == 'weights/vgg16_keras_notop.msgpack'
+  weights = tmp_path / 'weights' / 'vgg16_keras_notop.msgpack'  # never there
   env = dict(os.environ, MAMMO_JAX_CACHE=str(tmp_path / 'cache'), TF_CPP_MIN_LOG_LEVEL='3')
   out = subprocess.run(
       [sys.executable, '-m', 'mammo_jax.main', '--config=configs/vgg16_2.py:pipeline',
-       f'--workdir={tmp_path / "run"}'], cwd=ROOT, env=env, capture_output=True, text=True,
-      timeout=300)
+       f'--workdir={tmp_path / "run"}', f'--config.model.pretrained={weights}'], cwd=ROOT,
+      env=env, capture_output=True, text=True, timeout=300)
   assert out.returncode == 1
   err = out.stderr
-  assert 'VGG16 weights not found: weights/vgg16_keras_notop.msgpack' in err
+  assert f'VGG16 weights not found: {weights}' in err
   assert 'vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5' in err
   assert 'python -m mammo_jax.port_vgg16 SRC OUT.msgpack' in err
   assert not os.path.exists(tmp_path / 'cache' / 'synthetic')  # no data was built

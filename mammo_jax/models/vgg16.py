@@ -14,8 +14,6 @@ its top, flatten, optional dropout, Dense(fc, relu), Dense(k). The base is the s
 `vgg16`, as Keras nests it, so freezing is a matter of parameter paths (`vgg16/block5_conv3`).
 """
 
-from collections.abc import Sequence
-
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -111,7 +109,6 @@ class VGG16Classifier(nn.Module):
   dropout: float = 0.0
   conv_impl: str = 'xla'
   dtype: jnp.dtype = jnp.float32
-  bn_axis_name: str | None = None  # unused (no batch norm); accepted like the other models
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -122,7 +119,3 @@ class VGG16Classifier(nn.Module):
     x = nn.relu(nn.Dense(self.fc, kernel_init=_glorot, name='fc')(x))
     return nn.Dense(self.num_outputs, kernel_init=_glorot, name='logits')(x)
 
-
-def conv_names(blocks: Sequence[int] = (1, 2, 3, 4, 5)) -> tuple[str, ...]:
-  """Keras names of the convolutions in the given blocks."""
-  return tuple(n for n in CONV_NAMES if int(n[5]) in blocks)
