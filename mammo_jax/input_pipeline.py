@@ -105,7 +105,11 @@ def describe(builder: tfds.core.DatasetBuilder) -> str:
 
 def load_split(builder: tfds.core.DatasetBuilder, split: str,
                features: tuple[str, ...] = ('image', 'label')) -> dict[str, np.ndarray]:
-  """Decodes `features` of a whole split into numpy arrays, sorted by example id."""
+  """Decodes `features` of a whole split into numpy arrays, sorted by example id.
+
+  Ask for 'id' among `features` to get the (bytes) example ids too; take them out before
+  batching, as batches go to devices.
+  """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')  # keep TF off accelerators JAX needs
   if split not in builder.info.splits:
@@ -113,14 +117,15 @@ def load_split(builder: tfds.core.DatasetBuilder, split: str,
                      f'{", ".join(builder.info.splits)}')
   # Decoded by tf.data in chunks; PNG decoding dominates (about 0.6 s for 214 patches).
   ds = builder.as_dataset(split=split, shuffle_files=False, batch_size=1024)
-  columns = {name: [] for name in ('id', *features)}
+  columns = {name: [] for name in dict.fromkeys(('id', *features))}
   for chunk in tfds.as_numpy(ds):
     for name in columns:
       columns[name].append(chunk[name])
   if not columns['id']:
     raise ValueError(f'split {split!r} of {builder.info.full_name} in {builder.data_dir} is '
                      'empty; rebuild the dataset')
-  order = np.argsort(np.concatenate(columns.pop('id')), kind='stable')  # ids are unique bytes
+  ids = columns['id'] if 'id' in features else columns.pop('id')
+  order = np.argsort(np.concatenate(ids), kind='stable')  # ids are unique bytes
   arrays = {name: np.concatenate(values)[order] for name, values in columns.items()}
   if 'label' in arrays:
     arrays['label'] = arrays['label'].astype(np.int32)

@@ -6,6 +6,7 @@ This file is intentionally thin: it parses flags and hands the config to
 run exactly.
 """
 
+import importlib
 import sys
 
 from absl import app
@@ -16,6 +17,10 @@ from ml_collections import config_flags
 
 from mammo_jax import pipeline
 from mammo_jax import train
+
+# config.runner -> the module whose run(config, workdir) does the job; 'train' (the default)
+# is train.train_and_evaluate, a config with `pipeline` set runs pipeline.run.
+RUNNERS = {'ensemble': 'mammo_jax.ensemble', 'lr_range': 'mammo_jax.lr_range'}
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for this run\'s checkpoints and outputs.')
@@ -29,10 +34,15 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.info('JAX devices: %s', jax.local_devices())
   try:
+    runner = FLAGS.config.get('runner', 'train')
     if FLAGS.config.get('pipeline'):
       pipeline.run(FLAGS.config, FLAGS.workdir)
-    else:
+    elif runner in RUNNERS:
+      importlib.import_module(RUNNERS[runner]).run(FLAGS.config, FLAGS.workdir)
+    elif runner == 'train':
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    else:
+      raise ValueError(f'unknown config.runner {runner!r}; known: train, {", ".join(RUNNERS)}')
   except (FloatingPointError, ValueError, FileNotFoundError, ConnectionError,
           ImportError) as e:
     # Known failure modes (bad config or data, diverged training) end with one clear line;

@@ -442,7 +442,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     with open(os.path.join(workdir, 'dataset_report.json'), 'w') as f:
       json.dump(report, f, indent=1, sort_keys=True)
   synthetic = not config.data.manual_dir
-  splits = {s: input_pipeline.load_split(builder, s) for s in ('train', 'validation', 'test')}
+  splits = {s: input_pipeline.load_split(builder, s, ('image', 'label', 'id'))
+            for s in ('train', 'validation', 'test')}
+  # Example ids as str (bytes objects would need pickle) for predictions.npz; not for devices.
+  ids = {s: np.array([i.decode() for i in d.pop('id')]) for s, d in splits.items()}
   steps_per_epoch = input_pipeline.steps_per_epoch(len(splits['train']['label']),
                                                    config.batch_size)
   total_steps = config.num_epochs * steps_per_epoch
@@ -559,13 +562,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   print(f'Training stopped at step {step}: {loop["stop_reason"]}', flush=True)
   summary = final_evaluation(config, workdir, ckpt, state, loop, splits, p_eval_step, task, log,
                              synthetic=synthetic, steps_per_epoch=steps_per_epoch,
-                             param_counts=(n_trainable, n_total))
+                             param_counts=(n_trainable, n_total), ids=ids)
   return state, summary
 
 
 def final_evaluation(config, workdir, ckpt, state, loop, splits, p_eval_step, task, log, *,
-                     synthetic: bool, steps_per_epoch: int, param_counts: tuple[int, int]) -> dict:
-  """Evaluates the best-validation-loss checkpoint once on validation and test."""
+                     synthetic: bool, steps_per_epoch: int, param_counts: tuple[int, int],
+                     ids: dict[str, np.ndarray]) -> dict:
+  """Evaluates the best-validation-loss checkpoint once on validation and test.
+
+  Writes results.json, the plots, and predictions.npz: per split, the example ids, the
+  class probabilities, the task labels and the 4-class labels, for ensembles and composites
+  (mammo_jax.ensemble), which combine runs without running their models again.
+  """
   best = ckpt.restore_best(state, loop['best_step'])
   outputs, results = {}, {}
   for split in ('validation', 'test'):
@@ -584,7 +593,12 @@ def final_evaluation(config, workdir, ckpt, state, loop, splits, p_eval_step, ta
       'examples': {s: int(len(d['label'])) for s, d in splits.items()},
       **results,
   }
-  with open(os.path.join(workdir, 'results.json'), 'w') as f:
+  predictions = {}
+  for split, (probs, labels) in outputs.items():
+    predictions.update({f'{split}_ids': ids[split], f'{split}_probs': probs,
+                        f'{split}_labels': labels, f'{split}_label4': splits[split]['label']})
+  np.savez(os.path.join(workdir, 'predictions.npz'), **predictions)
+  with open(os.path.join(workdir, 'results.json'), 'w') as f:  # last: marks the run finished
     json.dump(summary, f, indent=1, sort_keys=True)
   plots.write_run_plots(workdir, plots.read_metrics(log.path), outputs, task.class_names)
   print(f'Best checkpoint: epoch {loop["best_epoch"]} (step {loop["best_step"]}); validation '

@@ -36,13 +36,17 @@ def test_smoke_run_per_family_writes_every_output(tmp_path, data_cache, name, ar
   assert summary['task'] == task and summary['synthetic_data'] is True
   assert summary['test']['count'] == summary['examples']['test'] > 0  # every example, once
   assert np.array(summary['test']['confusion_matrix']).shape == (outputs, outputs)
-  for f in ('config.json', 'metrics.jsonl', 'results.json', 'learning_curves.png',
-            'confusion_test.png', 'roc_test.png'):
+  for f in ('config.json', 'metrics.jsonl', 'results.json', 'predictions.npz',
+            'learning_curves.png', 'confusion_test.png', 'roc_test.png'):
     assert os.path.getsize(os.path.join(workdir, f)) > 0, f
   assert any(n.startswith('events.out.tfevents') for n in os.listdir(workdir + '/tensorboard'))
   records = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
   assert {r['split'] for r in records} == {'train', 'validation', 'test'}
   assert [r['epoch'] for r in records if r['split'] == 'validation'] == [0, 1]
+  predictions = np.load(os.path.join(workdir, 'predictions.npz'))
+  assert predictions['test_probs'].shape == (summary['examples']['test'], outputs)
+  assert predictions['test_ids'].shape == predictions['test_label4'].shape == (
+      summary['examples']['test'],)
   results = json.load(open(os.path.join(workdir, 'results.json')))
   assert results['best_step'] in {r['step'] for r in records if r['split'] == 'validation'}
 
