@@ -5,6 +5,11 @@ lr_n = lr / (1 + decay * n), the same as keras.optimizers.schedules.InverseTimeD
 decay_steps=1. Epsilon placement follows Keras: inside the square root for RMSprop, outside
 for Adam, with Adam's bias correction folded into the step size. Tests compare a few steps
 with Keras itself.
+
+Every maker also takes an optax schedule (a function of the update count, the first update
+being count 0) as `learning_rate`, e.g. the LR range test's per-epoch growth. The update-n
+rate enters update n where Keras applies it (the final scale; SGD with momentum: inside the
+velocity), so a schedule changes nothing else.
 """
 
 from typing import NamedTuple
@@ -14,14 +19,26 @@ import jax.numpy as jnp
 import optax
 
 
+LearningRate = float | optax.Schedule
+
+
 def inverse_time_decay(learning_rate: float, decay: float = 0.0) -> optax.Schedule:
   return lambda step: learning_rate / (1.0 + decay * step)
 
 
-def keras_rmsprop(learning_rate: float = 1e-3, decay: float = 0.0, rho: float = 0.9,
+def _rate(learning_rate: LearningRate, decay: float) -> optax.Schedule:
+  """A constant rate with Keras's time-based decay, or a schedule used as given."""
+  if callable(learning_rate):
+    if decay:
+      raise ValueError('decay applies to a constant learning_rate; fold it into the schedule')
+    return learning_rate
+  return inverse_time_decay(learning_rate, decay)
+
+
+def keras_rmsprop(learning_rate: LearningRate = 1e-3, decay: float = 0.0, rho: float = 0.9,
                   epsilon: float = 1e-7) -> optax.GradientTransformation:
   """keras.optimizers.RMSprop: v = rho v + (1 - rho) g^2; step = lr g / sqrt(v + eps)."""
-  return optax.rmsprop(inverse_time_decay(learning_rate, decay), decay=rho, eps=epsilon,
+  return optax.rmsprop(_rate(learning_rate, decay), decay=rho, eps=epsilon,
                        eps_in_sqrt=True)
 
 
@@ -57,11 +74,11 @@ def _scale_by_keras_adam(b1: float, b2: float, eps: float) -> optax.GradientTran
   return optax.GradientTransformation(_init_moments, update)
 
 
-def keras_adam(learning_rate: float = 1e-3, decay: float = 0.0, beta_1: float = 0.9,
+def keras_adam(learning_rate: LearningRate = 1e-3, decay: float = 0.0, beta_1: float = 0.9,
                beta_2: float = 0.999, epsilon: float = 1e-7) -> optax.GradientTransformation:
   """keras.optimizers.Adam (amsgrad=False)."""
   return optax.chain(_scale_by_keras_adam(beta_1, beta_2, epsilon),
-                     optax.scale_by_learning_rate(inverse_time_decay(learning_rate, decay)))
+                     optax.scale_by_learning_rate(_rate(learning_rate, decay)))
 
 
 def _scale_by_keras_nadam(b1: float, b2: float, eps: float) -> optax.GradientTransformation:
@@ -85,16 +102,32 @@ def _scale_by_keras_nadam(b1: float, b2: float, eps: float) -> optax.GradientTra
   return optax.GradientTransformation(_init_moments, update)
 
 
-def keras_nadam(learning_rate: float = 1e-3, decay: float = 0.0, beta_1: float = 0.9,
+def keras_nadam(learning_rate: LearningRate = 1e-3, decay: float = 0.0, beta_1: float = 0.9,
                 beta_2: float = 0.999, epsilon: float = 1e-7) -> optax.GradientTransformation:
   """keras.optimizers.Nadam."""
   return optax.chain(_scale_by_keras_nadam(beta_1, beta_2, epsilon),
-                     optax.scale_by_learning_rate(inverse_time_decay(learning_rate, decay)))
+                     optax.scale_by_learning_rate(_rate(learning_rate, decay)))
 
 
-def keras_sgd(learning_rate: float = 1e-2, decay: float = 0.0,
+def keras_sgd(learning_rate: LearningRate = 1e-2, decay: float = 0.0,
               momentum: float = 0.0) -> optax.GradientTransformation:
   """keras.optimizers.SGD (not Nesterov): the velocity accumulates lr-scaled gradients,
   v = momentum v - lr_n g, which differs from optax.sgd once the rate decays."""
-  scaled = optax.scale_by_learning_rate(inverse_time_decay(learning_rate, decay))
+  scaled = optax.scale_by_learning_rate(_rate(learning_rate, decay))
   return optax.chain(scaled, optax.trace(decay=momentum)) if momentum else scaled
+
+
+MAKERS = {'sgd': keras_sgd, 'rmsprop': keras_rmsprop, 'adam': keras_adam, 'nadam': keras_nadam}
+
+
+def keras_optimizer(name: str, learning_rate: LearningRate, decay: float = 0.0,
+                    momentum: float = 0.0) -> optax.GradientTransformation:
+  """The Keras-equivalent optimizer `name` (sgd | rmsprop | adam | nadam) at a constant rate
+  (with Keras's `decay`) or on an optax schedule of the update count."""
+  if name not in MAKERS:
+    raise ValueError(f'unknown optimizer {name!r}; known: {", ".join(sorted(MAKERS))}')
+  if name == 'sgd':
+    return keras_sgd(learning_rate, decay, momentum)
+  if momentum:
+    raise ValueError(f'momentum applies to sgd only, not {name!r}')
+  return MAKERS[name](learning_rate, decay)
