@@ -68,6 +68,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.data = data = ml_collections.ConfigDict()
   data.name = 'cbis_ddsm/roi150'  # TFDS name/config of the patch dataset
+  # 'image': the abnormality patch; 'image+baseline': it and its healthy baseline patch as two
+  # channels, for the pair models (dual, siamese), leaving out examples without a baseline.
+  data.inputs = 'image'
   data.manual_dir = ''  # a CBIS-DDSM download (either NBIA layout); '' = synthetic data
   data.data_dir = ''  # where real builds live: a path or gs:// bucket; '' = TFDS default
   data.cache_dir = ''  # synthetic trees and builds; '' = $MAMMO_JAX_CACHE or ~/.cache/mammo_jax

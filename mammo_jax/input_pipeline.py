@@ -132,6 +132,38 @@ def load_split(builder: tfds.core.DatasetBuilder, split: str,
   return arrays
 
 
+# config.data.inputs: what a model is fed. 'image': the abnormality patch. 'image+baseline':
+# the patch and its healthy baseline stacked as channels [H, W, 2] (0 abnormality, 1
+# baseline), for the pair models (REFERENCE_STUDY.md §1.8); one array keeps batching,
+# preprocessing and augmentation those of single images.
+INPUTS = ('image', 'image+baseline')
+
+
+def load_inputs(builder: tfds.core.DatasetBuilder, split: str,
+                inputs: str = 'image') -> tuple[dict[str, np.ndarray], int]:
+  """A split's `image` (as `inputs` asks), `label` and `id` arrays, and how many examples
+  were left out for lacking a baseline (always 0 for 'image')."""
+  if inputs == 'image':
+    return load_split(builder, split, ('image', 'label', 'id')), 0
+  if inputs == 'image+baseline':
+    data, without = stack_pairs(load_split(
+        builder, split, ('image', 'baseline', 'has_baseline', 'label', 'id')))
+    if not len(data['label']):
+      raise ValueError(f'no example of split {split!r} of {builder.info.full_name} has a '
+                       f'baseline patch, so data.inputs={inputs!r} leaves it empty')
+    return data, without
+  raise ValueError(f'unknown data.inputs {inputs!r}; known: {", ".join(INPUTS)}')
+
+
+def stack_pairs(data: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
+  """Examples with a baseline, `image` [N, H, W, 2] = (abnormality, baseline); the rest are
+  left out (their stored baseline is all zeros) and counted."""
+  data = dict(data)
+  keep = data.pop('has_baseline').astype(bool)
+  data['image'] = np.concatenate([data['image'], data.pop('baseline')], axis=-1)
+  return {name: values[keep] for name, values in data.items()}, int(np.sum(~keep))
+
+
 def num_examples(data: dict[str, np.ndarray]) -> int:
   return len(next(iter(data.values())))
 

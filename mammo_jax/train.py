@@ -104,7 +104,23 @@ def train_inputs(images: jnp.ndarray, keys: jax.Array | None, spec: augment.Augm
   return finish(x, mode)
 
 
+def check_inputs(config: ml_collections.ConfigDict) -> None:
+  """The model and config.data.inputs must agree: pair models take (abnormality, baseline)
+  pairs, every other model single patches."""
+  inputs, wanted = config.data.inputs, models.inputs_of(config.model.name)
+  if inputs not in input_pipeline.INPUTS:
+    raise ValueError(f'unknown data.inputs {inputs!r}; known: {", ".join(input_pipeline.INPUTS)}')
+  if inputs != wanted:
+    raise ValueError(f'model {config.model.name} takes data.inputs={wanted!r}, not {inputs!r}; '
+                     f'set --config.data.inputs={wanted}')
+  if inputs == 'image+baseline' and config.model.preprocess != 'unit':
+    # 'caffe' / 'torch' turn one grey channel into RGB; a pair's two channels are two images.
+    raise ValueError(f'data.inputs={inputs!r} needs model.preprocess=\'unit\', not '
+                     f'{config.model.preprocess!r}')
+
+
 def create_model(config: ml_collections.ConfigDict, task: tasks.Task):
+  check_inputs(config)
   impl = config.model.conv_impl
   if impl == 'auto':
     impl = 'cpu_fast' if jax.default_backend() == 'cpu' else 'xla'
@@ -434,7 +450,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   parallel.check_batch_size(config.batch_size)
   parallel.check_batch_size(config.eval_batch_size, 'eval_batch_size')
 
-  _check_warm_start_sources(config, workdir)  # before minutes of data preparation
+  check_inputs(config)  # these two before minutes of data preparation
+  _check_warm_start_sources(config, workdir)
   builder = input_pipeline.prepare_builder(config.data)
   print(input_pipeline.describe(builder), flush=True)
   report = input_pipeline.build_report(builder)
@@ -442,8 +459,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     with open(os.path.join(workdir, 'dataset_report.json'), 'w') as f:
       json.dump(report, f, indent=1, sort_keys=True)
   synthetic = not config.data.manual_dir
-  splits = {s: input_pipeline.load_split(builder, s, ('image', 'label', 'id'))
-            for s in ('train', 'validation', 'test')}
+  splits, without = {}, {}
+  for s in ('train', 'validation', 'test'):
+    splits[s], without[s] = input_pipeline.load_inputs(builder, s, config.data.inputs)
+  without_baseline = None
+  if config.data.inputs == 'image+baseline':  # pairs need a baseline: say how many had none
+    without_baseline = without
+    print(f'Left out for lacking a baseline patch (data.inputs={config.data.inputs}): '
+          + ', '.join(f'{s} {n}' for s, n in without.items()), flush=True)
   # Example ids as str (bytes objects would need pickle) for predictions.npz; not for devices.
   ids = {s: np.array([i.decode() for i in d.pop('id')]) for s, d in splits.items()}
   steps_per_epoch = input_pipeline.steps_per_epoch(len(splits['train']['label']),
@@ -562,18 +585,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   print(f'Training stopped at step {step}: {loop["stop_reason"]}', flush=True)
   summary = final_evaluation(config, workdir, ckpt, state, loop, splits, p_eval_step, task, log,
                              synthetic=synthetic, steps_per_epoch=steps_per_epoch,
-                             param_counts=(n_trainable, n_total), ids=ids)
+                             param_counts=(n_trainable, n_total), ids=ids,
+                             without_baseline=without_baseline)
   return state, summary
 
 
 def final_evaluation(config, workdir, ckpt, state, loop, splits, p_eval_step, task, log, *,
                      synthetic: bool, steps_per_epoch: int, param_counts: tuple[int, int],
-                     ids: dict[str, np.ndarray]) -> dict:
+                     ids: dict[str, np.ndarray],
+                     without_baseline: dict[str, int] | None = None) -> dict:
   """Evaluates the best-validation-loss checkpoint once on validation and test.
 
   Writes results.json, the plots, and predictions.npz: per split, the example ids, the
   class probabilities, the task labels and the 4-class labels, for ensembles and composites
-  (mammo_jax.ensemble), which combine runs without running their models again.
+  (mammo_jax.ensemble), which combine runs without running their models again. Pair runs
+  also record `examples_without_baseline` per split: examples left out of training and of
+  every evaluation (their ids are not in predictions.npz either).
   """
   best = ckpt.restore_best(state, loop['best_step'])
   outputs, results = {}, {}
@@ -591,6 +618,7 @@ def final_evaluation(config, workdir, ckpt, state, loop, splits, p_eval_step, ta
       'steps_per_epoch': steps_per_epoch, 'stop_reason': loop['stop_reason'],
       'trainable_params': param_counts[0], 'total_params': param_counts[1],
       'examples': {s: int(len(d['label'])) for s, d in splits.items()},
+      **({} if without_baseline is None else {'examples_without_baseline': without_baseline}),
       **results,
   }
   predictions = {}

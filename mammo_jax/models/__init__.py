@@ -6,10 +6,15 @@ config.model.dropout, so train.create_model builds it.
 The scratch family follows REFERENCE_STUDY.md §2.1 (2-class Exps 0-11), §2.2 (4-class
 M1-M3) and §2.3 (benign vs malignant). Optimiser, L2 and augmentation differences between
 experiments (e.g. Exp 5's LR decay, Exp 8's Adam, Exp 9's L2) are config, not architecture.
+
+PAIR_MODELS (§2.6 Dual CNN, §2.7 Siamese; models/pairs.py) take (abnormality, baseline)
+pairs stacked as two channels, so they need config.data.inputs='image+baseline'; they are a
+separate table because their input differs from every model of MODELS.
 """
 
 import functools
 
+from mammo_jax.models.pairs import DualCNN, SiameseCNN
 from mammo_jax.models.scratch import ScratchCNN
 from mammo_jax.models.vgg16 import VGG16, VGG16Classifier
 
@@ -39,9 +44,20 @@ MODELS = {
     'benmal': ScratchCNN(filters=(64, 128, 256), dense=64, num_outputs=1),
 }
 
+PAIR_MODELS = {
+    'dual': DualCNN(),
+    'siamese': SiameseCNN(),
+}
+
+
+def inputs_of(name: str) -> str:
+  """The config.data.inputs (input_pipeline.INPUTS) that model `name` (or vgg16) is fed."""
+  return 'image+baseline' if name in PAIR_MODELS else 'image'
+
 
 def get_model(name: str, **overrides):
   """The registered module `name`, with attributes replaced by `overrides`."""
-  if name not in MODELS:
-    raise ValueError(f'unknown model {name!r}; known: {", ".join(sorted(MODELS))}')
-  return MODELS[name].clone(**overrides) if overrides else MODELS[name]
+  registry = {**MODELS, **PAIR_MODELS}
+  if name not in registry:
+    raise ValueError(f'unknown model {name!r}; known: {", ".join(sorted(registry))}')
+  return registry[name].clone(**overrides) if overrides else registry[name]

@@ -40,10 +40,7 @@ class ScratchCNN(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-    if self.conv_impl not in ('xla', 'cpu_fast'):
-      raise ValueError(f"conv_impl must be 'xla' or 'cpu_fast', not {self.conv_impl!r}")
-    fast = self.conv_impl == 'cpu_fast'
-    conv = layers.Conv if fast else nn.Conv
+    conv, relu_pool = layers.conv_relu_pool(self.conv_impl)
     x = x.astype(self.dtype)
     for i, width in enumerate(self.filters):
       k, s = (self.first_kernel, self.first_stride) if i == 0 else (3, 1)
@@ -53,12 +50,7 @@ class ScratchCNN(nn.Module):
         x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                          epsilon=self.bn_epsilon, axis_name=self.bn_axis_name,
                          dtype=self.dtype, name=f'bn{i}')(x)
-      if fast:
-        # ReLU is monotone, so it commutes with max-pooling, values and gradients alike (ties
-        # included, as relu'(0) = 0); pooling first leaves ReLU a quarter of the elements.
-        x = nn.relu(layers.max_pool(x, (2, 2), strides=(2, 2)))
-      else:
-        x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
+      x = relu_pool(x)
     x = x.astype(jnp.float32).reshape((x.shape[0], -1))  # NHWC flatten = Keras's H*W*C order
     x = nn.relu(nn.Dense(self.dense, kernel_init=_glorot, name='fc')(x))
     if self.dropout:
