@@ -1,0 +1,514 @@
+"""Ensembles and the composite 4-class model (REFERENCE_STUDY.md §2.8-2.10), as one runner.
+
+An ensemble config (`config.runner = 'ensemble'`, e.g. configs/ensemble4.py) names members and
+combination methods:
+  config.ensemble.members.NAME.config     'configs/scratch4.py:m1', a config file and argument;
+  config.ensemble.members.NAME.overrides  'num_epochs=5 optimizer.learning_rate=3e-3' (shell
+                                          words FIELD=VALUE, nested fields dotted; '' = none);
+  config.ensemble.methods   'vote:m1+m2+m3,average:m1+m2+m3+vgg,...': RULE:MEMBER+MEMBER...;
+                            the order of the members matters (voting ties, the weight grid)
+                            and a member may be listed twice (the study's "weight 2");
+  config.ensemble.grid_step  the weight grid's step (the study's 0.1);
+  config.data               reaches every member, so all of them see one dataset.
+Rules: `vote` (majority of the members' predicted classes), `average` (argmax of the mean of
+their probabilities), `weighted` (argmax of a weighted sum; weights grid-searched on the
+validation split), `threshold` and `product` (the composite: a mass-vs-calcification member
+and a benign-vs-malignant member give a 4-class label).
+
+Each member trains in WORKDIR/members/NAME-HASH, HASH a digest of its resolved config (up to
+train.RESUMABLE_FIELDS): a finished member is reused, an interrupted one resumes, a changed
+config trains afresh in a new folder. A member that is a pipeline config (config.pipeline)
+runs all its stages; its last stage is the model. Members are combined from the
+predictions.npz their runs wrote, aligned by example id. Results go to WORKDIR/ensemble.json,
+per-method plots to WORKDIR/methods/, and the report (mammo_jax.report) to WORKDIR/report.md
+and report.html.
+
+Unlike the study (defect D3), nothing is tuned on the test split: `fit` sees the validation
+split only, and the test split is only predicted with what it returned.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import hashlib
+import importlib.util
+import itertools
+import json
+import os
+import shlex
+from collections.abc import Mapping, Sequence
+
+import ml_collections
+import numpy as np
+
+from mammo_jax import metrics as metrics_lib
+from mammo_jax import pipeline
+from mammo_jax import plots
+from mammo_jax import report
+from mammo_jax import tasks
+from mammo_jax import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPLITS = ('validation', 'test')
+RULES = ('vote', 'average', 'weighted', 'threshold', 'product')
+COMPOSITE_RULES = ('threshold', 'product')
+COMPOSITE_TASKS = ('mass_vs_calc', 'benign_vs_malignant')  # (type, severity) members
+ENSEMBLE_JSON = 'ensemble.json'
+
+
+# ---------------------------------------------------------------------------------------------
+# Combination rules, on host arrays. probs: [members, examples, classes].
+
+def vote(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Majority vote of the members' argmax classes; returns (predictions, vote fractions).
+
+  Ties follow the study's `Counter(votes).most_common(1)`: among the classes with the most
+  votes, the one voted for by the earliest member wins (M1's vote when three 4-class members
+  all disagree). Binary members vote class 1 when p > 0.5, as Keras's predict_classes.
+  """
+  probs = np.asarray(probs)
+  n_members, n, k = probs.shape
+  votes = probs.argmax(-1)  # [members, examples]
+  counts = np.zeros((n, k), np.int64)
+  for member_votes in votes:
+    counts[np.arange(n), member_votes] += 1
+  top = counts.max(1)
+  # Member m's vote is one of the most-voted classes; the first such member decides.
+  is_top = counts[np.arange(n)[None, :], votes] == top[None, :]
+  first = is_top.argmax(0)
+  return votes[first, np.arange(n)], counts / n_members
+
+
+def average(probs: np.ndarray, weights: Sequence[float] | None = None) -> np.ndarray:
+  """Weighted mean of the members' probabilities (equal weights by default)."""
+  probs = np.asarray(probs, np.float64)
+  w = np.ones(len(probs)) if weights is None else np.asarray(weights, np.float64)
+  return np.einsum('m,mnk->nk', w / w.sum(), probs)
+
+
+def simplex_grid(k: int, step: float = 0.1) -> np.ndarray:
+  """[combinations, k] weights: multiples of `step`, >= 0, summing to 1, in the study's order.
+
+  The study's loops: for a, for b, for c over 0, 0.1, ..., 1, d = 1 - a - b - c, skipped
+  when negative: 286 combinations for k = 4. The first k - 1 weights vary lexicographically.
+  """
+  n = int(round(1 / step))
+  if k < 1 or n < 1 or abs(n * step - 1) > 1e-9:
+    raise ValueError(f'the weight grid needs k >= 1 members and a step dividing 1 '
+                     f'(0.1, 0.05, ...); got k={k}, step={step}')
+  rows = [(*head, n - sum(head)) for head in itertools.product(range(n + 1), repeat=k - 1)
+          if sum(head) <= n]
+  return np.asarray(rows, np.float64) / n
+
+
+def grid_search(probs: np.ndarray, labels: np.ndarray,
+                step: float = 0.1) -> tuple[np.ndarray, float, np.ndarray]:
+  """Weights of the simplex grid whose weighted sum is most accurate on (probs, labels).
+
+  The first strictly best combination in grid order wins, as in the study. Call it with the
+  validation split only. Returns (weights, their accuracy, every combination's accuracy).
+  """
+  grid = simplex_grid(len(probs), step)
+  combined = np.einsum('cm,mnk->cnk', grid, np.asarray(probs, np.float64))
+  accuracies = (combined.argmax(-1) == np.asarray(labels)[None, :]).mean(1)
+  best = int(np.argmax(accuracies))  # the first maximum
+  return grid[best], float(accuracies[best]), accuracies
+
+
+def composite_threshold(type_probs: np.ndarray, severity_probs: np.ndarray) -> np.ndarray:
+  """The study's composite: each binary model thresholded at 0.5 (p > 0.5 is class 1), then
+  label = 2 * type + severity (0 benign mass, 1 malignant mass, 2 benign calc, 3 malignant
+  calc)."""
+  is_calc = np.asarray(type_probs)[:, 1] > 0.5
+  is_malignant = np.asarray(severity_probs)[:, 1] > 0.5
+  return 2 * is_calc.astype(np.int64) + is_malignant.astype(np.int64)
+
+
+def composite_product(type_probs: np.ndarray, severity_probs: np.ndarray) -> np.ndarray:
+  """[N, 4] probabilities P(type) * P(severity), the two models taken as independent.
+
+  Its argmax equals composite_threshold (the argmax of a product of two distributions is the
+  pair of their argmaxes); what it adds is 4-class scores, hence ROC curves and AUC.
+  """
+  t, s = np.asarray(type_probs, np.float64), np.asarray(severity_probs, np.float64)
+  return (t[:, :, None] * s[:, None, :]).reshape(len(t), 4)  # index 2 * type + severity
+
+
+# ---------------------------------------------------------------------------------------------
+# Methods: a rule applied to a list of members.
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  rule: str
+  members: tuple[str, ...]
+
+  @property
+  def name(self) -> str:
+    return f'{self.rule}:{"+".join(self.members)}'
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitOutputs:
+  """The members' outputs on one split, aligned by example id."""
+  ids: np.ndarray  # [N] str
+  label4: np.ndarray  # [N] 4-class labels
+  probs: Mapping[str, np.ndarray]  # member -> [N, classes]
+  labels: Mapping[str, np.ndarray]  # member -> [N] labels of the member's task
+  tasks: Mapping[str, str]  # member -> task name
+
+
+def parse_methods(spec: str, members: Sequence[str]) -> list[Method]:
+  """'vote:m1+m2,average:m1+m2' -> Methods; checks rules and member names."""
+  methods = []
+  for item in (s.strip() for s in spec.split(',')):
+    if not item:
+      continue
+    rule, sep, names = item.partition(':')
+    listed = tuple(n.strip() for n in names.split('+') if n.strip())
+    if not sep or not listed:
+      raise ValueError(f'config.ensemble.methods: {item!r} is not RULE:MEMBER+MEMBER...')
+    if rule not in RULES:
+      raise ValueError(f'config.ensemble.methods: unknown rule {rule!r} in {item!r}; known: '
+                       f'{", ".join(RULES)}')
+    unknown = [n for n in listed if n not in members]
+    if unknown:
+      raise ValueError(f'config.ensemble.methods: {item!r} names {unknown}, which are not in '
+                       f'config.ensemble.members ({", ".join(members)})')
+    if rule in COMPOSITE_RULES and len(listed) != 2:
+      raise ValueError(f'config.ensemble.methods: {item!r}: {rule} takes two members, the '
+                       f'mass-vs-calcification one, then the benign-vs-malignant one')
+    methods.append(Method(rule, listed))
+  if not methods:
+    raise ValueError('config.ensemble.methods names no method')
+  return methods
+
+
+def method_task(method: Method, member_tasks: Mapping[str, str]) -> tasks.Task:
+  """The task a method predicts; refuses members whose tasks do not fit the rule."""
+  got = tuple(member_tasks[m] for m in method.members)
+  if method.rule in COMPOSITE_RULES:
+    if got != COMPOSITE_TASKS:
+      raise ValueError(f'{method.name}: the composite needs a {COMPOSITE_TASKS[0]} member, '
+                       f'then a {COMPOSITE_TASKS[1]} one; got tasks {got}')
+    return tasks.get_task('four_class')
+  if len(set(got)) > 1:
+    raise ValueError(f'{method.name}: members have different tasks '
+                     f'{dict(zip(method.members, got))}; a {method.rule} needs one task')
+  return tasks.get_task(got[0])
+
+
+def fit(method: Method, validation: SplitOutputs, grid_step: float = 0.1) -> np.ndarray | None:
+  """What a method learns, from the validation split only: the weights of `weighted`."""
+  if method.rule != 'weighted':
+    return None
+  probs = np.stack([validation.probs[m] for m in method.members])
+  weights, _, _ = grid_search(probs, validation.labels[method.members[0]], grid_step)
+  return weights
+
+
+def predict(method: Method, weights: np.ndarray | None,
+            split: SplitOutputs) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+  """(predictions, class scores or None, labels) of a method on one split."""
+  task = method_task(method, split.tasks)
+  if method.rule in COMPOSITE_RULES:
+    type_probs, severity_probs = (split.probs[m] for m in method.members)
+    if method.rule == 'threshold':  # hard decisions only: no scores, no ROC
+      return composite_threshold(type_probs, severity_probs), None, split.label4
+    scores = composite_product(type_probs, severity_probs)
+    return scores.argmax(-1), scores, split.label4
+  labels = split.labels[method.members[0]]
+  for m in method.members[1:]:
+    if not np.array_equal(split.labels[m], labels):
+      raise ValueError(f'{method.name}: members {method.members[0]} and {m} disagree on the '
+                       f'{task.name} labels of the same examples')
+  probs = np.stack([split.probs[m] for m in method.members])
+  if method.rule == 'weighted' and weights is None:
+    raise ValueError(f'{method.name}: no weights; fit() them on the validation split first')
+  if method.rule == 'vote':
+    return (*vote(probs), labels)
+  scores = average(probs, weights if method.rule == 'weighted' else None)
+  return scores.argmax(-1), scores, labels
+
+
+def method_metrics(pred: np.ndarray, scores: np.ndarray | None, labels: np.ndarray,
+                   class_names: Sequence[str]) -> dict:
+  """metrics.classification_metrics of hard predictions; AUC from the scores (NaN without)."""
+  k = len(class_names)
+  one_hot = np.eye(k)[np.asarray(pred)]  # its argmax is pred, whatever rule broke ties
+  result = metrics_lib.classification_metrics(one_hot, labels, class_names=tuple(class_names))
+  result['auc'] = (metrics_lib.classification_metrics(scores, labels)['auc']
+                   if scores is not None else float('nan'))
+  return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Members: configs, folders, training or reuse, predictions.
+
+def make_config(members: Mapping[str, tuple[str, str]], methods: Sequence[str],
+                data: ml_collections.ConfigDict,
+                grid_step: float = 0.1) -> ml_collections.ConfigDict:
+  """An ensemble config: members {name: (config spec, overrides)}, methods, shared data."""
+  config = ml_collections.ConfigDict()
+  config.runner = 'ensemble'
+  config.ensemble = ml_collections.ConfigDict()
+  config.ensemble.members = ml_collections.ConfigDict(
+      {name: {'config': spec, 'overrides': overrides}
+       for name, (spec, overrides) in members.items()})
+  config.ensemble.methods = ','.join(methods)
+  config.ensemble.grid_step = grid_step
+  config.data = ml_collections.ConfigDict(data.to_dict())
+  return config
+
+
+def member_specs(specs: Mapping[str, str], smoke: bool,
+                 *overrides: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+  """{name: (spec, overrides)} for make_config: ',smoke' appended to each spec when smoke,
+  and each member's entries of the `overrides` dicts joined in order."""
+  return {name: (spec + (',smoke' if smoke else ''),
+                 ' '.join(o[name] for o in overrides if o.get(name)))
+          for name, spec in specs.items()}
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """'configs/x.py:arg' -> that file's get_config(arg), as --config=configs/x.py:arg does."""
+  path, _, arg = spec.partition(':')
+  if not os.path.isabs(path) and not os.path.exists(path):
+    path = os.path.join(ROOT, path)  # relative to the repository, from any cwd
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'member config {spec!r}: no file {path}')
+  name = 'mammo_jax_member_' + hashlib.sha256(path.encode()).hexdigest()[:8]
+  module_spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def parse_overrides(text: str) -> list[tuple[str, object]]:
+  """'a.b=1 c=x d="two words"' -> [('a.b', 1), ('c', 'x'), ('d', 'two words')]."""
+  out = []
+  for word in shlex.split(text):
+    path, sep, raw = word.partition('=')
+    if not sep or not path:
+      raise ValueError(f'override {word!r} is not FIELD=VALUE')
+    if raw.lower() in ('true', 'false'):  # as ml_collections' flags accept them
+      value = raw.lower() == 'true'
+    else:
+      try:
+        value = ast.literal_eval(raw)
+      except (ValueError, SyntaxError):
+        value = raw  # a bare string: '@fe_fc128', 'fe_fc128,ft3', ''
+    out.append((path, value))
+  return out
+
+
+def _set(config: ml_collections.ConfigDict, path: str, value, where: str) -> None:
+  *parents, key = path.split('.')
+  node = config
+  for part in parents:
+    if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+      raise ValueError(f'{where}: {path} names no field of the member config')
+    node = node[part]
+  if key not in node:
+    raise ValueError(f'{where}: {path} names no field of the member config')
+  try:
+    node[key] = value
+  except TypeError as e:
+    raise ValueError(f'{where}: {path}={value!r}: {e}') from None
+
+
+def _flat(tree: Mapping, prefix: str) -> list[tuple[str, object]]:
+  out = []
+  for key, value in tree.items():
+    path = f'{prefix}.{key}'
+    out += _flat(value, path) if isinstance(value, Mapping) else [(path, value)]
+  return out
+
+
+def member_config(name: str, member: ml_collections.ConfigDict,
+                  data: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A member's resolved config: its file, the ensemble's data fields, its overrides."""
+  where = f'ensemble member {name} ({member.config})'
+  config = load_config_file(member.config)
+  config.unlock()
+  for path, value in _flat(data.to_dict(), 'data'):
+    _set(config, path, value, where)
+  for path, value in parse_overrides(member.overrides):
+    if path == 'data' or path.startswith('data.'):
+      raise ValueError(f'{where}: override {path}: members share the ensemble\'s data; set '
+                       f'--config.{path}=... on the ensemble instead')
+    _set(config, path, value, where)
+  config.lock()
+  return config
+
+
+def config_hash(config: ml_collections.ConfigDict) -> str:
+  """8 hex digits of the config's fingerprint (train.RESUMABLE_FIELDS left out)."""
+  # pylint: disable-next=protected-access
+  fingerprint = train._fingerprint(json.loads(config.to_json_best_effort()))
+  return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def member_dir(workdir: str, name: str, config: ml_collections.ConfigDict) -> str:
+  return os.path.join(workdir, 'members', f'{name}-{config_hash(config)}')
+
+
+def run_member(name: str, config: ml_collections.ConfigDict, directory: str) -> tuple[str, bool]:
+  """Trains, resumes or reuses a member; returns (the run folder of its model, trained now)."""
+  if config.get('pipeline'):
+    stages = pipeline.stage_configs(config)
+    last = os.path.join(directory, stages[-1][0])
+    if all(pipeline.finished(c, os.path.join(directory, s)) for s, c in stages):
+      print(f'=== member {name}: finished in {directory}; reusing it', flush=True)
+      return last, False
+    print(f'=== member {name}: pipeline {config.pipeline} in {directory}', flush=True)
+    pipeline.run(config, directory)
+    return last, True
+  if pipeline.finished(config, directory):
+    print(f'=== member {name}: finished in {directory}; reusing it', flush=True)
+    return directory, False
+  print(f'=== member {name} in {directory}', flush=True)
+  train.train_and_evaluate(config, directory)
+  return directory, True
+
+
+def load_outputs(run_dirs: Mapping[str, str]) -> dict[str, SplitOutputs]:
+  """Every member's predictions per split, aligned on the first member's example ids."""
+  loaded = {}
+  for name, run_dir in run_dirs.items():
+    path = os.path.join(run_dir, 'predictions.npz')
+    if not os.path.exists(path):
+      raise FileNotFoundError(f'member {name}: {path} is missing; the run predates '
+                              f'predictions.npz: delete {run_dir} to train it again')
+    with np.load(path) as f:
+      loaded[name] = {k: f[k] for k in f.files}
+    with open(os.path.join(run_dir, 'results.json')) as f:
+      loaded[name]['task'] = json.load(f)['task']
+  first = next(iter(loaded))
+  out = {}
+  for split in SPLITS:
+    ids = loaded[first][f'{split}_ids']
+    index = {i: n for n, i in enumerate(ids)}
+    probs, labels = {}, {}
+    for name, arrays in loaded.items():
+      theirs = arrays[f'{split}_ids']
+      if len(theirs) != len(ids) or any(i not in index for i in theirs):
+        only_first = sorted(str(i) for i in set(ids) - set(theirs))
+        only_theirs = sorted(str(i) for i in set(theirs) - set(ids))
+        raise ValueError(
+            f'members {first} and {name} were evaluated on different {split} examples '
+            f'({len(ids)} vs {len(theirs)}; only in {first}: {len(only_first)} '
+            f'{only_first[:3]}, only in {name}: {len(only_theirs)} {only_theirs[:3]}). '
+            f'Members must see one dataset; the ensemble\'s config.data reaches all of them, '
+            f'so delete the member run that was trained on other data: {run_dirs[name]}')
+      order = np.argsort([index[i] for i in theirs], kind='stable')  # theirs -> first's order
+      if not np.array_equal(arrays[f'{split}_label4'][order], loaded[first][f'{split}_label4']):
+        raise ValueError(f'members {first} and {name} give the same {split} examples '
+                         f'different labels; their datasets differ')
+      probs[name] = arrays[f'{split}_probs'][order]
+      labels[name] = arrays[f'{split}_labels'][order]
+    out[split] = SplitOutputs(ids=ids, label4=loaded[first][f'{split}_label4'], probs=probs,
+                              labels=labels,
+                              tasks={n: a['task'] for n, a in loaded.items()})
+  return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The runner.
+
+def _vgg_without_imagenet(config: ml_collections.ConfigDict) -> bool:
+  return config.model.name == 'vgg16' and not config.model.pretrained
+
+
+def evaluate_methods(methods: Sequence[Method], outputs: Mapping[str, SplitOutputs],
+                     grid_step: float, workdir: str | None = None) -> list[dict]:
+  """Fits each method on validation, predicts both splits; writes plots under workdir."""
+  results = []
+  for method in methods:
+    task = method_task(method, outputs['validation'].tasks)
+    weights = fit(method, outputs['validation'], grid_step)  # validation only (D3)
+    entry = {'name': method.name, 'rule': method.rule, 'members': list(method.members),
+             'task': task.name,
+             'weights': None if weights is None else [float(w) for w in weights]}
+    plot_dir = os.path.join('methods', method.name.replace(':', '_'))  # relative to workdir
+    for split in SPLITS:
+      pred, scores, labels = predict(method, weights, outputs[split])
+      entry[split] = method_metrics(pred, scores, labels, task.class_names)
+      if workdir:
+        paths = _method_plots(os.path.join(workdir, plot_dir), split, pred, scores, labels,
+                              task.class_names, method.name)
+        entry.setdefault('plots', {})[split] = {
+            k: os.path.join(plot_dir, os.path.basename(p)) for k, p in paths.items()}
+    results.append(entry)
+  return results
+
+
+def _method_plots(plot_dir, split, pred, scores, labels, class_names, title) -> dict:
+  k = len(class_names)
+  confusion = np.zeros((k, k), np.int64)
+  np.add.at(confusion, (np.asarray(labels), np.asarray(pred)), 1)
+  paths = {'confusion': plots.confusion_matrix_plot(
+      confusion, class_names, os.path.join(plot_dir, f'confusion_{split}.png'),
+      title=f'{title}, {split} (n={len(labels)})')}
+  if scores is not None:
+    paths['roc'] = plots.roc_plot(scores, labels, class_names,
+                                  os.path.join(plot_dir, f'roc_{split}.png'),
+                                  title=f'{title}, {split} ROC')
+  return paths
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains or reuses the members, combines them, writes ensemble.json and the report."""
+  os.makedirs(workdir, exist_ok=True)
+  members = config.ensemble.members
+  methods = parse_methods(config.ensemble.methods, list(members.keys()))
+  used = list(dict.fromkeys(m for method in methods for m in method.members))  # listing order
+  for name in members.keys():
+    if name not in used:
+      print(f'Member {name} is in no method of config.ensemble.methods; not trained.')
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(config.to_json_best_effort(indent=1, sort_keys=True))
+
+  # Every member's config is resolved (and checked) before minutes of training.
+  configs = {name: member_config(name, members[name], config.data) for name in used}
+  dirs = {name: member_dir(workdir, name, configs[name]) for name in used}
+  run_dirs, info = {}, {}
+  for name in used:
+    run_dirs[name], trained = run_member(name, configs[name], dirs[name])
+    with open(os.path.join(run_dirs[name], 'results.json')) as f:
+      results = json.load(f)
+    info[name] = {  # paths relative to workdir, so that the folder can move
+        'config': members[name].config, 'overrides': members[name].overrides,
+        'dir': os.path.relpath(dirs[name], workdir),
+        'run_dir': os.path.relpath(run_dirs[name], workdir), 'trained_now': trained,
+        'task': results['task'], 'synthetic_data': results['synthetic_data'],
+        'stages': configs[name].pipeline.split(',') if configs[name].get('pipeline') else None,
+        'vgg_without_imagenet': _vgg_without_imagenet(configs[name]),
+        'validation': {k: results['validation'][k] for k in ('accuracy', 'auc', 'loss')},
+        'test': {k: results['test'][k] for k in ('accuracy', 'auc', 'loss')}}
+  outputs = load_outputs(run_dirs)
+  entries = evaluate_methods(methods, outputs, config.ensemble.grid_step, workdir)
+  synthetic = any(i['synthetic_data'] for i in info.values())
+  summary = {'synthetic_data': synthetic, 'grid_step': config.ensemble.grid_step,
+             'examples': {s: int(len(outputs[s].ids)) for s in SPLITS},
+             'members': info, 'methods': entries}
+  with open(os.path.join(workdir, ENSEMBLE_JSON), 'w') as f:
+    json.dump(summary, f, indent=1, sort_keys=True)
+
+  rows = [(f'member {n}', '', i) for n, i in info.items()]
+  rows += [(e['name'], ','.join(f'{w:g}' for w in e['weights'] or ()), e) for e in entries]
+  print(f'{"model / method":<36} {"weights":<20} {"val acc":>8} {"test acc":>9} '
+        f'{"test auc":>9}')
+  for label, weights, r in rows:
+    print(f'{label:<36} {weights:<20} {r["validation"]["accuracy"]:>8.4f} '
+          f'{r["test"]["accuracy"]:>9.4f} {r["test"]["auc"]:>9.4f}')
+  for name, i in info.items():
+    if i['vgg_without_imagenet']:
+      print(f'Note: member {name} is a VGG16 trained WITHOUT ImageNet weights '
+            f'(model.pretrained=\'\'), unlike the study\'s transfer learning.')
+  if synthetic:
+    print('[SYNTHETIC DATA] these numbers say nothing about real mammograms.')
+  md, html = report.write_report(workdir)
+  print(f'Ensemble summary in {os.path.join(workdir, ENSEMBLE_JSON)}')
+  print(f'Report: {html} (and {md})', flush=True)
+  return summary

@@ -1,0 +1,320 @@
+"""Reports of finished runs: `python -m mammo_jax.report --workdir=DIR`.
+
+DIR is an ensemble workdir (ensemble.json; mammo_jax.ensemble writes the report itself at the
+end), a pipeline workdir (pipeline.json) or a single run (results.json). The report lists each
+model's epochs, validation and test accuracy, AUC and loss, each ensemble method's accuracy,
+and the confusion matrices and ROC curves, in DIR/report.md (images linked) and
+DIR/report.html (self-contained: images embedded as base64 data URIs). On the real CBIS-DDSM
+the study's published numbers (REFERENCE_STUDY.md §5) stand beside ours; on synthetic data a
+banner says that the numbers are synthetic and no comparison is made.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import os
+import sys
+
+from absl import app
+from absl import flags
+
+# The study's published accuracies in percent (REFERENCE_STUDY.md §5): validation, test and
+# test AUC (None where unpublished), keyed by config file and variant or pipeline stage.
+STUDY_MODELS = {
+    'scratch2:exp0': (81.50, 77.38, None), 'scratch2:exp1': (83.93, 80.65, None),
+    'scratch2:exp2': (80.56, 79.76, None), 'scratch2:exp3': (87.66, 85.42, None),
+    'scratch2:exp4': (88.97, 87.50, None), 'scratch2:exp5': (89.72, 88.69, 0.954),
+    'scratch2:exp6': (89.72, 87.80, 0.938), 'scratch2:exp7': (86.54, 87.50, None),
+    'scratch2:exp8': (87.29, 81.55, None), 'scratch2:exp9': (88.22, 88.10, 0.948),
+    'scratch2:exp10': (90.28, 85.42, None), 'scratch2:exp11': (90.65, 85.12, None),
+    'vgg16_2:fe': (86.54, 86.90, None), 'vgg16_2:fe_dropout': (87.10, 87.50, None),
+    'vgg16_2:fe_fc128': (87.48, 86.61, None), 'vgg16_2:fe_hardaug': (87.48, 85.71, None),
+    'vgg16_2:ft1': (89.72, 89.58, None), 'vgg16_2:ft2': (91.03, 91.37, None),
+    'scratch4:m1': (63.55, 57.74, None), 'scratch4:m2': (65.42, 61.31, None),
+    'scratch4:m3': (59.81, 61.01, None),
+    'vgg16_4:fe_fc128': (61.68, 56.85, None), 'vgg16_4:fe_fc256': (58.69, 57.74, None),
+    'vgg16_4:ft1': (66.92, 56.85, None), 'vgg16_4:ft2': (67.29, 60.42, None),
+    'vgg16_4:ft3': (69.53, 59.23, None),
+    'benmal:run1': (69.91, 64.88, None), 'benmal:run2': (71.59, 63.99, None),
+    'benmal:run3': (68.97, 69.05, None),
+}
+_M569 = ('scratch2:exp5', 'scratch2:exp6', 'scratch2:exp9')
+_M123 = ('scratch4:m1', 'scratch4:m2', 'scratch4:m3')
+# Ensembles and the composite: (rule, members' keys in order) -> (test %, note).
+STUDY_METHODS = {
+    ('vote', _M569): (89.58, ''), ('average', _M569): (88.99, ''),
+    ('vote', _M569 + ('vgg16_2:ft2',) * 2): (91.07, ''),
+    ('average', _M569 + ('vgg16_2:ft2',) * 2): (91.07, ''),
+    ('vote', _M123): (59.82, ''), ('average', _M123): (61.31, ''),
+    ('average', _M123 + ('vgg16_4:ft3',)): (61.31, ''),
+    ('weighted', _M123 + ('vgg16_4:ft3',)): (
+        62.5, 'weights (0.2, 0.1, 0.2, 0.5) tuned on 168 test images, reported on the other '
+              '168 (defect D3)'),
+    ('threshold', ('vgg16_2:ft2', 'benmal:run3')): (62.50, ''),
+}
+
+SYNTHETIC_WARNING = ('SYNTHETIC DATA: every number in this report comes from the synthetic '
+                     'CBIS-DDSM of tfds_cbis.synthetic. It says nothing about real mammograms '
+                     'and is not comparable with the study\'s published results.')
+REPORT_MD, REPORT_HTML = 'report.md', 'report.html'
+
+
+def study_key(config: dict, run_dir: str) -> str | None:
+  """The STUDY_MODELS key of a run, from its config.json (VGG stages by their folder name)."""
+  name = config.get('model', {}).get('name', '')
+  for family in ('scratch2', 'scratch4'):
+    if name.startswith(family + '_'):
+      return f'{family}:{name[len(family) + 1:]}'
+  if name == 'benmal':
+    return f'benmal:run{config.get("seed")}'
+  if name == 'vgg16':
+    family = {'mass_vs_calc': 'vgg16_2', 'four_class': 'vgg16_4'}.get(config.get('task'))
+    return f'{family}:{os.path.basename(os.path.normpath(run_dir))}' if family else None
+  return None
+
+
+def _read_json(path: str):
+  with open(path) as f:
+    return json.load(f)
+
+
+def _models(workdir: str) -> tuple[list[dict], dict | None]:
+  """[{name, run_dir, config (spec or ''), overrides}], and ensemble.json if there is one."""
+  path = os.path.join(workdir, 'ensemble.json')
+  if os.path.exists(path):
+    summary = _read_json(path)
+    return [{'name': n, 'run_dir': os.path.join(workdir, m['run_dir']), 'config': m['config'],
+             'overrides': m['overrides'], 'stages': m.get('stages')}
+            for n, m in summary['members'].items()], summary
+  path = os.path.join(workdir, 'pipeline.json')
+  if os.path.exists(path):
+    stages = _read_json(path)
+    return [{'name': s, 'run_dir': os.path.join(workdir, s), 'config': '', 'overrides': '',
+             'stages': None} for s in stages], None
+  if os.path.exists(os.path.join(workdir, 'results.json')):
+    return [{'name': os.path.basename(os.path.normpath(workdir)), 'run_dir': workdir,
+             'config': '', 'overrides': '', 'stages': None}], None
+  raise FileNotFoundError(f'{workdir} holds no finished run: no ensemble.json, pipeline.json '
+                          f'or results.json')
+
+
+def _pct(value) -> str:
+  return 'n/a' if value is None or not math.isfinite(value) else f'{100 * value:.2f}'
+
+
+def _num(value, digits=4) -> str:
+  return 'n/a' if value is None or not math.isfinite(value) else f'{value:.{digits}f}'
+
+
+def _study(value, digits=2) -> str:
+  return '—' if value is None else f'{value:.{digits}f}'
+
+
+def _rule_notes(grid_step: float) -> list[tuple[str, str]]:
+  return [
+      ('vote', 'vote: majority of the members\' predicted classes; a tie goes to the tied '
+               'class voted for by the earliest member listed (the study\'s '
+               'Counter.most_common rule). AUC from the vote fractions.'),
+      ('average', 'average: argmax of the mean of the members\' probabilities (a member '
+                  'listed twice counts twice).'),
+      ('weighted', f'weighted: argmax of a weighted sum; the weights are the first most '
+                   f'accurate on the validation split over the grid of multiples of '
+                   f'{grid_step:g} summing to 1 (286 combinations for four members). The study '
+                   f'tuned them on half of its test set (defect D3); here the test split is '
+                   f'never used to choose anything.'),
+      ('threshold', 'threshold: the composite 4-class model; the type and the severity model '
+                    'are each cut at 0.5, label = 2 x type + severity.'),
+      ('product', 'product: the composite with the two models\' probabilities multiplied; '
+                  'the same predictions as threshold, plus 4-class scores for ROC and AUC.'),
+  ]
+
+
+def build(workdir: str) -> list[tuple]:
+  """The report as blocks: ('h1'|'h2'|'p'|'warning', text), ('table', header, rows),
+  ('list', items), ('figures', [(caption, path)])."""
+  models, ensemble = _models(workdir)
+  for m in models:
+    m['results'] = _read_json(os.path.join(m['run_dir'], 'results.json'))
+    m['run_config'] = _read_json(os.path.join(m['run_dir'], 'config.json'))
+    m['key'] = study_key(m['run_config'], m['run_dir'])
+  synthetic = any(m['results'].get('synthetic_data', True) for m in models)
+  compare = not synthetic
+  title = 'Ensemble report' if ensemble else 'Run report'
+  blocks = [('h1', f'{title}: {os.path.abspath(workdir)}')]
+  if synthetic:
+    blocks.append(('warning', SYNTHETIC_WARNING))
+  else:
+    blocks.append(('p', 'Real CBIS-DDSM: the study\'s published numbers (REFERENCE_STUDY.md '
+                        '§5) are shown beside ours. They are not measured on the same split: '
+                        'the study\'s test set had 336 patches, ours is built from the DICOM '
+                        'download (README, "The datasets"); and the study\'s VGG16 test '
+                        'numbers used a different preprocessing at test time (defect D1).'))
+  examples = models[0]['results'].get('examples')
+  if examples:
+    blocks.append(('p', 'Examples per split: ' + ', '.join(
+        f'{s} {examples[s]}' for s in ('train', 'validation', 'test') if s in examples) + '.'))
+
+  header = ['model', 'config', 'task', 'best epoch / run', 'val acc %', 'val AUC', 'val loss',
+            'test acc %', 'test AUC', 'test loss']
+  if compare:
+    header += ['study val acc %', 'study test acc %', 'study test AUC']
+  rows = []
+  for m in models:
+    r = m['results']
+    spec = m['config'] or r.get('model', '')
+    if m['overrides']:
+      spec += f' [{m["overrides"]}]'
+    if m['stages']:
+      spec += f' (stages {" > ".join(m["stages"])})'
+    best = r.get('best_epoch')
+    row = [m['name'], spec, r['task'],
+           f'{"n/a" if best is None else best + 1} / {r.get("epochs_run")}',
+           _pct(r['validation']['accuracy']), _num(r['validation']['auc'], 3),
+           _num(r['validation']['loss']), _pct(r['test']['accuracy']),
+           _num(r['test']['auc'], 3), _num(r['test']['loss'])]
+    if compare:
+      val, test, auc = STUDY_MODELS.get(m['key'], (None, None, None))
+      row += [_study(val), _study(test), _study(auc, 3)]
+    rows.append(row)
+  blocks += [('h2', 'Models'), ('table', header, rows),
+             ('p', 'Best epoch counts from 1: the epoch of the lowest validation loss, whose '
+                   'checkpoint is evaluated. Test metrics are measured once, on that '
+                   'checkpoint.')]
+
+  if ensemble:
+    keys = {m['name']: m['key'] for m in models}
+    header = ['method', 'rule', 'members', 'weights', 'val acc %', 'test acc %',
+              'test balanced acc %', 'test AUC']
+    if compare:
+      header += ['study test acc %', 'study note']
+    rows = []
+    for e in ensemble['methods']:
+      weights = ', '.join(f'{w:g}' for w in e['weights']) if e['weights'] else ''
+      val = _pct(e['validation']['accuracy'])
+      if e['rule'] == 'weighted':
+        val += ' (tuned here)'
+      row = [e['name'], e['rule'], ' + '.join(e['members']), weights, val,
+             _pct(e['test']['accuracy']), _pct(e['test']['balanced_accuracy']),
+             _num(e['test']['auc'], 3)]
+      if compare:
+        test, note = STUDY_METHODS.get(
+            (e['rule'], tuple(keys[n] for n in e['members'])), (None, ''))
+        row += [_study(test), note]
+      rows.append(row)
+    used = {e['rule'] for e in ensemble['methods']}
+    blocks += [('h2', 'Ensembles'), ('table', header, rows),
+               ('list', [text for rule, text in _rule_notes(ensemble['grid_step'])
+                         if rule in used])]
+    notes = [f'Member {n} is a VGG16 trained without ImageNet weights (model.pretrained=\'\'), '
+             f'unlike the study\'s transfer learning.'
+             for n, m in ensemble['members'].items() if m.get('vgg_without_imagenet')]
+    if notes:
+      blocks.append(('list', notes))
+
+  blocks.append(('h2', 'Confusion matrices and ROC curves (test split)'))
+  for m in models:
+    figures = [(f'{m["name"]}: {kind}', os.path.join(m['run_dir'], f'{kind}_test.png'))
+               for kind in ('confusion', 'roc')]
+    blocks.append(('figures', [(c, p) for c, p in figures if os.path.exists(p)]))
+  for e in (ensemble or {}).get('methods', []):
+    paths = e.get('plots', {}).get('test', {})
+    blocks.append(('figures', [(f'{e["name"]}: {kind}', os.path.join(workdir, paths[kind]))
+                               for kind in ('confusion', 'roc') if kind in paths]))
+  return blocks
+
+
+def _md_cell(text) -> str:
+  return str(text).replace('|', '\\|').replace('\n', ' ')
+
+
+def render_markdown(blocks: list[tuple], base_dir: str) -> str:
+  out = []
+  for block in blocks:
+    kind = block[0]
+    if kind == 'h1':
+      out.append(f'# {block[1]}')
+    elif kind == 'h2':
+      out.append(f'## {block[1]}')
+    elif kind == 'p':
+      out.append(block[1])
+    elif kind == 'warning':
+      out.append(f'> **{block[1]}**')
+    elif kind == 'list':
+      out.append('\n'.join(f'- {item}' for item in block[1]))
+    elif kind == 'table':
+      _, header, rows = block
+      lines = ['| ' + ' | '.join(_md_cell(h) for h in header) + ' |',
+               '|' + '---|' * len(header)]
+      lines += ['| ' + ' | '.join(_md_cell(c) for c in row) + ' |' for row in rows]
+      out.append('\n'.join(lines))
+    elif kind == 'figures' and block[1]:
+      out.append(' '.join(f'![{c}]({os.path.relpath(p, base_dir)})' for c, p in block[1]))
+  return '\n\n'.join(out) + '\n'
+
+
+_CSS = """body{font-family:sans-serif;margin:2em;max-width:1400px}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px}
+th{background:#eee}td{text-align:right}td:nth-child(-n+3){text-align:left}
+.warning{background:#fdd;border:3px solid #c00;padding:1em;font-weight:bold;font-size:1.2em}
+figure{display:inline-block;margin:0.5em}figcaption{text-align:center}img{max-width:520px}"""
+
+
+def render_html(blocks: list[tuple]) -> str:
+  esc = html.escape
+  out = ['<!DOCTYPE html>', '<html><head><meta charset="utf-8">',
+         f'<title>{esc(blocks[0][1])}</title><style>{_CSS}</style></head><body>']
+  for block in blocks:
+    kind = block[0]
+    if kind in ('h1', 'h2', 'p'):
+      out.append(f'<{kind}>{esc(block[1])}</{kind}>')
+    elif kind == 'warning':
+      out.append(f'<div class="warning">{esc(block[1])}</div>')
+    elif kind == 'list':
+      out.append('<ul>' + ''.join(f'<li>{esc(i)}</li>' for i in block[1]) + '</ul>')
+    elif kind == 'table':
+      _, header, rows = block
+      out.append('<table><tr>' + ''.join(f'<th>{esc(str(h))}</th>' for h in header) + '</tr>')
+      out += ['<tr>' + ''.join(f'<td>{esc(str(c))}</td>' for c in row) + '</tr>'
+              for row in rows]
+      out.append('</table>')
+    elif kind == 'figures':
+      for caption, path in block[1]:
+        with open(path, 'rb') as f:
+          data = base64.b64encode(f.read()).decode('ascii')
+        out.append(f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{data}">'
+                   f'<figcaption>{esc(caption)}</figcaption></figure>')
+  out.append('</body></html>')
+  return '\n'.join(out) + '\n'
+
+
+def write_report(workdir: str) -> tuple[str, str]:
+  """Writes DIR/report.md and DIR/report.html; returns their paths."""
+  blocks = build(workdir)
+  md_path, html_path = os.path.join(workdir, REPORT_MD), os.path.join(workdir, REPORT_HTML)
+  with open(md_path, 'w') as f:
+    f.write(render_markdown(blocks, workdir))
+  with open(html_path, 'w') as f:
+    f.write(render_html(blocks))
+  return md_path, html_path
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  try:
+    md_path, html_path = write_report(flags.FLAGS.workdir)
+  except FileNotFoundError as e:
+    print(f'mammo_jax.report: error: {e}', file=sys.stderr, flush=True)
+    sys.exit(1)
+  print(f'Report: {html_path} (and {md_path})', flush=True)
+
+
+if __name__ == '__main__':
+  # Defined here, not at import: mammo_jax.main, which imports this module through the
+  # ensemble runner, has its own --workdir.
+  flags.DEFINE_string('workdir', None, 'A finished ensemble, pipeline or run directory.')
+  flags.mark_flag_as_required('workdir')
+  app.run(main)
