@@ -32,10 +32,10 @@ test-slow: install
 test-all: install
 	$(PY) -m pytest -n $(PYTEST_WORKERS) -q
 
-# Demo-sized: Exp 11 (BatchNorm) learns the synthetic patches in a few dozen steps.
+# The study's 4-class ensemble with demo-sized members (configs/ensemble4.py:demo) on the
+# synthetic CBIS-DDSM; ends with the report's path. A second run reuses the members.
 demo: install
-	$(PY) -m mammo_jax.main --config=configs/scratch2.py:exp11 --workdir=runs/demo \
-	  --config.batch_size=32 --config.eval_batch_size=32 --config.num_epochs=12
+	$(PY) -m mammo_jax.main --config=configs/ensemble4.py --workdir=runs/demo
 
 benchmark: install
 	$(PY) benchmarks/build_throughput.py
