@@ -25,10 +25,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # any cwd
-from configs import default  # noqa: E402  pylint: disable=g-import-not-at-top
-from mammo_jax import ensemble  # noqa: E402  pylint: disable=g-import-not-at-top
+from configs import ensemble_common as common  # noqa: E402  pylint: disable=g-import-not-at-top
 
-VARIANTS = ('demo', 'study')
 MEMBERS = {'type': 'configs/vgg16_2.py:pipeline', 'severity': 'configs/benmal.py:run3'}
 METHODS = ('threshold:type+severity', 'product:type+severity')
 DEMO_SHAPE = {
@@ -42,8 +40,5 @@ DEMO_TRAINING = {
 
 
 def get_config(arg: str | None = None):
-  variant, smoke = default.parse_args(arg, VARIANTS, 'demo', 'configs/composite4.py')
-  overrides = [] if variant == 'study' else [DEMO_SHAPE] + ([] if smoke else [DEMO_TRAINING])
-  members = ensemble.member_specs(MEMBERS, smoke, *overrides)
-  data = default.get_config('smoke' if smoke else None).data
-  return ensemble.make_config(members, METHODS, data)
+  return common.get_config(arg, MEMBERS, METHODS, DEMO_SHAPE, DEMO_TRAINING,
+                           'configs/composite4.py')

@@ -32,18 +32,15 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # any cwd
-from configs import default  # noqa: E402  pylint: disable=g-import-not-at-top
-from mammo_jax import ensemble  # noqa: E402  pylint: disable=g-import-not-at-top
+from configs import ensemble_common as common  # noqa: E402  pylint: disable=g-import-not-at-top
 
-VARIANTS = ('demo', 'study')
 MEMBERS = {'m1': 'configs/scratch4.py:m1', 'm2': 'configs/scratch4.py:m2',
            'm3': 'configs/scratch4.py:m3', 'vgg': 'configs/vgg16_4.py:pipeline'}
 METHODS = ('vote:m1+m2+m3', 'average:m1+m2+m3', 'average:m1+m2+m3+vgg',
            'weighted:m1+m2+m3+vgg')
 # Demo members: what the run is (also at smoke size), then how long and how fast it trains.
 _SCRATCH = ("model.preprocess=torch optimizer.name=adam optimizer.decay=0.0 batch_size=16 "
-            "eval_batch_size=16 "
-            "patience=0")
+            "eval_batch_size=16 patience=0")
 DEMO_SHAPE = {'vgg': "model.pretrained='' pipeline=fe_fc128,ft3 stages.ft3.init_from=@fe_fc128"}
 DEMO_TRAINING = {
     'm1': f'{_SCRATCH} num_epochs=8',
@@ -55,8 +52,5 @@ DEMO_TRAINING = {
 
 
 def get_config(arg: str | None = None):
-  variant, smoke = default.parse_args(arg, VARIANTS, 'demo', 'configs/ensemble4.py')
-  overrides = [] if variant == 'study' else [DEMO_SHAPE] + ([] if smoke else [DEMO_TRAINING])
-  members = ensemble.member_specs(MEMBERS, smoke, *overrides)
-  data = default.get_config('smoke' if smoke else None).data
-  return ensemble.make_config(members, METHODS, data)
+  return common.get_config(arg, MEMBERS, METHODS, DEMO_SHAPE, DEMO_TRAINING,
+                           'configs/ensemble4.py')
