@@ -345,7 +345,7 @@ def member_config(name: str, member: ml_collections.ConfigDict,
 def config_hash(config: ml_collections.ConfigDict) -> str:
   """8 hex digits of the config's fingerprint (train.RESUMABLE_FIELDS left out)."""
   # pylint: disable-next=protected-access
-  fingerprint = train._fingerprint(json.loads(config.to_json_best_effort()))
+  fingerprint = train.config_fingerprint(json.loads(config.to_json_best_effort()))
   return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:8]
 
 

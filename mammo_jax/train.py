@@ -190,7 +190,7 @@ def run_identity(workdir: str) -> dict:
   with open(os.path.join(workdir, 'results.json')) as f:
     best_step = json.load(f)['best_step']
   with open(os.path.join(workdir, 'config.json')) as f:
-    fingerprint = json.dumps(_fingerprint(json.load(f)), sort_keys=True)
+    fingerprint = json.dumps(config_fingerprint(json.load(f)), sort_keys=True)
   return {'best_step': best_step,
           'config_sha256': hashlib.sha256(fingerprint.encode()).hexdigest()}
 
@@ -398,7 +398,7 @@ class MetricsLog:
     self.writer.flush()
 
 
-def _fingerprint(config_dict: dict) -> dict:
+def config_fingerprint(config_dict: dict) -> dict:
   """The config fields that must not change when a run resumes, flattened."""
   flat = traverse_util.flatten_dict(config_dict, sep='.')
   return {k: v for k, v in flat.items() if k not in RESUMABLE_FIELDS}
@@ -410,8 +410,8 @@ def _config_differences(config: ml_collections.ConfigDict, workdir: str) -> list
   if not os.path.exists(path):
     return None
   with open(path) as f:
-    old = _fingerprint(json.load(f))
-  new = _fingerprint(json.loads(config.to_json_best_effort()))
+    old = config_fingerprint(json.load(f))
+  new = config_fingerprint(json.loads(config.to_json_best_effort()))
   return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
 
