@@ -7,6 +7,8 @@ run exactly.
 """
 
 import importlib
+import logging as std_logging
+import os
 import sys
 
 from absl import app
@@ -29,9 +31,15 @@ config_flags.DEFINE_config_file('config', None, 'Experiment config file, e.g. '
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+def _orbax_info_filter(record) -> bool:
+  """Drops Orbax's INFO lines (about 20 per checkpoint save or restore); keeps warnings."""
+  return record.levelno >= std_logging.WARNING or f'{os.sep}orbax{os.sep}' not in record.pathname
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.get_absl_handler().addFilter(_orbax_info_filter)
   logging.info('JAX devices: %s', jax.local_devices())
   try:
     runner = FLAGS.config.get('runner', 'train')
