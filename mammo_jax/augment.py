@@ -22,7 +22,7 @@ same transforms to paired (abnormality, baseline) batches.
 """
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp

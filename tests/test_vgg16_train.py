@@ -9,7 +9,6 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from mammo_jax import augment, checkpointing, freezing, parallel, pipeline, tasks, train
