@@ -8,7 +8,7 @@ import pytest
 
 from tfds_cbis import cases
 
-REAL = os.path.join(os.path.dirname(__file__), '..', 'tfds_cbis', 'csv')
+REAL = os.path.join(os.path.dirname(__file__), '..', '..', 'tfds_cbis', 'csv')
 
 
 def test_packaged_csvs_are_the_official_release():

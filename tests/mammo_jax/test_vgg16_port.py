@@ -26,9 +26,9 @@ import pytest
 from mammo_jax import port_vgg16
 from mammo_jax import vgg16_weights as vw
 from mammo_jax.models import vgg16 as vgg16_model
-from tests import vgg16_sources
+from tests.mammo_jax import vgg16_sources
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import ROOT
 TOLERANCE = 1e-4  # max |diff| / max |ref|; float32 reorderings give about 3e-6
 KERAS_FILES = ('keras1', 'keras2', 'keras3', 'keras_archive', 'keras_full_h5')
 NOTOP_PARAMS = 14_714_688  # REFERENCE_STUDY.md §2.4

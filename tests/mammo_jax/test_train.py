@@ -58,7 +58,7 @@ def test_same_global_batch_gives_same_update_on_1_2_and_8_devices(tmp_path):
     env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={n}',
                TF_CPP_MIN_LOG_LEVEL='3')
     procs[n] = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, 'tests', 'multi_device_steps.py'),
+        [sys.executable, os.path.join(ROOT, 'tests', 'mammo_jax', 'multi_device_steps.py'),
          str(tmp_path / f'd{n}.npz')], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
   for n, p in procs.items():
     assert p.wait(timeout=600) == 0, p.stderr.read()[-3000:]

@@ -11,7 +11,7 @@ import pytest
 
 from mammo_jax import ensemble, report, train
 from tests.conftest import ROOT, load_config
-from tests.test_ensemble import fake_train_and_evaluate, write_run
+from tests.mammo_jax.test_ensemble import fake_train_and_evaluate, write_run
 
 
 def fake_ensemble(workdir, monkeypatch, synthetic):
