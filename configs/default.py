@@ -21,7 +21,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.task = 'mass_vs_calc'  # mass_vs_calc | four_class | benign_vs_malignant
 
   config.model = model = ml_collections.ConfigDict()
-  model.name = 'scratch2_exp5'  # a key of mammo_jax.models.MODELS
+  model.name = 'scratch2_exp5'  # a key of mammo_jax.models.REGISTRY
   model.preprocess = 'unit'  # uint16 / 65535, the study's scaling for scratch models
   # Convolution and max-pool implementation: 'xla' (nn.Conv / nn.max_pool), 'cpu_fast' (same
   # parameters and values, gradients in forms XLA:CPU runs faster; mammo_jax.models.layers),

@@ -16,7 +16,7 @@ validation split), `threshold` and `product` (the composite: a mass-vs-calcifica
 and a benign-vs-malignant member give a 4-class label).
 
 Each member trains in WORKDIR/members/NAME-HASH, HASH a digest of its resolved config (up to
-train.RESUMABLE_FIELDS): a finished member is reused, an interrupted one resumes, a changed
+workdir.RESUMABLE_FIELDS): a finished member is reused, an interrupted one resumes, a changed
 config trains afresh in a new folder. A member that is a pipeline config (config.pipeline)
 runs all its stages; its last stage is the model. Members are combined from the
 predictions.npz their runs wrote, aligned by example id. Results go to WORKDIR/ensemble.json,
@@ -42,12 +42,14 @@ from collections.abc import Mapping, Sequence
 import ml_collections
 import numpy as np
 
+from mammo_jax import evaluators
 from mammo_jax import metrics as metrics_lib
 from mammo_jax import pipeline
 from mammo_jax import plots
 from mammo_jax import report
+from mammo_jax import runners
 from mammo_jax import tasks
-from mammo_jax import train
+from mammo_jax import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLITS = ('validation', 'test')
@@ -232,14 +234,11 @@ def predict(method: Method, weights: np.ndarray | None,
 
 
 def method_metrics(pred: np.ndarray, scores: np.ndarray | None, labels: np.ndarray,
-                   class_names: Sequence[str]) -> dict:
-  """metrics.classification_metrics of hard predictions; AUC from the scores (NaN without)."""
-  k = len(class_names)
-  one_hot = np.eye(k)[np.asarray(pred)]  # its argmax is pred, whatever rule broke ties
-  result = metrics_lib.classification_metrics(one_hot, labels, class_names=tuple(class_names))
-  result['auc'] = (metrics_lib.classification_metrics(scores, labels)['auc']
-                   if scores is not None else float('nan'))
-  return result
+                   class_names: Sequence[str],
+                   evaluator: evaluators.Evaluator | None = None) -> dict:
+  """The evaluator's metrics of hard predictions; AUC from the scores (NaN without)."""
+  return evaluators.evaluate_decisions(evaluator or evaluators.get_evaluator(), pred, scores,
+                                       labels, class_names)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,10 +342,8 @@ def member_config(name: str, member: ml_collections.ConfigDict,
 
 
 def config_hash(config: ml_collections.ConfigDict) -> str:
-  """8 hex digits of the config's fingerprint (train.RESUMABLE_FIELDS left out)."""
-  # pylint: disable-next=protected-access
-  fingerprint = train.config_fingerprint(json.loads(config.to_json_best_effort()))
-  return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:8]
+  """8 hex digits of the config's fingerprint (workdir.RESUMABLE_FIELDS left out)."""
+  return workdir_lib.config_hash(config)
 
 
 def member_dir(workdir: str, name: str, config: ml_collections.ConfigDict) -> str:
@@ -354,36 +351,32 @@ def member_dir(workdir: str, name: str, config: ml_collections.ConfigDict) -> st
 
 
 def run_member(name: str, config: ml_collections.ConfigDict, directory: str) -> tuple[str, bool]:
-  """Trains, resumes or reuses a member; returns (the run folder of its model, trained now)."""
+  """Trains, resumes or reuses a member with its runner; returns (the run folder of its
+  model, trained now). A stage pipeline's model is its last stage."""
   if config.get('pipeline'):
     stages = pipeline.stage_configs(config)
-    last = os.path.join(directory, stages[-1][0])
-    if all(pipeline.finished(c, os.path.join(directory, s)) for s, c in stages):
-      print(f'=== member {name}: finished in {directory}; reusing it', flush=True)
-      return last, False
-    print(f'=== member {name}: pipeline {config.pipeline} in {directory}', flush=True)
-    pipeline.run(config, directory)
-    return last, True
-  if pipeline.finished(config, directory):
+    model_dir = os.path.join(directory, stages[-1][0])
+    done = all(workdir_lib.finished_with(c, os.path.join(directory, s)) for s, c in stages)
+    what = f' pipeline {config.pipeline}'
+  else:
+    model_dir, done, what = directory, workdir_lib.finished_with(config, directory), ''
+  if done:
     print(f'=== member {name}: finished in {directory}; reusing it', flush=True)
-    return directory, False
-  print(f'=== member {name} in {directory}', flush=True)
-  train.train_and_evaluate(config, directory)
-  return directory, True
+    return model_dir, False
+  print(f'=== member {name}:{what} in {directory}' if what else
+        f'=== member {name} in {directory}', flush=True)
+  runners.run(config, directory)
+  return model_dir, True
 
 
 def load_outputs(run_dirs: Mapping[str, str]) -> dict[str, SplitOutputs]:
   """Every member's predictions per split, aligned on the first member's example ids."""
   loaded = {}
   for name, run_dir in run_dirs.items():
-    path = os.path.join(run_dir, 'predictions.npz')
-    if not os.path.exists(path):
-      raise FileNotFoundError(f'member {name}: {path} is missing; the run predates '
-                              f'predictions.npz: delete {run_dir} to train it again')
-    with np.load(path) as f:
-      loaded[name] = {k: f[k] for k in f.files}
-    with open(os.path.join(run_dir, 'results.json')) as f:
-      loaded[name]['task'] = json.load(f)['task']
+    try:
+      loaded[name] = workdir_lib.read_predictions(run_dir)
+    except FileNotFoundError as e:
+      raise FileNotFoundError(f'member {name}: {e}') from None
   first = next(iter(loaded))
   out = {}
   for split in SPLITS:
@@ -444,9 +437,7 @@ def evaluate_methods(methods: Sequence[Method], outputs: Mapping[str, SplitOutpu
 
 
 def _method_plots(plot_dir, split, pred, scores, labels, class_names, title) -> dict:
-  k = len(class_names)
-  confusion = np.zeros((k, k), np.int64)
-  np.add.at(confusion, (np.asarray(labels), np.asarray(pred)), 1)
+  confusion = metrics_lib.confusion_matrix(labels, pred, len(class_names))
   paths = {'confusion': plots.confusion_matrix_plot(
       confusion, class_names, os.path.join(plot_dir, f'confusion_{split}.png'),
       title=f'{title}, {split} (n={len(labels)})')}
@@ -466,8 +457,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   for name in members.keys():
     if name not in used:
       print(f'Member {name} is in no method of config.ensemble.methods; not trained.')
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(config.to_json_best_effort(indent=1, sort_keys=True))
+  workdir_lib.write_config(config, workdir)
 
   # Every member's config is resolved (and checked) before minutes of training.
   configs = {name: member_config(name, members[name], config.data) for name in used}
@@ -475,8 +465,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   run_dirs, info = {}, {}
   for name in used:
     run_dirs[name], trained = run_member(name, configs[name], dirs[name])
-    with open(os.path.join(run_dirs[name], 'results.json')) as f:
-      results = json.load(f)
+    results = workdir_lib.read_results(run_dirs[name])
     info[name] = {  # paths relative to workdir, so that the folder can move
         'config': members[name].config, 'overrides': members[name].overrides,
         'dir': os.path.relpath(dirs[name], workdir),
@@ -492,8 +481,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   summary = {'synthetic_data': synthetic, 'grid_step': config.ensemble.grid_step,
              'examples': {s: int(len(outputs[s].ids)) for s in SPLITS},
              'members': info, 'methods': entries}
-  with open(os.path.join(workdir, ENSEMBLE_JSON), 'w') as f:
-    json.dump(summary, f, indent=1, sort_keys=True)
+  workdir_lib.write_json(os.path.join(workdir, ENSEMBLE_JSON), summary)
 
   rows = [(f'member {n}', '', i) for n, i in info.items()]
   rows += [(e['name'], ','.join(f'{w:g}' for w in e['weights'] or ()), e) for e in entries]

@@ -57,6 +57,8 @@ from mammo_jax import optimizers
 from mammo_jax import parallel
 from mammo_jax import tasks
 from mammo_jax import train
+from mammo_jax import workdir as workdir_lib
+from tfds_cbis import strict_json
 
 # REFERENCE_STUDY.md §2.11: epochs run, minimum training loss and its LR (from the study's
 # logs), and the LR it chose for the 100-epoch comparison.
@@ -185,7 +187,7 @@ def sweep(config: ml_collections.ConfigDict, name: str, data: dict[str, np.ndarr
       lr = epoch_lr(start_lr, cfg.factor, epoch)
       records.append({'epoch': epoch, 'step': (epoch + 1) * steps, 'learning_rate': lr,
                       'loss': _finite_or_none(loss), 'accuracy': accuracy})
-      log.write(json.dumps(records[-1]) + '\n')
+      log.write(strict_json.dumps(records[-1]) + '\n')
       log.flush()
       print(f'{name} epoch {epoch:>3} lr {lr:.3e} train loss {loss:.4f} acc {accuracy:.4f}',
             flush=True)
@@ -294,8 +296,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise ValueError(f'lr_range needs a binary task (the study\'s is mass_vs_calc), not '
                      f'{task.name}')
   parallel.check_batch_size(config.batch_size)
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(config.to_json_best_effort(indent=1, sort_keys=True))
+  workdir_lib.write_config(config, workdir)
   builder = input_pipeline.prepare_builder(config.data)
   print(input_pipeline.describe(builder), flush=True)
   data = input_pipeline.load_split(builder, 'train')
@@ -317,8 +318,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'train_examples': input_pipeline.num_examples(data),
       'synthetic_data': not config.data.manual_dir, 'optimizers': summaries,
   }
-  with open(os.path.join(workdir, 'lr_range.json'), 'w') as f:
-    json.dump(result, f, indent=1)
+  workdir_lib.write_json(os.path.join(workdir, 'lr_range.json'), result, sort_keys=False)
   print(summary_table(summaries), flush=True)
   if result['synthetic_data']:
     print('[SYNTHETIC DATA: these LRs say nothing about real mammograms]', flush=True)

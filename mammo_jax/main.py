@@ -1,12 +1,10 @@
 """Runs a mammo_jax experiment: `python -m mammo_jax.main --config=configs/X.py --workdir=DIR`.
 
-This file is intentionally thin: it parses flags and hands the config to
-`train.train_and_evaluate`, or to `pipeline.run` for a multi-stage config
-(`config.pipeline`). Re-running the same command on the same workdir resumes an interrupted
-run exactly.
+This file is intentionally thin: it parses flags and hands the config to the runner it
+names (mammo_jax.runners: train, stages, ensemble, lr_range). Re-running the same command on
+the same workdir resumes an interrupted run exactly.
 """
 
-import importlib
 import logging as std_logging
 import os
 import sys
@@ -17,12 +15,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from mammo_jax import pipeline
-from mammo_jax import train
-
-# config.runner -> the module whose run(config, workdir) does the job; 'train' (the default)
-# is train.train_and_evaluate, a config with `pipeline` set runs pipeline.run.
-RUNNERS = {'ensemble': 'mammo_jax.ensemble', 'lr_range': 'mammo_jax.lr_range'}
+from mammo_jax import runners
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for this run\'s checkpoints and outputs.')
@@ -42,15 +35,7 @@ def main(argv):
   logging.get_absl_handler().addFilter(_orbax_info_filter)
   logging.info('JAX devices: %s', jax.local_devices())
   try:
-    runner = FLAGS.config.get('runner', 'train')
-    if FLAGS.config.get('pipeline'):
-      pipeline.run(FLAGS.config, FLAGS.workdir)
-    elif runner in RUNNERS:
-      importlib.import_module(RUNNERS[runner]).run(FLAGS.config, FLAGS.workdir)
-    elif runner == 'train':
-      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    else:
-      raise ValueError(f'unknown config.runner {runner!r}; known: train, {", ".join(RUNNERS)}')
+    runners.run(FLAGS.config, FLAGS.workdir)
   except (FloatingPointError, ValueError, FileNotFoundError, ConnectionError,
           ImportError) as e:
     # Known failure modes (bad config or data, diverged training) end with one clear line;

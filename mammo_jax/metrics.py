@@ -3,6 +3,8 @@
 Predictions are argmax of the class probabilities (for binary tasks: p > 0.5), not the
 study's rounding. ROC AUC is the Mann-Whitney statistic (ties count one half); for more than
 two classes it is the macro average of one-vs-rest AUCs over classes present in the labels.
+The one confusion matrix, ROC curve and AUC of the project: plots, ensembles and the
+evaluators use these.
 """
 
 import numpy as np
@@ -24,6 +26,36 @@ def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
   return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def roc_curve(scores, positive) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """ROC points (fpr, tpr, thresholds), from (0, 0) at threshold +inf.
+
+  Point i counts as positive every example with score >= thresholds[i]; examples with equal
+  scores enter together, so ties give one diagonal segment and the trapezoidal area equals
+  roc_auc (the Mann-Whitney AUC). Rates are NaN when their class has no examples.
+  """
+  scores = np.asarray(scores, np.float64).ravel()
+  positive = np.asarray(positive).astype(bool).ravel()
+  if scores.shape != positive.shape:
+    raise ValueError(f'{scores.shape[0]} scores but {positive.shape[0]} labels')
+  order = np.argsort(scores, kind='stable')[::-1]
+  scores, positive = scores[order], positive[order]
+  group_ends = np.flatnonzero(np.r_[scores[1:] != scores[:-1], True]) if len(scores) else []
+  tps = np.r_[0, np.cumsum(positive)[group_ends]].astype(np.float64)
+  fps = np.r_[0, np.cumsum(~positive)[group_ends]].astype(np.float64)
+  thresholds = np.r_[np.inf, scores[group_ends]]
+  n_pos, n_neg = positive.sum(), (~positive).sum()
+  tpr = tps / n_pos if n_pos else np.full_like(tps, np.nan)
+  fpr = fps / n_neg if n_neg else np.full_like(fps, np.nan)
+  return fpr, tpr, thresholds
+
+
+def confusion_matrix(labels, pred, k: int) -> np.ndarray:
+  """[k, k] counts: row = true label, column = predicted label."""
+  confusion = np.zeros((k, k), np.int64)
+  np.add.at(confusion, (np.asarray(labels, np.int64), np.asarray(pred, np.int64)), 1)
+  return confusion
+
+
 def classification_metrics(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = None,
                            class_names: tuple[str, ...] | None = None) -> dict:
   """Accuracy, balanced accuracy, macro-F1, per-class precision/recall, confusion, AUC."""
@@ -34,8 +66,7 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, mask: np.ndarr
   k = probs.shape[-1]
   names = class_names or tuple(str(i) for i in range(k))
   pred = probs.argmax(-1)
-  confusion = np.zeros((k, k), np.int64)
-  np.add.at(confusion, (labels, pred), 1)
+  confusion = confusion_matrix(labels, pred, k)
   tp = np.diag(confusion).astype(np.float64)
   with np.errstate(invalid='ignore', divide='ignore'):
     precision = tp / confusion.sum(0)

@@ -125,9 +125,15 @@ def keras_optimizer(name: str, learning_rate: LearningRate, decay: float = 0.0,
   """The Keras-equivalent optimizer `name` (sgd | rmsprop | adam | nadam) at a constant rate
   (with Keras's `decay`) or on an optax schedule of the update count."""
   if name not in MAKERS:
-    raise ValueError(f'unknown optimizer {name!r}; known: {", ".join(sorted(MAKERS))}')
+    raise ValueError(f'unknown optimizer.name {name!r}; known: {", ".join(sorted(MAKERS))}')
   if name == 'sgd':
     return keras_sgd(learning_rate, decay, momentum)
   if momentum:
-    raise ValueError(f'momentum applies to sgd only, not {name!r}')
+    raise ValueError(f'optimizer.momentum applies to sgd only, not {name!r}')
   return MAKERS[name](learning_rate, decay)
+
+
+def create_optimizer(optimizer_config) -> optax.GradientTransformation:
+  """The optimizer config.optimizer describes (name, learning_rate, decay, momentum)."""
+  opt = optimizer_config
+  return keras_optimizer(opt.name, opt.learning_rate, opt.decay, opt.momentum)

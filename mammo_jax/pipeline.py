@@ -25,6 +25,8 @@ from collections.abc import Mapping
 import ml_collections
 
 from mammo_jax import train
+from mammo_jax import warm_start
+from mammo_jax import workdir as workdir_lib
 
 PIPELINE_FIELDS = ('pipeline', 'stages', 'stage_field_defaults')
 
@@ -105,23 +107,14 @@ def stage_configs(config: ml_collections.ConfigDict) -> list[tuple[str, ml_colle
   return [(s, stage_config(config, config.stages[s])) for s in names]
 
 
-def finished(config: ml_collections.ConfigDict, workdir: str) -> bool:
-  """True when workdir holds a finished run of exactly this config."""
-  return (os.path.exists(os.path.join(workdir, 'results.json'))
-          and train.same_config(config, workdir))
-
-
 def check_not_stale(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Refuses a stage (finished or interrupted) whose init_from run changed since it started."""
-  record_path = os.path.join(workdir, train.INIT_FROM_RECORD)
-  if not config.init_from or not os.path.exists(record_path):
+  record = workdir_lib.read_init_from(workdir)
+  if not config.init_from or record is None:
     return  # not started yet, or made before records were kept
-  source = train.resolve_init_from(config.init_from, workdir)
-  with open(record_path) as f:
-    record = json.load(f)
+  source = warm_start.resolve_init_from(config.init_from, workdir)
   recorded = {k: record.get(k) for k in ('best_step', 'config_sha256')}
-  current = (train.run_identity(source)
-             if os.path.exists(os.path.join(source, 'results.json')) else None)
+  current = workdir_lib.run_identity(source) if workdir_lib.is_finished(source) else None
   if current != recorded:
     raise ValueError(f'{workdir} started from a run of {source} that has since been re-run, '
                      f'changed or removed; delete {workdir} to train that stage again from '
@@ -135,10 +128,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   for name, stage in stage_configs(config):
     stage_dir = os.path.join(workdir, name)
     check_not_stale(stage, stage_dir)
-    if finished(stage, stage_dir):
+    if workdir_lib.finished_with(stage, stage_dir):
       print(f'=== stage {name}: finished in {stage_dir}; reusing it', flush=True)
-      with open(os.path.join(stage_dir, 'results.json')) as f:
-        results = json.load(f)
+      results = workdir_lib.read_results(stage_dir)
     else:
       print(f'=== stage {name} in {stage_dir}', flush=True)
       _, results = train.train_and_evaluate(stage, stage_dir)
@@ -148,8 +140,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         **{f'{split}_{k}': results[split][k] for split in ('validation', 'test')
            for k in ('accuracy', 'auc', 'loss')},
     }
-  with open(os.path.join(workdir, 'pipeline.json'), 'w') as f:
-    json.dump(summary, f, indent=1, sort_keys=True)
+  workdir_lib.write_json(os.path.join(workdir, 'pipeline.json'), summary)
   print(f'{"stage":<12} {"trainable":>11} {"epochs":>7} {"val acc":>8} {"test acc":>9} '
         f'{"test auc":>9}')
   for name, s in summary.items():

@@ -20,6 +20,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 import numpy as np
 
+from mammo_jax import metrics
+
 _DPI = 100
 _SPLIT_COLORS = {'train': 'tab:blue', 'validation': 'tab:orange'}
 
@@ -173,34 +175,6 @@ def confusion_matrix_plot(matrix, class_names: Sequence[str], out_path: str | os
   return _save(fig, out_path, title)
 
 
-def roc_curve(scores, positive) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """ROC points (fpr, tpr, thresholds), from (0, 0) at threshold +inf.
-
-  Point i counts as positive every example with score >= thresholds[i]; examples with equal
-  scores enter together, so ties give one diagonal segment and the trapezoidal area equals the
-  Mann-Whitney AUC. Rates are NaN when their class has no examples.
-  """
-  scores = np.asarray(scores, np.float64).ravel()
-  positive = np.asarray(positive).astype(bool).ravel()
-  if scores.shape != positive.shape:
-    raise ValueError(f'{scores.shape[0]} scores but {positive.shape[0]} labels')
-  order = np.argsort(scores, kind='stable')[::-1]
-  scores, positive = scores[order], positive[order]
-  group_ends = np.flatnonzero(np.r_[scores[1:] != scores[:-1], True]) if len(scores) else []
-  tps = np.r_[0, np.cumsum(positive)[group_ends]].astype(np.float64)
-  fps = np.r_[0, np.cumsum(~positive)[group_ends]].astype(np.float64)
-  thresholds = np.r_[np.inf, scores[group_ends]]
-  n_pos, n_neg = positive.sum(), (~positive).sum()
-  tpr = tps / n_pos if n_pos else np.full_like(tps, np.nan)
-  fpr = fps / n_neg if n_neg else np.full_like(fps, np.nan)
-  return fpr, tpr, thresholds
-
-
-def auc_from_curve(fpr: np.ndarray, tpr: np.ndarray) -> float:
-  """Trapezoidal area under ROC points; NaN when the curve is undefined."""
-  return float(np.trapezoid(tpr, fpr)) if len(fpr) > 1 else float('nan')
-
-
 def _as_probs(probs) -> np.ndarray:
   """[N, K] probabilities; a 1-D input is taken as P(class 1) of a binary task."""
   probs = np.asarray(probs, np.float64)
@@ -231,8 +205,9 @@ def roc_plot(probs, labels, class_names: Sequence[str], out_path: str | os.PathL
     is_positive = labels == c
     if is_positive.all() or not is_positive.any():
       continue
-    fpr, tpr, _ = roc_curve(probs[:, c], is_positive)
-    ax.plot(fpr, tpr, label=f'{name} (AUC = {auc_from_curve(fpr, tpr):.3f})')
+    fpr, tpr, _ = metrics.roc_curve(probs[:, c], is_positive)
+    auc = metrics.roc_auc(probs[:, c], is_positive)
+    ax.plot(fpr, tpr, label=f'{name} (AUC = {auc:.3f})')
     drawn += 1
   if drawn:
     ax.legend(loc='lower right')
@@ -272,8 +247,7 @@ def write_run_plots(workdir: str | os.PathLike, records: Sequence[dict] | None,
     if len(outputs) > 2 and outputs[2] is not None:
       keep = np.asarray(outputs[2]).astype(bool).ravel()
       probs, labels = probs[keep], labels[keep]
-    confusion = np.zeros((len(class_names),) * 2, np.int64)
-    np.add.at(confusion, (labels.astype(np.int64), probs.argmax(-1)), 1)
+    confusion = metrics.confusion_matrix(labels, probs.argmax(-1), len(class_names))
     paths.append(confusion_matrix_plot(confusion, class_names,
                                        os.path.join(workdir, f'confusion_{split}.png'),
                                        title=f'{split} (n={len(labels)})'))

@@ -21,6 +21,8 @@ import sys
 from absl import app
 from absl import flags
 
+from mammo_jax import workdir as workdir_lib
+
 # The study's published accuracies in percent (REFERENCE_STUDY.md §5): validation, test and
 # test AUC (None where unpublished), keyed by config file and variant or pipeline stage.
 STUDY_MODELS = {
@@ -76,25 +78,20 @@ def study_key(config: dict, run_dir: str) -> str | None:
   return None
 
 
-def _read_json(path: str):
-  with open(path) as f:
-    return json.load(f)
-
-
 def _models(workdir: str) -> tuple[list[dict], dict | None]:
   """[{name, run_dir, config (spec or ''), overrides}], and ensemble.json if there is one."""
   path = os.path.join(workdir, 'ensemble.json')
   if os.path.exists(path):
-    summary = _read_json(path)
+    summary = workdir_lib.read_json(path)
     return [{'name': n, 'run_dir': os.path.join(workdir, m['run_dir']), 'config': m['config'],
              'overrides': m['overrides'], 'stages': m.get('stages')}
             for n, m in summary['members'].items()], summary
   path = os.path.join(workdir, 'pipeline.json')
   if os.path.exists(path):
-    stages = _read_json(path)
+    stages = workdir_lib.read_json(path)
     return [{'name': s, 'run_dir': os.path.join(workdir, s), 'config': '', 'overrides': '',
              'stages': None} for s in stages], None
-  if os.path.exists(os.path.join(workdir, 'results.json')):
+  if workdir_lib.is_finished(workdir):
     return [{'name': os.path.basename(os.path.normpath(workdir)), 'run_dir': workdir,
              'config': '', 'overrides': '', 'stages': None}], None
   raise FileNotFoundError(f'{workdir} holds no finished run: no ensemble.json, pipeline.json '
@@ -137,8 +134,8 @@ def build(workdir: str) -> list[tuple]:
   ('list', items), ('figures', [(caption, path)])."""
   models, ensemble = _models(workdir)
   for m in models:
-    m['results'] = _read_json(os.path.join(m['run_dir'], 'results.json'))
-    m['run_config'] = _read_json(os.path.join(m['run_dir'], 'config.json'))
+    m['results'] = workdir_lib.read_results(m['run_dir'])
+    m['run_config'] = workdir_lib.read_config(m['run_dir'])
     m['key'] = study_key(m['run_config'], m['run_dir'])
   synthetic = any(m['results'].get('synthetic_data', True) for m in models)
   compare = not synthetic

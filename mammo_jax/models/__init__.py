@@ -1,63 +1,141 @@
-"""Model registry: config.model.name -> a linen module.
+"""Model registry: config.model.name -> the module, what it is fed, and who loads its weights.
 
-`vgg16` (models/vgg16.py) is not in the registry: its head comes from config.model.fc and
-config.model.dropout, so train.create_model builds it.
+One table, REGISTRY, holds every model the trainer can build; `create_model(config.model,
+num_outputs, ...)` builds any of them, so the trainer special-cases no architecture. An entry
+says:
+  template     the linen module with its architecture (attributes fixed by the study);
+  from_config  attributes read from config.model (VGG16's head: model.fc, model.dropout);
+  head_follows_task  the head is built for the task's class count (VGG16); otherwise the
+               architecture fixes it and a task that needs another count is refused;
+  inputs       the config.data.inputs it is fed (pair models: 'image+baseline');
+  preprocess   the model.preprocess values it accepts;
+  family       the module that owns the family's pretrained weights: its `check_pretrained(spec)`
+               and `load(params, spec, ...)` serve config.model.pretrained (big_vision's
+               `model_mod.load`); None when the family has no weights to load.
 
-The scratch family follows REFERENCE_STUDY.md §2.1 (2-class Exps 0-11), §2.2 (4-class
-M1-M3) and §2.3 (benign vs malignant). Optimiser, L2 and augmentation differences between
-experiments (e.g. Exp 5's LR decay, Exp 8's Adam, Exp 9's L2) are config, not architecture.
+Adding a model family: a module in models/, a converter in mammo_jax/weights/, one entry here.
 
-PAIR_MODELS (§2.6 Dual CNN, §2.7 Siamese; models/pairs.py) take (abnormality, baseline)
-pairs stacked as two channels, so they need config.data.inputs='image+baseline'; they are a
-separate table because their input differs from every model of MODELS.
+The scratch family follows docs/REFERENCE_STUDY.md §2.1 (2-class Exps 0-11), §2.2 (4-class
+M1-M3) and §2.3 (benign vs malignant); optimiser, L2 and augmentation differences between
+experiments (Exp 5's LR decay, Exp 8's Adam, Exp 9's L2) are config, not architecture. The
+pair models (§2.6 Dual CNN, §2.7 Siamese; models/pairs.py) take (abnormality, baseline) pairs
+stacked as two channels. VGG16 (§2.4; models/vgg16.py) is the ImageNet base with the study's
+head.
 """
 
+from __future__ import annotations
+
+import dataclasses
 import functools
+import importlib
+from collections.abc import Callable
+
+import flax.linen as nn
 
 from mammo_jax.models.pairs import DualCNN, SiameseCNN
 from mammo_jax.models.scratch import ScratchCNN
 from mammo_jax.models.vgg16 import VGG16, VGG16Classifier
+
+ALL_PREPROCESS = ('unit', 'caffe', 'torch')
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelEntry:
+  template: nn.Module
+  from_config: Callable[[object], dict] = lambda model_config: {}
+  head_follows_task: bool = False
+  inputs: str = 'image'
+  preprocess: tuple[str, ...] = ALL_PREPROCESS
+  family: str | None = None
+
 
 _C2 = (32, 64)
 _C3 = (32, 64, 128)
 _C4 = (32, 64, 128, 256)
 _exp = functools.partial(ScratchCNN, num_outputs=1)
 _stem5 = dict(first_kernel=5, first_stride=2)
+# 'caffe' / 'torch' turn one grey channel into RGB; a pair's two channels are two images.
+_pair = functools.partial(ModelEntry, inputs='image+baseline', preprocess=('unit',))
 
-MODELS = {
-    'scratch2_exp0': _exp(filters=_C2, dense=16, dropout=0.0),
-    'scratch2_exp1': _exp(filters=_C2, dense=16),
-    'scratch2_exp2': _exp(filters=_C2, dense=16),
-    'scratch2_exp3': _exp(filters=_C3, dense=32),
-    'scratch2_exp4': _exp(filters=_C3, dense=48),
-    'scratch2_exp5': _exp(filters=_C3, dense=48),
-    'scratch2_exp6': _exp(filters=_C4, dense=48),
-    'scratch2_exp7': _exp(filters=_C3, dense=48, **_stem5),
-    'scratch2_exp8': _exp(filters=_C3, dense=48),
-    'scratch2_exp9': _exp(filters=_C4, dense=48),
-    'scratch2_exp10': _exp(filters=_C4, dense=48, batch_norm=True, **_stem5),
-    'scratch2_exp11': _exp(filters=_C4, dense=48, batch_norm=True, bn_momentum=0.001,
-                           **_stem5),
-    'scratch4_m1': ScratchCNN(filters=_C4, dense=48, num_outputs=4),
-    'scratch4_m2': ScratchCNN(filters=(64, 128, 256), dense=64, num_outputs=4),
-    'scratch4_m3': ScratchCNN(filters=(64, 128, 256, 512), dense=64, num_outputs=4),
-    'benmal': ScratchCNN(filters=(64, 128, 256), dense=64, num_outputs=1),
+REGISTRY: dict[str, ModelEntry] = {
+    'scratch2_exp0': ModelEntry(_exp(filters=_C2, dense=16, dropout=0.0)),
+    'scratch2_exp1': ModelEntry(_exp(filters=_C2, dense=16)),
+    'scratch2_exp2': ModelEntry(_exp(filters=_C2, dense=16)),
+    'scratch2_exp3': ModelEntry(_exp(filters=_C3, dense=32)),
+    'scratch2_exp4': ModelEntry(_exp(filters=_C3, dense=48)),
+    'scratch2_exp5': ModelEntry(_exp(filters=_C3, dense=48)),
+    'scratch2_exp6': ModelEntry(_exp(filters=_C4, dense=48)),
+    'scratch2_exp7': ModelEntry(_exp(filters=_C3, dense=48, **_stem5)),
+    'scratch2_exp8': ModelEntry(_exp(filters=_C3, dense=48)),
+    'scratch2_exp9': ModelEntry(_exp(filters=_C4, dense=48)),
+    'scratch2_exp10': ModelEntry(_exp(filters=_C4, dense=48, batch_norm=True, **_stem5)),
+    'scratch2_exp11': ModelEntry(_exp(filters=_C4, dense=48, batch_norm=True,
+                                      bn_momentum=0.001, **_stem5)),
+    'scratch4_m1': ModelEntry(ScratchCNN(filters=_C4, dense=48, num_outputs=4)),
+    'scratch4_m2': ModelEntry(ScratchCNN(filters=(64, 128, 256), dense=64, num_outputs=4)),
+    'scratch4_m3': ModelEntry(ScratchCNN(filters=(64, 128, 256, 512), dense=64, num_outputs=4)),
+    'benmal': ModelEntry(ScratchCNN(filters=(64, 128, 256), dense=64, num_outputs=1)),
+    'dual': _pair(DualCNN()),
+    'siamese': _pair(SiameseCNN()),
+    'vgg16': ModelEntry(
+        VGG16Classifier(num_outputs=1),
+        from_config=lambda m: {'fc': m.fc, 'dropout': m.dropout},
+        head_follows_task=True, preprocess=('caffe', 'torch'),
+        family='mammo_jax.models.vgg16'),
 }
 
-PAIR_MODELS = {
-    'dual': DualCNN(),
-    'siamese': SiameseCNN(),
-}
+
+def get_entry(name: str) -> ModelEntry:
+  if name not in REGISTRY:
+    raise ValueError(f'unknown model {name!r}; known: {", ".join(sorted(REGISTRY))}')
+  return REGISTRY[name]
+
+
+def get_model(name: str, **overrides) -> nn.Module:
+  """The registered module `name` as the study defines it, attributes replaced by overrides."""
+  template = get_entry(name).template
+  return template.clone(**overrides) if overrides else template
+
+
+def _accepts(module: nn.Module, field: str) -> bool:
+  return field in {f.name for f in dataclasses.fields(module)}
+
+
+def create_model(model_config, num_outputs: int, task_name: str = '', **common) -> nn.Module:
+  """The module config.model describes, with `num_outputs` logits (for task `task_name`).
+
+  `common` holds implementation attributes every family may take (conv_impl, dtype,
+  bn_axis_name); a family without such an attribute (VGG16 has no batch norm) ignores it.
+  """
+  name = model_config.name
+  entry = get_entry(name)
+  accepted, mode = entry.preprocess, model_config.preprocess
+  if mode not in accepted:
+    needs = (f'={accepted[0]!r}' if len(accepted) == 1 else
+             ' ' + ' or '.join(repr(p) for p in accepted))
+    raise ValueError(f'model {name} needs model.preprocess{needs}, not {mode!r}; set '
+                     f'--config.model.preprocess={accepted[0]}')
+  attrs = {k: v for k, v in common.items() if _accepts(entry.template, k)}
+  attrs.update(entry.from_config(model_config))
+  if entry.head_follows_task:
+    attrs['num_outputs'] = num_outputs
+  model = entry.template.clone(**attrs)
+  if model.num_outputs != num_outputs:
+    raise ValueError(f'model {name} has {model.num_outputs} outputs but task '
+                     f'{task_name or "the task"} needs {num_outputs}')
+  return model
 
 
 def inputs_of(name: str) -> str:
-  """The config.data.inputs (input_pipeline.INPUTS) that model `name` (or vgg16) is fed."""
-  return 'image+baseline' if name in PAIR_MODELS else 'image'
+  """The config.data.inputs (input_pipeline.INPUTS) that model `name` is fed."""
+  return get_entry(name).inputs
 
 
-def get_model(name: str, **overrides):
-  """The registered module `name`, with attributes replaced by `overrides`."""
-  registry = {**MODELS, **PAIR_MODELS}
-  if name not in registry:
-    raise ValueError(f'unknown model {name!r}; known: {", ".join(sorted(registry))}')
-  return registry[name].clone(**overrides) if overrides else registry[name]
+def family_of(name: str):
+  """The module owning model `name`'s pretrained weights (load, check_pretrained), or None."""
+  family = get_entry(name).family
+  return importlib.import_module(family) if family else None
+
+
+__all__ = ['REGISTRY', 'ModelEntry', 'get_entry', 'get_model', 'create_model', 'inputs_of',
+           'family_of', 'ScratchCNN', 'DualCNN', 'SiameseCNN', 'VGG16', 'VGG16Classifier']

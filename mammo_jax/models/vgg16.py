@@ -119,3 +119,27 @@ class VGG16Classifier(nn.Module):
     x = nn.relu(nn.Dense(self.fc, kernel_init=_glorot, name='fc')(x))
     return nn.Dense(self.num_outputs, kernel_init=_glorot, name='logits')(x)
 
+
+
+# TEMP: the family's weight loader (replaced by the weights branch).
+def check_pretrained(spec: str) -> None:
+  import os  # pylint: disable=g-import-not-at-top
+  from mammo_jax import vgg16_weights  # pylint: disable=g-import-not-at-top
+  if spec not in vgg16_weights.OFFICIAL and not os.path.isfile(os.path.expanduser(spec)):
+    raise FileNotFoundError(vgg16_weights.missing_message(spec))
+
+
+def load(init_params, spec: str, *, preprocess: str, cache_dir=None, dont_load: str = ''):
+  from mammo_jax import vgg16_weights  # pylint: disable=g-import-not-at-top
+  loaded, meta = vgg16_weights.load_pretrained(spec, cache_dir=cache_dir)
+  if meta.get('preprocess', preprocess) != preprocess:
+    raise ValueError(f'{spec} holds weights trained on {meta["preprocess"]!r}-preprocessed '
+                     f'inputs, but model.preprocess is {preprocess!r}; set '
+                     f'--config.model.preprocess={meta["preprocess"]}')
+  try:
+    vgg = vgg16_weights.merge_params(init_params['vgg16'], loaded,
+                                     skip=dont_load or vgg16_weights.TOP_PATTERN)
+  except ValueError as e:
+    raise ValueError(f'model.pretrained={spec}: {e}\nPort the weights of a VGG16 '
+                     f'(python -m mammo_jax.port_vgg16 SRC OUT).') from None
+  return {**init_params, 'vgg16': vgg}, meta

@@ -15,7 +15,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import traverse_util  # noqa: E402
 
-from mammo_jax import models, parallel, tasks, train  # noqa: E402
+from mammo_jax import evaluation, models, parallel, tasks, train  # noqa: E402
 from tests.conftest import load_config  # noqa: E402
 
 
@@ -39,7 +39,7 @@ def main(out):
                                 jax.random.key(1))
   losses = [float(metrics['loss'])]
   data = {'image': images[:11], 'label': labels[:11]}  # 11 examples: padded to 16 in batches of 8
-  values, probs, _ = train.evaluate(train.make_eval_step(task), state, data, 8, task)
+  values, probs, _ = evaluation.evaluate(train.make_eval_step(task), state, data, 8, task)
   flat = traverse_util.flatten_dict({'params': state.params, 'stats': state.batch_stats}, sep='/')
   np.savez(out, probs=probs, **{k: np.asarray(v) for k, v in flat.items()})
   with open(out + '.json', 'w') as f:

@@ -235,7 +235,7 @@ def test_member_folder_is_keyed_by_the_config_up_to_resumable_fields(tmp_path):
 
 
 def write_run(run_dir, task, ids, label4, probs, seed=0, synthetic=True):
-  """A finished run's outputs, as train.final_evaluation writes them (no training)."""
+  """A finished run's outputs, as evaluation.final_evaluation writes them (no training)."""
   os.makedirs(run_dir, exist_ok=True)
   target = {'four_class': lambda y: y, 'mass_vs_calc': lambda y: (y >= 2).astype(int),
             'benign_vs_malignant': lambda y: y % 2}[task]

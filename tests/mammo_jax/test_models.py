@@ -1,7 +1,9 @@
-"""The scratch CNN family: Keras parameter counts (REFERENCE_STUDY.md §2) and output shapes."""
+"""The model registry: every entry's Keras parameter count (docs/REFERENCE_STUDY.md §2), its
+output shape, and how create_model builds it from config.model."""
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -16,6 +18,10 @@ KERAS_PARAMS = {
     'scratch2_exp9': 990_049, 'scratch2_exp10': 439_521, 'scratch2_exp11': 439_521,
     'scratch4_m1': 990_196, 'scratch4_m2': 5_104_964, 'scratch4_m3': 3_155_780,
     'benmal': 5_104_769,
+    # Pair models on (abnormality, baseline) stacked as two channels (§2.6, §2.7).
+    'dual': 7_288_001, 'siamese': 3_644_097,
+    # ImageNet VGG16 base (14,714,688) + Flatten(4x4x512) -> Dense(256) -> Dense(1) (§2.4).
+    'vgg16': 14_714_688 + 8192 * 256 + 256 + 257,
 }
 
 
@@ -23,24 +29,49 @@ def _count(tree):
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
 
-@pytest.mark.parametrize('name', sorted(models.MODELS))
+def _model_config(name: str, **fields) -> ml_collections.ConfigDict:
+  base = dict(name=name, preprocess={'vgg16': 'caffe'}.get(name, 'unit'), fc=256, dropout=0.5)
+  return ml_collections.ConfigDict({**base, **fields})
+
+
+@pytest.mark.parametrize('name', sorted(models.REGISTRY))
 def test_every_registered_model_matches_keras(name):
-  model = models.get_model(name)
-  variables = jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros((2, 150, 150, 1)), train=False))
+  entry = models.get_entry(name)
+  outputs = entry.template.num_outputs
+  model = models.create_model(_model_config(name), outputs, bn_axis_name=None)
+  channels = {'image': 1, 'image+baseline': 2}[entry.inputs]
+  if 'caffe' in entry.preprocess and 'unit' not in entry.preprocess:
+    channels = 3  # grey repeated to RGB by the caffe / torch preprocessing
+  x = jnp.zeros((2, 150, 150, channels))
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
   total = _count(variables['params']) + _count(variables.get('batch_stats', {}))
   assert total == KERAS_PARAMS[name]
-  if model.batch_norm:
+  if getattr(model, 'batch_norm', False):
     assert _count(variables['batch_stats']) == 960  # mean and var of 32+64+128+256 channels
-  out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, 150, 150, 1))), variables)
+  out = jax.eval_shape(lambda v: model.apply(v, x), variables)
   assert out.shape == (2, model.num_outputs)
 
 
 def test_registry_covers_the_study_and_rejects_unknown_names():
-  assert set(KERAS_PARAMS) == set(models.MODELS)
+  assert set(KERAS_PARAMS) == set(models.REGISTRY)
   with pytest.raises(ValueError, match='unknown model'):
     models.get_model('scratch2_exp12')
   assert models.get_model('scratch4_m1', num_outputs=1).num_outputs == 1
+
+
+def test_create_model_reads_config_model_and_refuses_mismatches():
+  vgg = models.create_model(_model_config('vgg16', fc=128, dropout=0.0), 4, conv_impl='xla',
+                            bn_axis_name='batch')  # VGG16 has no BN: the attribute is ignored
+  assert (vgg.fc, vgg.dropout, vgg.num_outputs, vgg.conv_impl) == (128, 0.0, 4, 'xla')
+  m = models.create_model(_model_config('scratch2_exp10'), 1, bn_axis_name='batch')
+  assert m.bn_axis_name == 'batch'
+  with pytest.raises(ValueError, match='has 4 outputs but task mass_vs_calc needs 1'):
+    models.create_model(_model_config('scratch4_m2'), 1, task_name='mass_vs_calc')
+  with pytest.raises(ValueError, match="model vgg16 needs model.preprocess 'caffe' or 'torch'"):
+    models.create_model(_model_config('vgg16', preprocess='unit'), 1)
+  assert models.inputs_of('dual') == 'image+baseline' and models.inputs_of('vgg16') == 'image'
+  assert models.family_of('scratch2_exp5') is None
+  assert callable(models.family_of('vgg16').load)
 
 
 def test_dropout_and_batch_norm_behave_differently_in_training():

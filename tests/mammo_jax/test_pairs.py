@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mammo_jax import augment, input_pipeline, models, tasks, train
+from mammo_jax import augment, input_pipeline, models, preprocessing, tasks, train
 from mammo_jax.models import pairs
 from tests.conftest import load_config
 
@@ -110,7 +110,7 @@ def test_one_random_transform_per_pair():
   rng = np.random.default_rng(0)
   image = rng.integers(0, 65535, (4, 40, 40, 1), dtype=np.uint16)
   baseline = rng.integers(0, 65535, (4, 40, 40, 1), dtype=np.uint16)
-  step_inputs = jax.jit(train.train_inputs, static_argnums=(2, 3))  # what train_step feeds
+  step_inputs = jax.jit(preprocessing.train_inputs, static_argnums=(2, 3))  # what train_step feeds
   # Identical members stay identical after augmentation.
   twin = np.asarray(step_inputs(np.concatenate([image, image], -1), keys, spec, 'unit'))
   np.testing.assert_array_equal(twin[..., 0], twin[..., 1])

@@ -1,4 +1,4 @@
-"""Run plots: PNG output, ROC points against the Mann-Whitney AUC, metrics.jsonl parsing."""
+"""Run plots: PNG output and metrics.jsonl parsing."""
 
 import json
 import math
@@ -7,7 +7,6 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from mammo_jax import metrics
 from mammo_jax import plots
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
@@ -97,43 +96,6 @@ def test_learning_curves_write_a_png(tmp_path):
 ], ids=['empty', 'no_validation', 'only_nan', 'non_scalar'])
 def test_learning_curves_tolerate_missing_data(tmp_path, records):
   _check_png(plots.learning_curves(records, tmp_path / 'curves.png'))
-
-
-def test_roc_curve_matches_a_hand_computed_case():
-  fpr, tpr, thresholds = plots.roc_curve(np.array([0.1, 0.4, 0.35, 0.8]),
-                                         np.array([0, 0, 1, 1]))
-  np.testing.assert_allclose(fpr, [0, 0, 0.5, 0.5, 1])
-  np.testing.assert_allclose(tpr, [0, 0.5, 0.5, 1, 1])
-  np.testing.assert_allclose(thresholds, [np.inf, 0.8, 0.4, 0.35, 0.1])
-  # Tied scores enter together: one diagonal segment.
-  fpr, tpr, thresholds = plots.roc_curve(np.full(4, 0.3), np.array([1, 0, 1, 0]))
-  np.testing.assert_allclose(fpr, [0, 1])
-  np.testing.assert_allclose(tpr, [0, 1])
-  assert plots.auc_from_curve(fpr, tpr) == 0.5
-
-
-@pytest.mark.parametrize('seed', range(5))
-def test_trapezoid_auc_equals_mann_whitney_with_ties(seed):
-  rng = np.random.default_rng(seed)
-  n = int(rng.integers(5, 200))
-  positive = rng.random(n) < 0.4
-  positive[:2] = [True, False]
-  # Coarse rounding makes many ties, within and across the classes.
-  scores = np.round(rng.random(n) * 0.6 + 0.4 * positive, 1)
-  fpr, tpr, thresholds = plots.roc_curve(scores, positive)
-  assert fpr[0] == tpr[0] == 0 and fpr[-1] == tpr[-1] == 1
-  assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
-  assert len(thresholds) == len(np.unique(scores)) + 1
-  assert plots.auc_from_curve(fpr, tpr) == pytest.approx(metrics.roc_auc(scores, positive),
-                                                         abs=1e-12)
-
-
-def test_roc_curve_with_one_class_is_undefined():
-  fpr, tpr, _ = plots.roc_curve(np.array([0.2, 0.7]), np.array([1, 1]))
-  np.testing.assert_allclose(tpr, [0, 0.5, 1])
-  assert np.isnan(fpr).all()
-  fpr, tpr, thresholds = plots.roc_curve(np.array([]), np.array([], bool))
-  assert thresholds.tolist() == [np.inf] and math.isnan(plots.auc_from_curve(fpr, tpr))
 
 
 def test_confusion_matrix_plot(tmp_path):

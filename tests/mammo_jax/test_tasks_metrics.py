@@ -1,5 +1,7 @@
 """Tasks (label maps, losses) and metrics against hand-computed cases."""
 
+import math
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -56,3 +58,45 @@ def test_constant_predictions_give_chance_auc_and_majority_accuracy():
   labels = np.array([0, 1, 2, 3, 3, 3, 3, 3])
   m = metrics.classification_metrics(probs, labels)
   assert m['accuracy'] == 5 / 8 and m['balanced_accuracy'] == 0.25 and m['auc'] == 0.5
+
+
+def test_roc_curve_matches_a_hand_computed_case():
+  fpr, tpr, thresholds = metrics.roc_curve(np.array([0.1, 0.4, 0.35, 0.8]),
+                                           np.array([0, 0, 1, 1]))
+  np.testing.assert_allclose(fpr, [0, 0, 0.5, 0.5, 1])
+  np.testing.assert_allclose(tpr, [0, 0.5, 0.5, 1, 1])
+  np.testing.assert_allclose(thresholds, [np.inf, 0.8, 0.4, 0.35, 0.1])
+  # Tied scores enter together: one diagonal segment.
+  fpr, tpr, thresholds = metrics.roc_curve(np.full(4, 0.3), np.array([1, 0, 1, 0]))
+  np.testing.assert_allclose(fpr, [0, 1])
+  np.testing.assert_allclose(tpr, [0, 1])
+  assert np.trapezoid(tpr, fpr) == 0.5 == metrics.roc_auc(np.full(4, 0.3), np.array([1, 0, 1, 0]))
+
+
+@pytest.mark.parametrize('seed', range(5))
+def test_trapezoid_auc_equals_mann_whitney_with_ties(seed):
+  rng = np.random.default_rng(seed)
+  n = int(rng.integers(5, 200))
+  positive = rng.random(n) < 0.4
+  positive[:2] = [True, False]
+  # Coarse rounding makes many ties, within and across the classes.
+  scores = np.round(rng.random(n) * 0.6 + 0.4 * positive, 1)
+  fpr, tpr, thresholds = metrics.roc_curve(scores, positive)
+  assert fpr[0] == tpr[0] == 0 and fpr[-1] == tpr[-1] == 1
+  assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
+  assert len(thresholds) == len(np.unique(scores)) + 1
+  assert np.trapezoid(tpr, fpr) == pytest.approx(metrics.roc_auc(scores, positive), abs=1e-12)
+
+
+def test_roc_curve_with_one_class_is_undefined():
+  fpr, tpr, _ = metrics.roc_curve(np.array([0.2, 0.7]), np.array([1, 1]))
+  np.testing.assert_allclose(tpr, [0, 0.5, 1])
+  assert np.isnan(fpr).all()
+  fpr, tpr, thresholds = metrics.roc_curve(np.array([]), np.array([], bool))
+  assert thresholds.tolist() == [np.inf]
+  assert math.isnan(metrics.roc_auc(np.array([]), np.array([], bool)))
+
+
+def test_confusion_matrix_counts_true_rows_and_predicted_columns():
+  m = metrics.confusion_matrix([0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 0, 2], 3)
+  np.testing.assert_array_equal(m, [[1, 1, 0], [0, 1, 0], [1, 0, 2]])

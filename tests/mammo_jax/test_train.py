@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mammo_jax import checkpointing, input_pipeline, parallel, tasks, train
+from mammo_jax import checkpointing, evaluation, input_pipeline, optimizers, parallel
+from mammo_jax import preprocessing, tasks, train
 from tests.conftest import ROOT, load_config
 
 
@@ -97,7 +98,7 @@ def test_masked_evaluation_counts_every_example_once(task_name, logits):
   state = train.create_train_state(jax.random.key(0), config, model, (8, 8, 1))
   labels = np.array([0, 1, 2, 3, 1, 1, 0, 3, 2, 1, 1], np.int32)  # 11: the last batch is padded
   data = {'image': np.zeros((11, 8, 8, 1), np.uint16), 'label': labels}
-  values, probs, target = train.evaluate(train.make_eval_step(task), state, data, 4, task)
+  values, probs, target = evaluation.evaluate(train.make_eval_step(task), state, data, 4, task)
   y = np.asarray(task.target(labels))
   if task.num_outputs == 1:
     p = 1 / (1 + np.exp(-logits[0]))
@@ -203,7 +204,7 @@ def test_config_arguments_and_unknown_fields():
     config.optimizer.lerning_rate = 1.0
   with pytest.raises(ValueError, match='unknown optimizer.name'):
     config.optimizer.name = 'adagrad'
-    train.create_optimizer(config)
+    optimizers.create_optimizer(config.optimizer)
 
 
 def test_every_registered_model_matches_a_task_in_some_config():
@@ -224,9 +225,9 @@ def test_l2_penalty_covers_every_kernel():
 
 def test_preprocess_scales_uint16_to_unit_interval():
   x = jnp.array([0, 32768, 65535], jnp.uint16)
-  np.testing.assert_allclose(train.preprocess(x, 'unit'), [0, 32768 / 65535, 1])
+  np.testing.assert_allclose(preprocessing.preprocess(x, 'unit'), [0, 32768 / 65535, 1])
   with pytest.raises(ValueError, match='unknown model.preprocess'):
-    train.preprocess(x, 'imagenet')
+    preprocessing.preprocess(x, 'imagenet')
 
 
 def test_batch_sizes_must_split_over_devices(monkeypatch):

@@ -1,0 +1,89 @@
+"""Exact evaluation of a split, and a run's final evaluation of its best checkpoint.
+
+Evaluation is padded and masked: the last batch is padded to the batch size, its padding is
+masked out on the host, so every example counts exactly once whatever the device count.
+Metrics come from the run's evaluator (mammo_jax.evaluators).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from mammo_jax import evaluators
+from mammo_jax import input_pipeline
+from mammo_jax import parallel
+from mammo_jax import plots
+from mammo_jax import tasks
+from mammo_jax import workdir as workdir_lib
+
+
+def evaluate(p_eval_step, state, data: dict[str, np.ndarray], batch_size: int,
+             task: tasks.Task, evaluator: evaluators.Evaluator | None = None
+             ) -> tuple[dict, np.ndarray, np.ndarray]:
+  """Exact metrics over every example of `data`; returns (metrics, probs, task labels)."""
+  evaluator = evaluator or evaluators.get_evaluator()
+  masks = []
+
+  def device_batches():  # the mask stays on the host; the step never needs it
+    for batch in input_pipeline.eval_batches(data, batch_size):
+      masks.append(batch.pop('mask'))
+      yield batch
+
+  losses, probs = [], []
+  for batch in parallel.prefetch(device_batches()):
+    out = p_eval_step(state, batch)
+    losses.append(parallel.unshard(out['loss']))
+    probs.append(parallel.unshard(out['probs']))
+  mask = np.concatenate(masks)
+  loss = np.concatenate(losses)[mask].astype(np.float64)
+  probs = np.concatenate(probs)[mask]
+  labels = np.asarray(task.target(data['label']))  # eval_batches keeps the order
+  result = evaluator.evaluate(probs, labels, task.class_names)
+  result['loss'] = float(loss.mean())
+  return result, probs, labels
+
+
+def final_evaluation(config, workdir, ckpt, state, loop, splits, p_eval_step, task, log, *,
+                     synthetic: bool, steps_per_epoch: int, param_counts: tuple[int, int],
+                     ids: dict[str, np.ndarray],
+                     without_baseline: dict[str, int] | None = None) -> dict:
+  """Evaluates the best-validation-loss checkpoint once on validation and test.
+
+  Writes results.json, the plots, and predictions.npz: per split, the example ids, the
+  class probabilities, the task labels and the 4-class labels, for ensembles and composites
+  (mammo_jax.ensemble), which combine runs without running their models again. Pair runs
+  also record `examples_without_baseline` per split: examples left out of training and of
+  every evaluation (their ids are not in predictions.npz either).
+  """
+  evaluator = evaluators.of_config(config)
+  best = ckpt.restore_best(state, loop['best_step'])
+  outputs, results = {}, {}
+  for split in workdir_lib.SPLITS:
+    values, probs, labels = evaluate(p_eval_step, best, splits[split], config.eval_batch_size,
+                                     task, evaluator)
+    results[split] = values
+    outputs[split] = (probs, labels)
+  log.write(loop['best_step'], 'test', results['test'], epoch=loop['best_epoch'],
+            checkpoint='best')
+  summary = {
+      'task': task.name, 'model': config.model.name, 'synthetic_data': synthetic,
+      'best_epoch': loop['best_epoch'], 'best_step': loop['best_step'],
+      'epochs_run': loop['epoch'], 'steps_run': int(state.step),
+      'steps_per_epoch': steps_per_epoch, 'stop_reason': loop['stop_reason'],
+      'trainable_params': param_counts[0], 'total_params': param_counts[1],
+      'examples': {s: int(len(d['label'])) for s, d in splits.items()},
+      **({} if without_baseline is None else {'examples_without_baseline': without_baseline}),
+      **results,
+  }
+  workdir_lib.write_predictions(workdir, ids, outputs,
+                                {s: splits[s]['label'] for s in workdir_lib.SPLITS})
+  workdir_lib.write_results(workdir, summary)  # last: marks the run finished
+  plots.write_run_plots(workdir, plots.read_metrics(log.path), outputs, task.class_names)
+  print(f'Best checkpoint: epoch {loop["best_epoch"]} (step {loop["best_step"]}); validation '
+        f'acc {results["validation"]["accuracy"]:.4f}, test acc '
+        f'{results["test"]["accuracy"]:.4f}, test AUC {results["test"]["auc"]:.4f}'
+        + (' [SYNTHETIC DATA]' if synthetic else ''), flush=True)
+  print(f'Results in {os.path.join(workdir, workdir_lib.RESULTS_JSON)}', flush=True)
+  return summary

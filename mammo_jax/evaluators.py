@@ -1,0 +1,59 @@
+"""Evaluator table: config.evaluator -> how a split's predictions become metrics.
+
+Runs (final evaluation and every validation), ensembles (each combination method) and the
+report all take their metrics from here, so a new evaluator (per-image AUC for whole
+mammograms, confidence intervals, ...) is one entry of EVALUATORS. An evaluator maps host
+arrays (class probabilities [N, K], labels [N], the task's class names) to a dict of
+JSON-ready metrics; `headline` names the scalar metrics that summaries and the report show
+first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from mammo_jax import metrics
+
+DEFAULT = 'classification'
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluator:
+  name: str
+  evaluate: Callable[[np.ndarray, np.ndarray, Sequence[str]], dict]
+  headline: tuple[str, ...]
+
+
+def _classification(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> dict:
+  return metrics.classification_metrics(probs, labels, class_names=tuple(class_names))
+
+
+EVALUATORS = {
+    'classification': Evaluator('classification', _classification,
+                                ('accuracy', 'balanced_accuracy', 'macro_f1', 'auc')),
+}
+
+
+def get_evaluator(name: str = DEFAULT) -> Evaluator:
+  if name not in EVALUATORS:
+    raise ValueError(f'unknown evaluator {name!r}; known: {", ".join(sorted(EVALUATORS))}')
+  return EVALUATORS[name]
+
+
+def of_config(config) -> Evaluator:
+  """The evaluator a run's config names (config.evaluator; the default when it has none)."""
+  return get_evaluator(config.get('evaluator', DEFAULT) or DEFAULT)
+
+
+def evaluate_decisions(evaluator: Evaluator, pred: np.ndarray, scores: np.ndarray | None,
+                       labels: np.ndarray, class_names: Sequence[str]) -> dict:
+  """Metrics of hard decisions `pred` (a vote breaks ties its own way), with the threshold-free
+  ones (AUC) from `scores` when the rule has them and undefined (NaN) otherwise."""
+  one_hot = np.eye(len(class_names))[np.asarray(pred)]  # its argmax is pred
+  result = evaluator.evaluate(one_hot, labels, class_names)
+  result['auc'] = (evaluator.evaluate(scores, labels, class_names)['auc']
+                   if scores is not None else float('nan'))
+  return result

@@ -1,0 +1,59 @@
+"""Stored uint16 patches -> model inputs: one path for training, validation and test.
+
+Training augments between `scale` and `finish`, where Keras's ImageDataGenerator applied the
+study's `preprocessing_function`: after the random transform (its fill values are grey values,
+not mean-subtracted ones). The reference study's defect D1 (a different preprocessing at test
+time, docs/REFERENCE_STUDY.md) cannot occur: every step calls these functions.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from mammo_jax import augment
+
+# Keras "caffe" preprocessing (keras.applications.vgg16.preprocess_input): RGB -> BGR, then
+# minus the ImageNet means in BGR order, no scaling. torchvision's: [0, 1], minus mean, over std.
+CAFFE_BGR_MEANS = (103.939, 116.779, 123.68)
+TORCH_RGB_MEAN, TORCH_RGB_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+PREPROCESS_MODES = ('unit', 'caffe', 'torch')
+
+
+def _unknown(mode: str) -> ValueError:
+  return ValueError(f'unknown model.preprocess {mode!r}; known: {", ".join(PREPROCESS_MODES)}')
+
+
+def scale(images: jnp.ndarray, mode: str) -> jnp.ndarray:
+  """Stored uint16 grey patches -> float grey images, the space augmentation works in."""
+  if mode in ('unit', 'torch'):  # the study's scratch / dual / siamese scaling, or torch's [0, 1]
+    return images.astype(jnp.float32) / 65535.0
+  if mode == 'caffe':  # the study's VGG16 input: uint16 / 256, roughly [0, 255]
+    return images.astype(jnp.float32) / 256.0
+  raise _unknown(mode)
+
+
+def finish(images: jnp.ndarray, mode: str) -> jnp.ndarray:
+  """Scaled (and possibly augmented) grey images -> model input."""
+  if mode == 'unit':
+    return images
+  rgb = jnp.repeat(images, 3, axis=-1)  # grey -> 3 channels, as the study's np.repeat
+  if mode == 'caffe':
+    return rgb[..., ::-1] - jnp.asarray(CAFFE_BGR_MEANS, jnp.float32)
+  if mode == 'torch':
+    return (rgb - jnp.asarray(TORCH_RGB_MEAN)) / jnp.asarray(TORCH_RGB_STD)
+  raise _unknown(mode)
+
+
+def preprocess(images: jnp.ndarray, mode: str) -> jnp.ndarray:
+  """Stored uint16 patches -> model input, for validation and test (and init shapes)."""
+  return finish(scale(images, mode), mode)
+
+
+def train_inputs(images: jnp.ndarray, keys: jax.Array | None, spec: augment.AugmentSpec,
+                 mode: str) -> jnp.ndarray:
+  """The training step's model input: preprocess() with augmentation in the middle."""
+  x = scale(images, mode)
+  if spec.enabled and keys is not None:
+    x = augment.augment_batch(keys, x, spec)
+  return finish(x, mode)

@@ -1,0 +1,41 @@
+"""Runner table: what `python -m mammo_jax.main` (and every ensemble member) does with a config.
+
+  train     train.train_and_evaluate: one model in one workdir (the default);
+  stages    pipeline.run: a chain of stages (feature extraction -> fine-tuning ...), each in
+            WORKDIR/STAGE; chosen by a config with `pipeline` set;
+  ensemble  ensemble.run: members trained or reused, then combined;
+  lr_range  lr_range.run: the learning-rate range test.
+Each maps to `run(config, workdir)`; modules are imported when their runner is asked for, so a
+config names a runner without importing the others. A new runner is one line here.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import ml_collections
+
+RUNNERS = {
+    'train': ('mammo_jax.train', 'train_and_evaluate'),
+    'stages': ('mammo_jax.pipeline', 'run'),
+    'ensemble': ('mammo_jax.ensemble', 'run'),
+    'lr_range': ('mammo_jax.lr_range', 'run'),
+}
+
+
+def runner_name(config: ml_collections.ConfigDict) -> str:
+  """config.runner, with a stage pipeline (config.pipeline set) run by 'stages'."""
+  name = config.get('runner', 'train')
+  return 'stages' if name == 'train' and config.get('pipeline') else name
+
+
+def get_runner(name: str):
+  if name not in RUNNERS:
+    raise ValueError(f'unknown config.runner {name!r}; known: {", ".join(RUNNERS)}')
+  module, function = RUNNERS[name]
+  return getattr(importlib.import_module(module), function)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str):
+  """Runs config with the runner it names, in workdir; returns what the runner returns."""
+  return get_runner(runner_name(config))(config, workdir)

@@ -1,0 +1,88 @@
+"""A fresh run's starting parameters: another run's best checkpoint, or pretrained weights.
+
+`config.init_from` (a workdir, or '@STAGE' for the sibling workdir STAGE, which is how pipeline
+stages chain) restores every parameter and batch statistic of that run's best checkpoint; it
+takes precedence over `config.model.pretrained`, which the model family's own loader merges
+(models.REGISTRY's `family`: `check_pretrained(spec)` and `load(params, spec, ...)`). Merges
+are strict: names or shapes that differ raise, listing the differences and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+from mammo_jax import checkpointing
+from mammo_jax import models
+from mammo_jax import workdir as workdir_lib
+
+
+def resolve_init_from(init_from: str, workdir: str) -> str:
+  """'@STAGE' -> the sibling workdir STAGE (pipeline stages live side by side)."""
+  if init_from.startswith('@'):
+    return os.path.join(os.path.dirname(os.path.abspath(workdir)), init_from[1:])
+  return init_from
+
+
+def _family(config: ml_collections.ConfigDict):
+  family = models.family_of(config.model.name)
+  if family is None:
+    loaders = sorted(n for n, e in models.REGISTRY.items() if e.family)
+    raise ValueError(f'model.pretrained applies to models with pretrained weights '
+                     f'({", ".join(loaders)}), not {config.model.name}')
+  return family
+
+
+def check_sources(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Fails fast, before data preparation, on a fresh run's missing or unusable start."""
+  if config.model.pretrained:
+    family = _family(config)
+  if workdir_lib.has_checkpoint(workdir):
+    return  # resuming: the checkpoint holds the starting point already
+  if config.init_from:
+    source = resolve_init_from(config.init_from, workdir)
+    if not workdir_lib.is_finished(source):
+      raise FileNotFoundError(
+          f'init_from={config.init_from}: {source} holds no finished run (no results.json). '
+          f'Run that stage to the end first, in that workdir, or run the whole chain with '
+          f'the config\'s :pipeline argument.')
+  elif config.model.pretrained:
+    family.check_pretrained(config.model.pretrained)
+
+
+def _merge(target, loaded, source: str, fix: str):
+  """Strict merge whose error names where the values came from and what to change."""
+  from mammo_jax.weights import merge  # pylint: disable=g-import-not-at-top
+  try:
+    return merge.merge_params(target, loaded)
+  except ValueError as e:
+    raise ValueError(f'{source}: {e}\n{fix}') from None
+
+
+def warm_start(config: ml_collections.ConfigDict, workdir: str, state):
+  """state with its starting parameters replaced as config.init_from or model.pretrained say."""
+  params, batch_stats = state.params, state.batch_stats
+  if config.init_from:
+    source = os.path.abspath(resolve_init_from(config.init_from, workdir))
+    best_params, best_stats, best_step = checkpointing.best_variables(source)
+    what = f'init_from={config.init_from} ({source}, best step {best_step})'
+    fix = ('The model (model.name, model.fc, the task) must be the one that run trained; '
+           'compare its config.json.')
+    params = _merge(params, best_params, what, fix)
+    if (batch_stats is None) != (best_stats is None):
+      raise ValueError(f'{what}: one of the two models has batch norm and the other not. {fix}')
+    if batch_stats is not None:
+      batch_stats = _merge(batch_stats, best_stats, what, fix)
+    print(f'Parameters initialised from the best checkpoint of {source} (step {best_step})',
+          flush=True)
+    workdir_lib.write_init_from(workdir, source)
+  elif config.model.pretrained:
+    cache = os.path.join(config.data.cache_dir, 'weights') if config.data.cache_dir else None
+    params, meta = _family(config).load(
+        params, config.model.pretrained, preprocess=config.model.preprocess, cache_dir=cache,
+        dont_load=config.model.get('dont_load', ''))
+    print(f'{config.model.name} initialised from {config.model.pretrained} '
+          f'({meta.get("format")}, source sha256 {str(meta.get("source_sha256"))[:12]})',
+          flush=True)
+  return state.replace(params=params, batch_stats=batch_stats)

@@ -1,0 +1,1 @@
+"""TEMP (replaced by the weights branch)."""
