@@ -120,7 +120,6 @@ def _disk_path(f: File, layout: str, stamp: str) -> str:
           f'1-{f.index_in_series + 1}.dcm')
 
 
-
 def assign_files(images: list[Image], seed: int, quirk_rate: float, layout: str) -> None:
   """Gives every file of the plan its UIDs and paths; notes study folders without 'NA'."""
   stamp = _assign_uids(images, seed, quirk_rate)

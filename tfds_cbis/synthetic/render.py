@@ -307,4 +307,3 @@ def render_lesion(rng: np.random.Generator, lesion: Lesion, breast: Breast, take
     scale = max(scale * 0.8, 0.1)
   raise RuntimeError(f'cannot place lesion {lesion.abn_id} in a {h}x{w} image; '
                      'use a larger image_shape')
-

@@ -116,7 +116,6 @@ def _crop(rng: np.random.Generator, image: np.ndarray, bbox: list[int]) -> np.nd
   return image[max(y0 - m[0], 0):y1 + m[1], max(x0 - m[2], 0):x1 + m[3]].copy()
 
 
-
 def _csv_cells(img: Image, row: Row) -> list[str]:
   les = row.lesion
   return [img.patient_id, str(img.density), img.breast, img.view, str(les.abn_id),
@@ -202,7 +201,6 @@ def manifest_counts(images: list[Image]) -> dict:
           'abnormalities': len(rows), 'files': len(images) + 2 * len(rows),
           'per_split': per_split, 'pathology': pathology, 'csv_rows': csv_rows,
           'quirks': quirks}
-
 
 
 def write_manifest(out_dir: str, manifest: dict) -> None:
