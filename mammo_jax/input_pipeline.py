@@ -20,8 +20,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 import tfds_cbis  # noqa: F401  (registers cbis_ddsm)
+from tfds_cbis import build_report as cbis_report
 from tfds_cbis import synthetic
-from tfds_cbis.cbis_ddsm import cbis_ddsm_dataset_builder as cbis_builder
 
 SYNTHETIC_BANNER = """
 ************************************************************************************
@@ -71,7 +71,7 @@ def prepare_builder(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder
 
 def build_report(builder: tfds.core.DatasetBuilder) -> dict | None:
   """The JSON report the cbis_ddsm builder writes beside the prepared dataset."""
-  path = epath.Path(builder.data_dir) / cbis_builder.REPORT_NAME  # local or gs://
+  path = epath.Path(builder.data_dir) / cbis_report.REPORT_NAME  # local or gs://
   if not path.exists():
     return None
   return json.loads(path.read_text())
@@ -93,7 +93,7 @@ def describe(builder: tfds.core.DatasetBuilder) -> str:
     lines.append(f'  patients: {report.get("patients")}; excluded from train/validation '
                  f'(also in the official test CSVs): {len(report.get("excluded_patients", []))}')
     lines.append(f'  skipped: {report.get("skip_counts") or "nothing"} '
-                 f'(details in {cbis_builder.REPORT_NAME})')
+                 f'(details in {cbis_report.REPORT_NAME})')
   return '\n'.join(lines)
 
 

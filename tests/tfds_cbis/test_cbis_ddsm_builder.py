@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from tfds_cbis import build_report
 from tfds_cbis import cases
 from tfds_cbis import dicom
 from tfds_cbis import geometry
@@ -63,7 +64,7 @@ def examples(builder):
 
 
 def report(builder):
-  with open(os.path.join(builder.data_dir, builder_lib.REPORT_NAME)) as f:
+  with open(os.path.join(builder.data_dir, build_report.REPORT_NAME)) as f:
     return json.load(f)
 
 
@@ -372,7 +373,7 @@ def test_tfds_build_cli(trees, roi, tmp_path):
       env=env, capture_output=True, text=True, timeout=600, check=False)
   assert done.returncode == 0, done.stderr[-3000:]
   rep = json.loads(
-      (tmp_path / 'cbis_ddsm' / 'roi150' / '1.0.0' / builder_lib.REPORT_NAME).read_text())
+      (tmp_path / 'cbis_ddsm' / 'roi150' / '1.0.0' / build_report.REPORT_NAME).read_text())
   assert rep['examples'] == roi[2]['examples']  # the NBIA tree through the CLI = classic
 
 

@@ -1,19 +1,16 @@
 """TFDS builder `cbis_ddsm`: CBIS-DDSM patch datasets straight from the TCIA DICOM download.
 
-The heavy lifting is in plain modules (cases, index, splits, patches, geometry); this file
-declares the configs and features and wires the pieces into TFDS, with or without Beam.
+The heavy lifting is in plain modules (build_plan, build_report, pool, patches and below); this
+file declares the configs and features and wires the pieces into TFDS, with or without Beam.
 """
 
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import dataclasses
 import functools
 import json
-import multiprocessing
 import os
-import sys
 from collections.abc import Iterator
 
 from absl import logging
@@ -21,10 +18,12 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from tfds_cbis import build_plan
+from tfds_cbis import build_report
 from tfds_cbis import cases as cases_lib
-from tfds_cbis import index as index_lib
 from tfds_cbis import patches
-from tfds_cbis import splits as splits_lib
+from tfds_cbis import pool as pool_lib
+from tfds_cbis import strict_json
 
 _HOMEPAGE = 'https://www.cancerimagingarchive.net/collection/cbis-ddsm/'
 _CITATION = """\
@@ -43,8 +42,6 @@ _CITATION = """\
   journal = {Scientific Data}, volume = {4}, pages = {170177}, year = {2017},
 }
 """
-REPORT_NAME = 'build_report.json'
-SPLITS = ('train', 'validation', 'test')
 
 
 @dataclasses.dataclass(eq=False)
@@ -78,6 +75,10 @@ S10_224 = CbisDdsmConfig(
     spec=patches.PatchSpec(mode='sampled', patch_size=224))
 
 
+_WORKER_DIED = ('cbis_ddsm: a worker process died while reading mammograms (out of memory?); '
+                'build again with fewer workers, e.g. TFDS_CBIS_WORKERS=1')
+
+
 class Builder(tfds.core.GeneratorBasedBuilder):
   """CBIS-DDSM abnormality patches read directly from the DICOM files."""
 
@@ -106,7 +107,7 @@ manual_dir when all four are there, else from the official copies shipped with t
     env_workers = os.environ.get('TFDS_CBIS_WORKERS')
     if num_workers is None and env_workers:
       num_workers = int(env_workers)
-    self._num_workers = (os.cpu_count() or 1) if num_workers is None else num_workers
+    self._num_workers = pool_lib.worker_count(num_workers)
     self._download_config = None
     self._report: dict = {}
     self._pool = None
@@ -168,13 +169,14 @@ manual_dir when all four are there, else from the official copies shipped with t
       super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config)
     except Exception:
       if self._report:  # the prepared folder is discarded: keep the skips in the log at least
-        log_summary(finish_report(self._report), 'not written: the build failed')
+        build_report.log_summary(build_report.finish_report(self._report),
+                                 'not written: the build failed')
       raise
     finally:
       if self._pool is not None:
         self._pool.shutdown(cancel_futures=True)
         self._pool = None
-    self._write_report()
+    build_report.write_report(self._report, self.data_dir)
 
   @property
   def _use_beam(self) -> bool:
@@ -183,10 +185,11 @@ manual_dir when all four are there, else from the official copies shipped with t
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     manual_dir = os.fspath(dl_manager.manual_dir)
-    tasks, report = plan_build(manual_dir, self.builder_config)
+    tasks, report = build_plan.plan_build(manual_dir, self.builder_config,
+                                          self.MANUAL_DOWNLOAD_INSTRUCTIONS)
     self._report = report
     generators = {}
-    for split in SPLITS:
+    for split in build_plan.SPLITS:
       if tasks[split]:
         generators[split] = self._generate_examples(split, tasks[split])
       else:
@@ -206,10 +209,11 @@ manual_dir when all four are there, else from the official copies shipped with t
                         spec: patches.PatchSpec) -> Iterator[tuple[str, dict]]:
     counts = self._report['counts'].setdefault(split, collections.Counter())
     process = functools.partial(patches.process, spec=spec)
-    if self._pool is None and self._num_workers > 1:
-      self._pool = _worker_pool(self._num_workers)
+    if self._pool is None and self._num_workers > 1:  # one pool per build, for every split
+      self._pool = pool_lib.executor(self._num_workers)
     yielded, skips = 0, []
-    for result in _imap(process, tasks, self._pool, self._num_workers):
+    for result in pool_lib.imap(process, tasks, self._pool, self._num_workers,
+                                on_worker_death=_WORKER_DIED):
       skips.extend(s.to_json() for s in result.skips)
       if result.without_baseline:
         counts['without_baseline'] += result.without_baseline
@@ -236,52 +240,12 @@ manual_dir when all four are there, else from the official copies shipped with t
       split, name = counter.key.metric.name.split('/', 1)
       counts = self._report['counts'].setdefault(split, collections.Counter())
       counts[name] += counter.committed if counter.committed is not None else counter.attempted
-    for split in SPLITS:
+    for split in build_plan.SPLITS:
       path = epath.Path(self.data_dir) / f'skips-{split}.jsonl'
       if path.exists():
         self._report['skips'].extend(
             json.loads(line) for line in path.read_text().splitlines() if line.strip())
         path.unlink()
-
-  def _write_report(self) -> None:
-    report = finish_report(self._report)
-    path = epath.Path(self.data_dir) / REPORT_NAME  # data_dir may be a gs:// bucket
-    path.write_text(json.dumps(report, indent=1, sort_keys=True))
-    log_summary(report, os.fspath(path))
-
-
-def _worker_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
-  """Worker processes for `patches.process`, created once per build, before any split is
-  written. A worker that dies (e.g. killed for memory) fails the build instead of hanging it.
-
-  Fork, where the platform has it: spawn and forkserver re-import the caller's main module in
-  every worker, which breaks scripts without an `if __name__ == '__main__'` guard and stdin or
-  notebook sessions. Forking a process that runs TensorFlow threads is safe here because the
-  workers never call into TensorFlow (only numpy, PIL and pydicom).
-  """
-  method = 'fork' if sys.platform.startswith('linux') else 'spawn'
-  return concurrent.futures.ProcessPoolExecutor(
-      workers, mp_context=multiprocessing.get_context(method))
-
-
-def _imap(fn, items, pool, workers: int) -> Iterator:
-  """Ordered map with a bounded number of results in flight, so memory stays flat when
-  writing is slower than reading."""
-  if pool is None:
-    yield from map(fn, items)
-    return
-  pending = collections.deque()
-  try:
-    for item in items:
-      pending.append(pool.submit(fn, item))
-      if len(pending) >= 2 * workers:
-        yield pending.popleft().result()
-    while pending:
-      yield pending.popleft().result()
-  except concurrent.futures.process.BrokenProcessPool as e:
-    raise RuntimeError(
-        'cbis_ddsm: a worker process died while reading mammograms (out of memory?); '
-        'build again with fewer workers, e.g. TFDS_CBIS_WORKERS=1') from e
 
 
 def _beam_transform(split: str, tasks: list[patches.ImageTask], spec: patches.PatchSpec,
@@ -304,83 +268,9 @@ def _beam_transform(split: str, tasks: list[patches.ImageTask], spec: patches.Pa
                | 'Reshuffle' >> beam.Reshuffle()
                | 'Process' >> beam.Map(patches.process, spec=spec))
     _ = (results
-         | 'Skips' >> beam.FlatMap(lambda r: [json.dumps(s.to_json()) for s in r.skips])
+         | 'Skips' >> beam.FlatMap(lambda r: [strict_json.dumps(s.to_json()) for s in r.skips])
          | 'WriteSkips' >> beam.io.WriteToText(skip_path, num_shards=1,
                                                shard_name_template=''))
     return results | 'Examples' >> beam.FlatMap(count_and_emit)
 
   return generate()  # pylint: disable=no-value-for-parameter
-
-
-def plan_build(manual_dir: str, config: CbisDdsmConfig) -> tuple[dict, dict]:
-  """Reads the CSVs and DICOM headers, assigns splits and lists the work per split.
-
-  Raises ValueError naming manual_dir when it holds no CBIS-DDSM image at all.
-  """
-  if not os.path.isdir(manual_dir):
-    raise FileNotFoundError(f'manual_dir {manual_dir} does not exist. '
-                            + Builder.MANUAL_DOWNLOAD_INSTRUCTIONS)
-  logging.info('cbis_ddsm: indexing DICOM headers under %s', manual_dir)
-  index = index_lib.build_index(manual_dir)
-  csv_paths, csv_source = cases_lib.find_csvs(manual_dir, index.other_files)
-  all_cases = cases_lib.load_cases(csv_paths)
-  plan = splits_lib.plan_splits(all_cases, config.validation_fraction)
-  tasks = {s: [] for s in SPLITS}
-  skips: list[patches.Skip] = []
-  found_images = 0
-  for case in all_cases:
-    split = plan.split_of.get(case.subject)
-    if split is None:
-      continue  # an official-train image of a patient who is in the test CSVs
-    task, case_skips = patches.resolve(case, split, index)
-    skips.extend(case_skips)
-    if task is not None:
-      tasks[split].append(task)
-    found_images += bool(index.files(case.image.series_key))
-  if found_images == 0:
-    raise ValueError(
-        f'manual_dir {manual_dir} holds no CBIS-DDSM image of the CSVs: {index.num_files} '
-        f'readable .dcm files, {len(index.unreadable)} unreadable, none whose Study/Series UIDs '
-        f'match a CSV image path (CSVs: {csv_source}). Expected the TCIA download, e.g. '
-        'CBIS-DDSM/<Subject>/.../1-1.dcm (NBIA) or CBIS-DDSM/<Subject>/<StudyUID>/<SeriesUID>/'
-        '000000.dcm (classic). If you use your own CSVs, put all four in manual_dir.')
-  report = {
-      'manual_dir': manual_dir,
-      'config': config.name,
-      'csv_source': csv_source,
-      'csv_sha256': {os.path.basename(p): cases_lib.sha256_of(p) for p in csv_paths.values()},
-      'dicom_files': index.num_files,
-      'unreadable_files': index.unreadable,
-      'images_in_csvs': len(all_cases),
-      'abnormalities_in_csvs': sum(len(c.abnormalities) for c in all_cases),
-      'excluded_patients': plan.excluded_patients,
-      'excluded_images': plan.excluded_subjects,
-      'patients': plan.patients,
-      'skips': [s.to_json() for s in skips],
-      'counts': {},
-  }
-  logging.info('cbis_ddsm: %d images planned (%s); %d patients of the official test CSVs '
-               'excluded from train/validation', sum(len(t) for t in tasks.values()),
-               ', '.join(f'{s} {len(t)}' for s, t in tasks.items()),
-               len(plan.excluded_patients))
-  return tasks, report
-
-
-def finish_report(report: dict) -> dict:
-  """Adds totals; counts become plain dicts (labels, 'without_baseline')."""
-  report = dict(report)
-  report['counts'] = {s: dict(sorted(c.items())) for s, c in report.get('counts', {}).items()}
-  report['examples'] = {s: sum(v for k, v in c.items() if k != 'without_baseline')
-                        for s, c in report['counts'].items()}
-  report['skip_counts'] = dict(collections.Counter(s['reason'] for s in report.get('skips', [])))
-  report['skips'] = sorted(report.get('skips', []),
-                           key=lambda s: (s['split'], s['subject'], s['abnormality_id'] or 0))
-  return report
-
-
-def log_summary(report: dict, path: str) -> None:
-  logging.info(
-      'cbis_ddsm build: examples %s; skipped %s; %d patients excluded from train/validation '
-      'because they appear in the official test CSVs; full report: %s',
-      report['examples'], report['skip_counts'] or 'nothing',
-      len(report['excluded_patients']), path)

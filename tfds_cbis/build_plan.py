@@ -1,0 +1,83 @@
+"""The cbis_ddsm build's plan: which CSV image goes to which split, and what is skipped.
+
+Driver side, headers only: reads the CSVs and indexes the DICOM headers under manual_dir,
+assigns patient-level splits and resolves each image to an `ImageTask`. The report it starts
+(`build_report`) records the inputs, exclusions and skips. No TensorFlow here.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from absl import logging
+
+from tfds_cbis import cases as cases_lib
+from tfds_cbis import index as index_lib
+from tfds_cbis import patches
+from tfds_cbis import splits as splits_lib
+
+SPLITS = ('train', 'validation', 'test')
+
+
+def plan_build(manual_dir: str, config: Any, instructions: str = '') -> tuple[dict, dict]:
+  """Reads the CSVs and DICOM headers, assigns splits and lists the work per split.
+
+  Args:
+    manual_dir: the CBIS-DDSM download.
+    config: the builder config (its `name` and `validation_fraction` are used).
+    instructions: appended to the error when manual_dir does not exist.
+
+  Returns:
+    ({split: [ImageTask]}, the build report so far: inputs, exclusions, skips).
+
+  Raises:
+    FileNotFoundError: manual_dir does not exist.
+    ValueError: manual_dir holds no CBIS-DDSM image of the CSVs at all.
+  """
+  if not os.path.isdir(manual_dir):
+    raise FileNotFoundError(f'manual_dir {manual_dir} does not exist. ' + instructions)
+  logging.info('cbis_ddsm: indexing DICOM headers under %s', manual_dir)
+  index = index_lib.build_index(manual_dir)
+  csv_paths, csv_source = cases_lib.find_csvs(manual_dir, index.other_files)
+  all_cases = cases_lib.load_cases(csv_paths)
+  plan = splits_lib.plan_splits(all_cases, config.validation_fraction)
+  tasks = {s: [] for s in SPLITS}
+  skips: list[patches.Skip] = []
+  found_images = 0
+  for case in all_cases:
+    split = plan.split_of.get(case.subject)
+    if split is None:
+      continue  # an official-train image of a patient who is in the test CSVs
+    task, case_skips = patches.resolve(case, split, index)
+    skips.extend(case_skips)
+    if task is not None:
+      tasks[split].append(task)
+    found_images += bool(index.files(case.image.series_key))
+  if found_images == 0:
+    raise ValueError(
+        f'manual_dir {manual_dir} holds no CBIS-DDSM image of the CSVs: {index.num_files} '
+        f'readable .dcm files, {len(index.unreadable)} unreadable, none whose Study/Series UIDs '
+        f'match a CSV image path (CSVs: {csv_source}). Expected the TCIA download, e.g. '
+        'CBIS-DDSM/<Subject>/.../1-1.dcm (NBIA) or CBIS-DDSM/<Subject>/<StudyUID>/<SeriesUID>/'
+        '000000.dcm (classic). If you use your own CSVs, put all four in manual_dir.')
+  report = {
+      'manual_dir': manual_dir,
+      'config': config.name,
+      'csv_source': csv_source,
+      'csv_sha256': {os.path.basename(p): cases_lib.sha256_of(p) for p in csv_paths.values()},
+      'dicom_files': index.num_files,
+      'unreadable_files': index.unreadable,
+      'images_in_csvs': len(all_cases),
+      'abnormalities_in_csvs': sum(len(c.abnormalities) for c in all_cases),
+      'excluded_patients': plan.excluded_patients,
+      'excluded_images': plan.excluded_subjects,
+      'patients': plan.patients,
+      'skips': [s.to_json() for s in skips],
+      'counts': {},
+  }
+  logging.info('cbis_ddsm: %d images planned (%s); %d patients of the official test CSVs '
+               'excluded from train/validation', sum(len(t) for t in tasks.values()),
+               ', '.join(f'{s} {len(t)}' for s, t in tasks.items()),
+               len(plan.excluded_patients))
+  return tasks, report
