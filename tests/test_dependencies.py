@@ -189,7 +189,8 @@ _IMPORT_ALL = textwrap.dedent("""
           record(info.name)
         except Exception as e:
           record(info.name, e)
-    print(json.dumps({'imported': imported, 'failed': failed}))
+    files = {name: getattr(sys.modules.get(name), '__file__', None) for name in sys.argv[3:]}
+    print(json.dumps({'imported': imported, 'failed': failed, 'files': files}))
     """)
 
 
@@ -205,5 +206,7 @@ def test_every_module_imports_without_the_extras():
   assert result.returncode == 0, result.stderr[-4000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])
   assert not report['failed'], json.dumps(report['failed'], indent=1)
+  for package, path in report['files'].items():  # this checkout's, not another install's
+    assert path and pathlib.Path(path).is_relative_to(ROOT), (package, path)
   for package in PACKAGES:  # the walk found more than the package itself
     assert sum(name.startswith(package + '.') for name in report['imported']) >= 3, report
