@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from mammo_jax import ensemble, pipeline, train
+from mammo_jax import ensemble_rules as rules
 from tests.conftest import load_config
 
 
@@ -29,7 +30,7 @@ def test_vote_majority_and_the_studys_tie_break():
                     [1, 0, 0, 1, 1],
                     [2, 1, 0, 1, 0],
                     [3, 3, 3, 0, 0]])
-  pred, fractions = ensemble.vote(one_hot_probs(votes, 4))
+  pred, fractions = rules.vote(one_hot_probs(votes, 4))
   # Example 0: two votes for 1. 1: four different votes -> member 0's (2). 2: 3 and 0 two
   # each -> 3, member 0's. 3: 0 and 1 two each -> 0, member 0's. 4: two votes for 0 beat
   # member 0's lone 2.
@@ -41,7 +42,7 @@ def test_vote_equals_counter_most_common_on_random_votes():
   rng = np.random.default_rng(0)
   for members in (2, 3, 4, 5):
     votes = rng.integers(0, 4, size=(members, 300))
-    pred, _ = ensemble.vote(one_hot_probs(votes, 4))
+    pred, _ = rules.vote(one_hot_probs(votes, 4))
     expected = [collections.Counter(votes[:, i].tolist()).most_common(1)[0][0]
                 for i in range(300)]
     assert pred.tolist() == expected
@@ -50,16 +51,16 @@ def test_vote_equals_counter_most_common_on_random_votes():
 def test_binary_vote_uses_p_above_one_half():
   p1 = np.array([[0.5, 0.51, 0.2], [0.5, 0.49, 0.9], [0.6, 0.7, 0.1]])  # [members, examples]
   probs = np.stack([1 - p1, p1], -1)
-  pred, _ = ensemble.vote(probs)
+  pred, _ = rules.vote(probs)
   assert pred.tolist() == [0, 1, 0]  # p = 0.5 votes 0, as Keras's predict_classes
 
 
 def test_average_and_a_member_listed_twice_counts_twice():
   a = np.array([[0.9, 0.1], [0.4, 0.6]])
   b = np.array([[0.2, 0.8], [0.8, 0.2]])
-  np.testing.assert_allclose(ensemble.average([a, b]), [[0.55, 0.45], [0.6, 0.4]])
-  np.testing.assert_allclose(ensemble.average([a, b, b]), [[1.3 / 3, 1.7 / 3], [2 / 3, 1 / 3]])
-  np.testing.assert_allclose(ensemble.average([a, b], [1, 2]), ensemble.average([a, b, b]))
+  np.testing.assert_allclose(rules.average([a, b]), [[0.55, 0.45], [0.6, 0.4]])
+  np.testing.assert_allclose(rules.average([a, b, b]), [[1.3 / 3, 1.7 / 3], [2 / 3, 1 / 3]])
+  np.testing.assert_allclose(rules.average([a, b], [1, 2]), rules.average([a, b, b]))
 
 
 def study_grid(step=0.1):
@@ -74,15 +75,15 @@ def study_grid(step=0.1):
 
 
 def test_simplex_grid_has_the_studys_286_combinations_in_its_order():
-  grid = ensemble.simplex_grid(4, 0.1)
+  grid = rules.simplex_grid(4, 0.1)
   assert grid.shape == (286, 4)
   np.testing.assert_allclose(grid, study_grid(), atol=1e-9)
   np.testing.assert_allclose(grid.sum(1), 1)
   assert grid[0].tolist() == [0, 0, 0, 1] and grid[-1].tolist() == [1, 0, 0, 0]
-  assert len(ensemble.simplex_grid(2)) == 11 and len(ensemble.simplex_grid(5)) == 1001
-  assert ensemble.simplex_grid(1).tolist() == [[1.0]]
+  assert len(rules.simplex_grid(2)) == 11 and len(rules.simplex_grid(5)) == 1001
+  assert rules.simplex_grid(1).tolist() == [[1.0]]
   with pytest.raises(ValueError, match='step dividing 1'):
-    ensemble.simplex_grid(3, 0.3)
+    rules.simplex_grid(3, 0.3)
 
 
 def test_grid_search_hand_case_takes_the_first_best():
@@ -90,7 +91,7 @@ def test_grid_search_hand_case_takes_the_first_best():
   # 0.8 - 0.4a (ex 1, label 1: right for a <= 0.7), 0.55 - 0.35a (ex 2, label 1: a <= 0.1).
   a = np.array([[0.9, 0.1], [0.6, 0.4], [0.8, 0.2]])
   b = np.array([[0.3, 0.7], [0.2, 0.8], [0.45, 0.55]])
-  weights, accuracy, accuracies = ensemble.grid_search(np.stack([a, b]), np.array([0, 1, 1]))
+  weights, accuracy, accuracies = rules.grid_search(np.stack([a, b]), np.array([0, 1, 1]))
   np.testing.assert_allclose(accuracies * 3, [2, 2, 1, 1, 2, 2, 2, 2, 1, 1, 1])
   assert weights.tolist() == [0.0, 1.0] and accuracy == pytest.approx(2 / 3)  # first of six
 
@@ -99,7 +100,7 @@ def test_grid_search_matches_the_studys_loop_on_random_members():
   rng = np.random.default_rng(1)
   probs = rng.dirichlet(np.ones(4), size=(4, 60))
   labels = rng.integers(0, 4, 60)
-  weights, accuracy, _ = ensemble.grid_search(probs, labels)
+  weights, accuracy, _ = rules.grid_search(probs, labels)
   best, best_w = -1.0, None
   for w in study_grid():  # the study's rule: strictly better replaces
     acc = np.mean(np.einsum('m,mnk->nk', w, probs).argmax(-1) == labels)
@@ -113,8 +114,8 @@ def test_composite_threshold_and_product_hand_cases():
   type_probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [0.7, 0.3], [0.5, 0.5]])
   severity = np.array([[0.3, 0.7], [0.6, 0.4], [0.1, 0.9], [0.8, 0.2], [0.5, 0.5]])
   # label = 2 * calcification + malignant; p = 0.5 is not above the threshold.
-  assert ensemble.composite_threshold(type_probs, severity).tolist() == [1, 2, 3, 0, 0]
-  product = ensemble.composite_product(type_probs, severity)
+  assert rules.composite_threshold(type_probs, severity).tolist() == [1, 2, 3, 0, 0]
+  product = rules.composite_product(type_probs, severity)
   np.testing.assert_allclose(product[0], [0.27, 0.63, 0.03, 0.07])
   np.testing.assert_allclose(product[1], [0.12, 0.08, 0.48, 0.32])
   np.testing.assert_allclose(product.sum(1), 1)
@@ -153,21 +154,21 @@ def test_weights_are_chosen_on_validation_and_test_labels_change_nothing(monkeyp
   assert list(inspect.signature(ensemble.fit).parameters) == ['method', 'validation',
                                                                'grid_step']
   chosen = ensemble.fit(method, val)
-  np.testing.assert_array_equal(chosen, ensemble.grid_search(np.stack(list(val.probs.values())),
-                                                             val.label4)[0])
+  np.testing.assert_array_equal(
+      chosen, rules.grid_search(np.stack(list(val.probs.values())), val.label4)[0])
   seen = []
-  real_search = ensemble.grid_search
-  monkeypatch.setattr(ensemble, 'grid_search',
+  real_search = rules.grid_search
+  monkeypatch.setattr(rules, 'grid_search',
                       lambda probs, labels, step: seen.append(labels) or real_search(
                           probs, labels, step))
   # Test labels that make other weights best on the test split: the choice must not move.
   for favourite in ([0, 0, 0, 1], [1, 0, 0, 0], [0, 0.5, 0.5, 0]):
-    labels = ensemble.average(test_probs, favourite).argmax(-1)
+    labels = rules.average(test_probs, favourite).argmax(-1)
     assert not np.allclose(real_search(test_probs, labels, 0.1)[0], chosen)
     test = split_outputs(test_probs, labels)
     (entry,) = ensemble.evaluate_methods([method], {'validation': val, 'test': test}, 0.1)
     np.testing.assert_allclose(entry['weights'], chosen)
-    pred = ensemble.average(test_probs, chosen).argmax(-1)
+    pred = rules.average(test_probs, chosen).argmax(-1)
     assert entry['test']['accuracy'] == pytest.approx(np.mean(pred == labels))
   assert len(seen) == 3  # one search per run, on the validation labels only
   assert all(np.array_equal(labels, val.label4) for labels in seen)

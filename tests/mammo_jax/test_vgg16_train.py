@@ -89,7 +89,8 @@ def test_stage_trainable_parameters_equal_the_study(name, stage):
   assert trainable == STUDY_TRAINABLE[name, stage]
   assert total - n_params(params['fc']) - n_params(params['logits']) == 14_714_688
   # The optimizer keeps state (RMSprop's second moments) for trainable parameters only.
-  tx = freezing.masked_optimizer(optimizers.create_optimizer(config.optimizer), params, config.model.trainable)
+  tx = freezing.masked_optimizer(optimizers.create_optimizer(config.optimizer), params,
+                                 config.model.trainable)
   opt_state = jax.eval_shape(tx.init, params)
   assert n_params(opt_state) == trainable + 1  # + the step count of the LR schedule
 
@@ -167,8 +168,9 @@ def test_train_and_eval_inputs_are_identical_and_equal_keras_caffe_preprocessing
   assert flips.enabled
   for seed in range(3):
     keys = jax.random.split(jax.random.key(seed), 3)
-    np.testing.assert_allclose(preprocessing.train_inputs(jnp.asarray(symmetric), keys, flips, 'caffe'),
-                               preprocessing.preprocess(jnp.asarray(symmetric), 'caffe'), atol=1e-4)
+    np.testing.assert_allclose(
+        preprocessing.train_inputs(jnp.asarray(symmetric), keys, flips, 'caffe'),
+        preprocessing.preprocess(jnp.asarray(symmetric), 'caffe'), atol=1e-4)
   # Channel 0 is blue minus the blue mean (Keras reverses RGB); grey makes B = G = R.
   np.testing.assert_allclose(eval_x[..., 0] - eval_x[..., 2], 123.68 - 103.939, atol=1e-4)
 
