@@ -108,8 +108,7 @@ def same_config(config: ml_collections.ConfigDict, workdir: str) -> bool:
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  with open(os.path.join(workdir, CONFIG_JSON), 'w') as f:
-    f.write(config.to_json_best_effort(indent=1, sort_keys=True))
+  write_json(os.path.join(workdir, CONFIG_JSON), config_dict(config))
 
 
 def check_and_write_config(config: ml_collections.ConfigDict, workdir: str,

@@ -50,6 +50,23 @@ def test_smoke_run_per_family_writes_every_output(tmp_path, data_cache, name, ar
       summary['examples']['test'],)
   results = json.load(open(os.path.join(workdir, 'results.json')))
   assert results['best_step'] in {r['step'] for r in records if r['split'] == 'validation'}
+  assert_strict_json(workdir)
+
+
+def _refuse(constant):
+  raise ValueError(f'{constant} is not standard JSON')
+
+
+def assert_strict_json(workdir: str) -> None:
+  """Every .json / .jsonl file under workdir parses without NaN or Infinity."""
+  for root, _, files in os.walk(workdir):
+    for name in files:
+      path = os.path.join(root, name)
+      if name.endswith('.json'):
+        json.loads(open(path).read(), parse_constant=_refuse)
+      elif name.endswith('.jsonl'):
+        for line in open(path):
+          json.loads(line, parse_constant=_refuse)
 
 
 def test_same_global_batch_gives_same_update_on_1_2_and_8_devices(tmp_path):
