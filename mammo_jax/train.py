@@ -43,6 +43,7 @@ from mammo_jax import optimizers
 from mammo_jax import parallel
 from mammo_jax import plots
 from mammo_jax import tasks
+from mammo_jax.weights import merge
 
 # Test hook: SIGKILL this process right after the given global step, to test exact resume.
 KILL_AFTER_STEP_ENV = 'MAMMO_JAX_KILL_AFTER_STEP'
@@ -214,17 +215,13 @@ def _check_warm_start_sources(config: ml_collections.ConfigDict, workdir: str) -
           f'Run that stage to the end first, in that workdir, or run the whole chain with '
           f'the config\'s :pipeline argument.')
   elif config.model.pretrained:
-    from mammo_jax import vgg16_weights  # pylint: disable=g-import-not-at-top
-    spec = config.model.pretrained
-    if spec not in vgg16_weights.OFFICIAL and not os.path.isfile(os.path.expanduser(spec)):
-      raise FileNotFoundError(vgg16_weights.missing_message(spec))
+    models.vgg16.check_pretrained(config.model.pretrained)
 
 
 def _merge(target, loaded, source: str, fix: str, skip: str | None = None):
   """Strict merge whose error names where the values came from and what to change."""
-  from mammo_jax import vgg16_weights  # pylint: disable=g-import-not-at-top  (h5py, lazily)
   try:
-    return vgg16_weights.merge_params(target, loaded, skip=skip)
+    return merge.merge_params(target, loaded, skip=skip)
   except ValueError as e:
     raise ValueError(f'{source}: {e}\n{fix}') from None
 
@@ -254,20 +251,14 @@ def warm_start(config: ml_collections.ConfigDict, workdir: str,
     with open(os.path.join(workdir, INIT_FROM_RECORD), 'w') as f:
       json.dump({'init_from': source, **run_identity(source)}, f, indent=1)
   elif config.model.pretrained:
-    from mammo_jax import vgg16_weights  # pylint: disable=g-import-not-at-top  (h5py, lazily)
     if 'vgg16' not in params:
       raise ValueError(f'model.pretrained applies to vgg16 models, not {config.model.name}')
     cache = os.path.join(config.data.cache_dir, 'weights') if config.data.cache_dir else None
-    loaded, meta = vgg16_weights.load_pretrained(config.model.pretrained, cache_dir=cache)
-    if meta.get('preprocess', config.model.preprocess) != config.model.preprocess:
-      raise ValueError(f'{config.model.pretrained} holds weights trained on '
-                       f'{meta["preprocess"]!r}-preprocessed inputs, but model.preprocess is '
-                       f'{config.model.preprocess!r}; set --config.model.preprocess='
-                       f'{meta["preprocess"]}')
-    vgg = _merge(params['vgg16'], loaded, f'model.pretrained={config.model.pretrained}',
-                 'Port the weights of a VGG16 (python -m mammo_jax.port_vgg16 SRC OUT).',
-                 skip=vgg16_weights.TOP_PATTERN)
-    params = {**params, 'vgg16': vgg}
+    # TODO(lead): drop the fallback once config.model.dont_load is in the base config.
+    dont_load = config.model.get('dont_load', models.vgg16.TOP_PATTERN)
+    params, meta = models.vgg16.load(params, config.model.pretrained,
+                                     preprocess=config.model.preprocess, cache_dir=cache,
+                                     dont_load=dont_load)
     print(f'VGG16 base initialised from {config.model.pretrained} ({meta.get("format")}, '
           f'source sha256 {str(meta.get("source_sha256"))[:12]})', flush=True)
   return state.replace(params=params, batch_stats=batch_stats)
