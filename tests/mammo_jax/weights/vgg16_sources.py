@@ -6,7 +6,12 @@
   Keras's own full-model `.h5` save.
 - torch: torchvision's VGG16 layout rebuilt from `torch.nn` (torchvision is not installable
   here), saved with `torch.save(model.state_dict())`.
+
+`Sources` builds them and their files once per test module (the `sources` fixture).
 """
+
+import os
+import warnings
 
 import h5py
 import numpy as np
