@@ -5,7 +5,7 @@
 
 writes OUT (flax msgpack of {layer: {kernel, bias}}, Keras's layer names) and OUT.json (format,
 source SHA-256, preprocessing, top_pool, ...); train with --config.model.pretrained=OUT. The
-official files are listed in mammo_jax.vgg16_weights.OFFICIAL. Exit status 1 with a one-line
+official files are listed in mammo_jax.weights.vgg16.OFFICIAL. Exit status 1 with a one-line
 error on bad input; an existing OUT is replaced only with --overwrite, and never left half
 written.
 """
@@ -14,7 +14,8 @@ import argparse
 import os
 import sys
 
-from mammo_jax import vgg16_weights
+from mammo_jax.weights import store
+from mammo_jax.weights import vgg16 as vgg16_weights
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
       raise FileNotFoundError(f'{out_dir}: no such directory')
     params, metadata = vgg16_weights.port_file(args.src, args.format,
                                                include_top=False if args.notop else None)
-    metadata = vgg16_weights.save_params(params, args.out, metadata)
+    metadata = store.save_params(params, args.out, metadata, overwrite=args.overwrite)
   except (OSError, ValueError, ImportError) as e:
     # One line: the first line of the message (ValueErrors list details on later lines).
     lines = str(e).splitlines() or [type(e).__name__]

@@ -4,15 +4,18 @@
 ReLU in five blocks, each block ending in a 2x2/2 max-pool, then optionally the ImageNet top
 (flatten, fc1, fc2, predictions). Parameter names equal Keras's layer names
 (`block{b}_conv{i}`, `fc1`, `fc2`, `predictions`), so ported weights map one to one
-(`mammo_jax.vgg16_weights`). The module does no preprocessing and no I/O: inputs are NHWC,
+(`mammo_jax.weights.vgg16`). The modules do no preprocessing and no I/O: inputs are NHWC,
 already in the weights' expected form (Keras "caffe": BGR minus the ImageNet means, or
-torchvision's normalisation), and pretrained weights are merged into the initialised
-parameters outside the module.
+torchvision's normalisation). `check_pretrained` and `load` are the family's loader for
+config.model.pretrained: they merge a weights file into the initialised parameters.
 
 `VGG16Classifier` is the study's `create_vgg16` (REFERENCE_STUDY.md §2.4): the base without
 its top, flatten, optional dropout, Dense(fc, relu), Dense(k). The base is the submodule
 `vgg16`, as Keras nests it, so freezing is a matter of parameter paths (`vgg16/block5_conv3`).
 """
+
+import os
+from collections.abc import Mapping
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -24,6 +27,9 @@ BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 CONV_NAMES = tuple(f'block{b}_conv{i}' for b, (_, n) in enumerate(BLOCKS, 1)
                    for i in range(1, n + 1))
 TOP_NAMES = ('fc1', 'fc2', 'predictions')
+# The ImageNet top of a with-top file, which VGG16Classifier has no place for: the VGG16
+# configs' model.dont_load.
+TOP_PATTERN = r'^(fc1|fc2|predictions)(/|$)'
 
 _glorot = nn.initializers.glorot_uniform()  # Keras's defaults (weights=None)
 
@@ -120,26 +126,48 @@ class VGG16Classifier(nn.Module):
     return nn.Dense(self.num_outputs, kernel_init=_glorot, name='logits')(x)
 
 
-
-# TEMP: the family's weight loader (replaced by the weights branch).
 def check_pretrained(spec: str) -> None:
-  import os  # pylint: disable=g-import-not-at-top
-  from mammo_jax import vgg16_weights  # pylint: disable=g-import-not-at-top
+  """Fails fast, before any data is built, when config.model.pretrained cannot be found.
+
+  spec is an official name (weights.vgg16.OFFICIAL) or a file; otherwise FileNotFoundError
+  says where the official files are and how to port them.
+  """
+  from mammo_jax.weights import vgg16 as vgg16_weights  # pylint: disable=g-import-not-at-top
   if spec not in vgg16_weights.OFFICIAL and not os.path.isfile(os.path.expanduser(spec)):
     raise FileNotFoundError(vgg16_weights.missing_message(spec))
 
 
-def load(init_params, spec: str, *, preprocess: str, cache_dir=None, dont_load: str = ''):
-  from mammo_jax import vgg16_weights  # pylint: disable=g-import-not-at-top
-  loaded, meta = vgg16_weights.load_pretrained(spec, cache_dir=cache_dir)
-  if meta.get('preprocess', preprocess) != preprocess:
-    raise ValueError(f'{spec} holds weights trained on {meta["preprocess"]!r}-preprocessed '
+def load(init_params: Mapping, spec: str, *, preprocess: str, cache_dir: str | None = None,
+         dont_load: str = '') -> tuple[dict, dict]:
+  """init_params of a VGG16Classifier with its 'vgg16' base replaced by pretrained weights.
+
+  Args:
+    init_params: the classifier's whole params tree ({'vgg16': ..., 'fc': ..., ...}).
+    spec: config.model.pretrained (see weights.vgg16.load_pretrained).
+    preprocess: config.model.preprocess; must be what the weights were trained with.
+    cache_dir: where official files are cached once ported.
+    dont_load: regex (re.search) over the file's '/'-joined entries not to load, e.g.
+      TOP_PATTERN for a file with the ImageNet top; '' loads every entry.
+
+  Returns:
+    (params, the file's sidecar metadata). The merge is strict: every base parameter comes
+    from the file, with its shape, and every entry of the file not in dont_load is used.
+  """
+  from mammo_jax.weights import merge  # pylint: disable=g-import-not-at-top
+  from mammo_jax.weights import vgg16 as vgg16_weights  # pylint: disable=g-import-not-at-top
+  if 'vgg16' not in init_params:
+    raise ValueError(f'{spec}: VGG16 weights go into the vgg16 base of a VGG16Classifier; '
+                     f'these params have {", ".join(sorted(init_params))}')
+  loaded, metadata = vgg16_weights.load_pretrained(spec, cache_dir=cache_dir)
+  if metadata.get('preprocess', preprocess) != preprocess:
+    raise ValueError(f'{spec} holds weights trained on {metadata["preprocess"]!r}-preprocessed '
                      f'inputs, but model.preprocess is {preprocess!r}; set '
-                     f'--config.model.preprocess={meta["preprocess"]}')
+                     f'--config.model.preprocess={metadata["preprocess"]}')
   try:
-    vgg = vgg16_weights.merge_params(init_params['vgg16'], loaded,
-                                     skip=dont_load or vgg16_weights.TOP_PATTERN)
-  except ValueError as e:
-    raise ValueError(f'model.pretrained={spec}: {e}\nPort the weights of a VGG16 '
-                     f'(python -m mammo_jax.port_vgg16 SRC OUT).') from None
-  return {**init_params, 'vgg16': vgg}, meta
+    base = merge.merge_params(init_params['vgg16'], loaded, skip=dont_load or None)
+  except merge.MergeError as e:
+    fix = 'Port the weights of a VGG16 (python -m mammo_jax.port_vgg16 SRC OUT).'
+    if e.skip_hint:
+      fix += f" Or leave the extra layers out: --config.model.dont_load='{e.skip_hint}'"
+    raise ValueError(f'model.pretrained={spec}: {e}\n{fix}') from None
+  return {**init_params, 'vgg16': base}, metadata

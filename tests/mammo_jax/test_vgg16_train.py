@@ -296,7 +296,7 @@ def test_pipeline_chains_stages_and_reuses_finished_ones(tmp_path, data_cache, c
 
 
 def test_warm_start_merges_pretrained_weights_into_the_base_only(tmp_path):
-  from mammo_jax import vgg16_weights  # pylint: disable=g-import-not-at-top
+  from mammo_jax.weights import store  # pylint: disable=g-import-not-at-top
   config = small_vgg_config()
   task = tasks.get_task(config.task)
   state = train.create_train_state(jax.random.key(0), config, train.create_model(config, task),
@@ -306,7 +306,7 @@ def test_warm_start_merges_pretrained_weights_into_the_base_only(tmp_path):
   source = jax.tree.map(np.asarray, top.init(jax.random.key(9), jnp.zeros((1, 32, 32, 3)))
                         ['params'])
   path = str(tmp_path / 'vgg16.msgpack')
-  vgg16_weights.save_params(source, path, {'format': 'keras_h5', 'preprocess': 'caffe'})
+  store.save_params(source, path, {'format': 'keras_h5', 'preprocess': 'caffe'})
   config.model.pretrained = path
   warm = warm_start.warm_start(config, str(tmp_path / 'run'), state)
   for layer in vgg16.CONV_NAMES:
@@ -314,7 +314,8 @@ def test_warm_start_merges_pretrained_weights_into_the_base_only(tmp_path):
   for head in ('fc', 'logits'):
     np.testing.assert_array_equal(warm.params[head]['kernel'], state.params[head]['kernel'])
   # Weights made for torchvision's preprocessing do not silently meet caffe inputs.
-  vgg16_weights.save_params(source, path, {'format': 'torchvision', 'preprocess': 'torch'})
+  store.save_params(source, path, {'format': 'torchvision', 'preprocess': 'torch'},
+                    overwrite=True)
   with pytest.raises(ValueError, match="'torch'-preprocessed inputs.*model.preprocess=torch"):
     warm_start.warm_start(config, str(tmp_path / 'run'), state)
   config.model.pretrained = str(tmp_path / 'absent.msgpack')

@@ -6,7 +6,12 @@
   Keras's own full-model `.h5` save.
 - torch: torchvision's VGG16 layout rebuilt from `torch.nn` (torchvision is not installable
   here), saved with `torch.save(model.state_dict())`.
+
+`Sources` builds them and their files once per test module (the `sources` fixture).
 """
+
+import os
+import warnings
 
 import h5py
 import numpy as np
@@ -138,3 +143,72 @@ def torch_vgg16(pool=(7, 7), fc_units: int = 4096, classes: int = 1000, seed: in
         module.weight.normal_(0.0, float(np.sqrt(2.0 / fan_in)))
         module.bias.normal_(0.0, 0.1)
   return model.eval()
+
+
+def layers_to_params(layers):
+  """keras_layers() -> {layer: {'kernel', 'bias'}}, the layers with weights."""
+  return {name: {'kernel': w[0], 'bias': w[1]} for name, w in layers if w}
+
+
+class Sources:
+  """Source models and their files, built once per test module."""
+
+  def __init__(self, root):
+    self.root = root
+    self._keras, self._torch, self._refs = {}, {}, {}
+
+  def keras(self, include_top: bool, size: int):
+    """(model, {file kind: path}); one no-top model serves every input size."""
+    key = (include_top, size if include_top else None)
+    if key not in self._keras:
+      classes = 10 if include_top and size == 32 else 1000
+      model = keras_vgg16(include_top, key[1], classes=classes)
+      stem = os.path.join(self.root, f'keras_{"top" if include_top else "notop"}_{key[1]}')
+      layers = keras_layers(model)
+      files = {}
+      for naming in ('keras1', 'keras2'):
+        files[naming] = f'{stem}_{naming}.h5'
+        write_keras_legacy_h5(files[naming], layers, naming)
+      files['keras3'] = f'{stem}.weights.h5'
+      model.save_weights(files['keras3'])
+      files['keras_archive'] = f'{stem}.keras'
+      model.save(files['keras_archive'])
+      files['keras_full_h5'] = f'{stem}_full.h5'  # Keras's own legacy full-model save
+      with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # "legacy format" advice
+        model.save(files['keras_full_h5'])
+      self._keras[key] = model, files
+    return self._keras[key]
+
+  def keras_ref(self, include_top: bool, size: int):
+    key = ('keras', include_top, size)
+    if key not in self._refs:
+      x = np.random.default_rng(size).normal(0, 50, (2, size, size, 3)).astype(np.float32)
+      model, _ = self.keras(include_top, size)
+      self._refs[key] = x, np.asarray(model(x, training=False))
+    return self._refs[key]
+
+  def torch(self, layout: str):
+    """(model, {'zip': path, 'legacy': path}); layout 'small' or 'torchvision'."""
+    if layout not in self._torch:
+      import torch  # pylint: disable=g-import-not-at-top
+      kwargs = dict(pool=(3, 3), fc_units=64, classes=10) if layout == 'small' else {}
+      model = torch_vgg16(**kwargs)
+      files = {'zip': os.path.join(self.root, f'torch_{layout}.pth'),
+               'legacy': os.path.join(self.root, f'torch_{layout}_legacy.pth')}
+      torch.save(model.state_dict(), files['zip'])
+      torch.save(model.state_dict(), files['legacy'], _use_new_zipfile_serialization=False)
+      self._torch[layout] = model, files
+    return self._torch[layout]
+
+  def torch_ref(self, layout: str, include_top: bool, size: int):
+    key = ('torch', layout, include_top, size)
+    if key not in self._refs:
+      import torch  # pylint: disable=g-import-not-at-top
+      x = np.random.default_rng(size).normal(0, 1, (2, size, size, 3)).astype(np.float32)
+      model, _ = self.torch(layout)
+      with torch.no_grad():
+        nchw = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+        ref = model(nchw) if include_top else model.features(nchw).permute(0, 2, 3, 1)
+      self._refs[key] = x, ref.numpy()
+    return self._refs[key]
