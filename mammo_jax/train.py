@@ -50,6 +50,9 @@ KILL_AFTER_STEP_ENV = 'MAMMO_JAX_KILL_AFTER_STEP'
 # num_train_steps is not among them: a capped run validates and stops at the cap.
 RESUMABLE_FIELDS = ('log_every_steps', 'checkpoint_every_steps', 'data.num_workers',
                     'data.cache_dir', 'data.data_dir')
+# Bookkeeping fields (and everything under them) that are not part of the fingerprint, so
+# that workdirs written before they existed still match.
+UNFINGERPRINTED = ('published', 'model.dont_load')
 
 
 class TrainState(train_state.TrainState):
@@ -401,7 +404,8 @@ class MetricsLog:
 def config_fingerprint(config_dict: dict) -> dict:
   """The config fields that must not change when a run resumes, flattened."""
   flat = traverse_util.flatten_dict(config_dict, sep='.')
-  return {k: v for k, v in flat.items() if k not in RESUMABLE_FIELDS}
+  return {k: v for k, v in flat.items() if k not in RESUMABLE_FIELDS
+          and not any(k == f or k.startswith(f + '.') for f in UNFINGERPRINTED)}
 
 
 def _config_differences(config: ml_collections.ConfigDict, workdir: str) -> list[str] | None:
