@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from mammo_jax import augment, checkpointing, freezing, parallel, pipeline, tasks, train
+from mammo_jax.config_lib import stages as stages_lib
 from mammo_jax.models import vgg16
 from tests.conftest import ROOT, load_config
 
@@ -236,7 +237,7 @@ def test_stage_overrides_and_config_errors():
   with pytest.raises(ValueError, match='stage ft2 starts from ft1, which config.pipeline'):
     pipeline.stage_configs(changed)
   with pytest.raises(ValueError, match='stage override model.fcc names no field'):
-    pipeline.stage_config(config, {'model': {'fcc': 3}})
+    stages_lib.stage_config(config, {'model': {'fcc': 3}})
   with pytest.raises(ValueError, match='takes one of fe_fc128'):
     load_config('vgg16_4', 'ft9')
   with pytest.raises(ValueError, match='model vgg16 needs model.preprocess'):
