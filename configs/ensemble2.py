@@ -9,9 +9,10 @@ Members train in WORKDIR/members/NAME-HASH (finished ones are reused); the run e
 path of WORKDIR/report.html. Fields: see configs/ensemble4.py and mammo_jax/ensemble.py.
 
 The study's published numbers (336 real test patches): the methods' in config.published, the
-members' in their config files. Its ensemble 1 is M5, M6, M9; ensemble 2 adds the VGG16
-listed twice (the study's "weight 2", so five voters and no ties). The study's averaging counted an example right when |mean - label| < 0.5;
-here it is the argmax of the mean probabilities (a mean of exactly 0.5 predicts mass).
+members' in their config files. Its ensemble 1 is M5, M6, M9; ensemble 2 adds the VGG16 listed
+twice (the study's "weight 2", so five voters and no ties). The study's averaging counted an
+example right when |mean - label| < 0.5; here it is the argmax of the mean probabilities (a mean
+of exactly 0.5 predicts mass).
 
 `demo` (demo-only settings, not the study's): the same members trained briefly on the
 synthetic data with batch 16: M5, M6, M9 for 4 epochs with model.preprocess='torch'

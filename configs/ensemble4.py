@@ -11,9 +11,9 @@ combines); the run ends with the path of WORKDIR/report.html. Change a member wi
 
 The study's published numbers (336 real test patches): the methods' in config.published, the
 members' in their config files. Its VGG16 member is the 3-layer fine-tune, not the better
-2-layer one (defect D13); its vote ties go to the earliest member's vote. It chose the
-weighted average's weights on 168 test images and reported them on the other 168 (defect
-D3); here they are grid-searched (the same 286 combinations of 0.1 steps) on the validation split, and the
+2-layer one (defect D13); its vote ties go to the earliest member's vote. It chose the weighted
+average's weights on 168 test images and reported them on the other 168 (defect D3); here they
+are grid-searched (the same 286 combinations of 0.1 steps) on the validation split, and the
 whole test split is only predicted.
 
 `demo` (demo-only settings, not the study's): the same four members, each trained briefly on

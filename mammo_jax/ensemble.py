@@ -10,13 +10,13 @@ validation split), `threshold` and `product` (the composite: a mass-vs-calcifica
 and a benign-vs-malignant member give a 4-class label).
 
 Each member trains in WORKDIR/members/NAME-HASH, HASH a digest of its resolved config (up to
-train.RESUMABLE_FIELDS and train.UNFINGERPRINTED): a finished member is reused, an interrupted one resumes, a changed
-config trains afresh in a new folder. A member that is a pipeline config (config.pipeline)
-runs all its stages; its last stage is the model. Members are combined from the
-predictions.npz their runs wrote, aligned by example id. Results go to WORKDIR/ensemble.json
+train.RESUMABLE_FIELDS and train.UNFINGERPRINTED): a finished member is reused, an interrupted
+one resumes, a changed config trains afresh in a new folder. A member that is a pipeline config
+(config.pipeline) runs all its stages; its last stage is the model. Members are combined from
+the predictions.npz their runs wrote, aligned by example id. Results go to WORKDIR/ensemble.json
 (with the study's published numbers per member and per method, from the resolved configs),
-per-method plots to WORKDIR/methods/, and the report (mammo_jax.report) to WORKDIR/report.md
-and report.html.
+per-method plots to WORKDIR/methods/, and the report (mammo_jax.report) to WORKDIR/report.md and
+report.html.
 
 Unlike the study (defect D3), nothing is tuned on the test split: `fit` sees the validation
 split only, and the test split is only predicted with what it returned.
