@@ -12,8 +12,8 @@ configs/benmal.py:run3). Nothing is learned in the combination: `threshold` cuts
 2 benign calcification, 3 malignant calcification), as the study did; `product` multiplies the
 two models' probabilities into four (same predictions, plus 4-class scores for ROC and AUC).
 
-Study's test accuracy (336 real test patches): composite 62.50 (the best 4-class number in the
-report; type model alone 91.37, severity model alone 69.05).
+The study's published numbers (336 real test patches): the composite's in config.published
+(the best 4-class number of its report), the members' in their config files.
 
 `demo` (demo-only settings, not the study's): the VGG16 without ImageNet weights
 (model.pretrained='': none on CI) for fe_hardaug then ft2, and the severity model for a few
@@ -21,14 +21,11 @@ epochs with model.preprocess='torch' (standardised patches; see configs/ensemble
 Adam without decay.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # any cwd
-from configs import ensemble_common as common  # noqa: E402  pylint: disable=g-import-not-at-top
+from mammo_jax.config_lib import ensembles
 
 MEMBERS = {'type': 'configs/vgg16_2.py:pipeline', 'severity': 'configs/benmal.py:run3'}
 METHODS = ('threshold:type+severity', 'product:type+severity')
+PUBLISHED = {'threshold:type+severity': {'test_accuracy': 62.50, 'note': ''}}
 DEMO_SHAPE = {
     'type': "model.pretrained='' pipeline=fe_hardaug,ft2 stages.ft2.init_from=@fe_hardaug"}
 DEMO_TRAINING = {
@@ -40,5 +37,5 @@ DEMO_TRAINING = {
 
 
 def get_config(arg: str | None = None):
-  return common.get_config(arg, MEMBERS, METHODS, DEMO_SHAPE, DEMO_TRAINING,
-                           'configs/composite4.py')
+  return ensembles.get_config(arg, MEMBERS, METHODS, DEMO_SHAPE, DEMO_TRAINING, __file__,
+                              PUBLISHED)

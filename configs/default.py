@@ -1,7 +1,8 @@
-"""Fields shared by every mammo_jax experiment; experiment configs import and extend them.
+"""Fields shared by every mammo_jax experiment (mammo_jax.config_lib.base), as a runnable config.
 
 Experiment configs (scratch2.py, scratch4.py, benmal.py, ...) start from these fields. On its own
-this file trains the study's best 2-class scratch CNN, Exp 5, with the study's settings:
+this file trains the study's best 2-class scratch CNN, Exp 5, with the study's settings (and
+configs/scratch2.py:exp5's published numbers):
   python -m mammo_jax.main --config=configs/default.py --workdir=runs/default
   python -m mammo_jax.main --config=configs/default.py:smoke --workdir=/tmp/smoke
   python -m mammo_jax.main --config=configs/scratch2.py --workdir=runs/real \
@@ -14,102 +15,15 @@ about real mammograms.
 
 import ml_collections
 
+from mammo_jax.config_lib import base
+from mammo_jax.config_lib import loader
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  config.seed = 0  # init, epoch order, augmentation and dropout all derive from it
-  config.task = 'mass_vs_calc'  # mass_vs_calc | four_class | benign_vs_malignant
-
-  config.model = model = ml_collections.ConfigDict()
-  model.name = 'scratch2_exp5'  # a key of mammo_jax.models.REGISTRY
-  model.preprocess = 'unit'  # uint16 / 65535, the study's scaling for scratch models
-  # Convolution and max-pool implementation: 'xla' (nn.Conv / nn.max_pool), 'cpu_fast' (same
-  # parameters and values, gradients in forms XLA:CPU runs faster; mammo_jax.models.layers),
-  # or 'auto' (cpu_fast on CPU, xla on GPU/TPU).
-  model.conv_impl = 'auto'
-  # 'all', or comma-separated layer paths to train, the rest frozen (Keras's trainable=False):
-  # e.g. 'fc,logits,vgg16/block5_conv3'. Frozen parameters get no gradient and no optimizer state.
-  model.trainable = 'all'
-  # VGG16 only: ImageNet weights for the base, a file ported by `python -m mammo_jax.port_vgg16`
-  # (or an original Keras .h5 / torchvision .pth), or 'keras_notop' to download the Keras
-  # file (needs internet); '' = random initialisation.
-  model.pretrained = ''
-  # Start from the best checkpoint of another run: a workdir, or '@STAGE' for the sibling
-  # workdir STAGE (how pipeline stages chain). Parameters and batch statistics; the optimizer
-  # starts afresh. Takes precedence over model.pretrained.
-  config.init_from = ''
-  config.half_precision = False  # bfloat16 convolutions (GPU/TPU); params and loss in float32
-
-  config.optimizer = opt = ml_collections.ConfigDict()
-  opt.name = 'rmsprop'  # rmsprop | adam | nadam | sgd, with Keras's defaults and semantics
-  opt.learning_rate = 1e-3
-  opt.decay = 1e-3  # Keras time-based decay per update: lr / (1 + decay * step)
-  opt.momentum = 0.0  # sgd only
-  config.l2 = 0.0  # Keras l2(c) on every kernel: c * sum(w^2) added to the loss
-
-  # The study's setting A (REFERENCE_STUDY.md §1.7); training batches only.
-  config.augment = aug = ml_collections.ConfigDict()
-  aug.rotation = 180.0  # degrees
-  aug.shear = 10.0  # degrees
-  aug.zoom = 0.2
-  aug.width_shift = 0.0
-  aug.height_shift = 0.0
-  aug.horizontal_flip = True
-  aug.vertical_flip = True
-  aug.fill_mode = 'reflect'
-
-  config.batch_size = 128  # global, split over local devices
-  config.eval_batch_size = 128  # the last batch is padded and masked
-  config.num_epochs = 500  # an epoch is one pass over the training split
-  config.num_train_steps = -1  # > 0 caps the run
-  config.patience = 80  # epochs without validation-loss improvement; 0 = no early stopping
-  config.log_every_steps = 20
-  config.checkpoint_every_steps = 0  # latest checkpoint cadence; 0 = at every epoch end
-
-  config.data = data = ml_collections.ConfigDict()
-  data.name = 'cbis_ddsm/roi150'  # TFDS name/config of the patch dataset
-  # 'image': the abnormality patch; 'image+baseline': it and its healthy baseline patch as two
-  # channels, for the pair models (dual, siamese), leaving out examples without a baseline.
-  data.inputs = 'image'
-  data.manual_dir = ''  # a CBIS-DDSM download (either NBIA layout); '' = synthetic data
-  data.data_dir = ''  # where real builds live: a path or gs:// bucket; '' = TFDS default
-  data.cache_dir = ''  # synthetic trees and builds; '' = $MAMMO_JAX_CACHE or ~/.cache/mammo_jax
-  data.num_workers = 0  # build processes; 0 = all cores
-
-  data.synthetic = synthetic = ml_collections.ConfigDict()
-  synthetic.patients = 160
-  synthetic.seed = 0
-  synthetic.difficulty = 0.5
-  synthetic.layout = 'nbia'
-  synthetic.height = 1024
-  synthetic.width = 640
-
-  if arg == 'smoke':
-    smoke(config)
-  elif arg not in (None, ''):
-    raise ValueError(f'configs/default.py takes no argument or "smoke", got {arg!r}')
+  smoke = base.parse_smoke_arg(arg, 'configs/default.py')
+  config = base.base_config()
+  exp5 = loader.load_config('configs/scratch2.py:exp5', loader.project_root(__file__))
+  config.published = exp5.published
+  if smoke:
+    base.smoke(config)
   return config
-
-
-def smoke(config: ml_collections.ConfigDict) -> None:
-  """A tiny, fast run of the same code paths (used by the tests and CI)."""
-  config.data.synthetic.patients = 12
-  config.data.synthetic.height, config.data.synthetic.width = 256, 160
-  config.batch_size = 4
-  config.eval_batch_size = 4
-  config.num_epochs = 2
-  config.patience = 0
-  config.log_every_steps = 1
-  config.checkpoint_every_steps = 2
-
-
-def parse_args(arg: str | None, variants: tuple[str, ...], default: str,
-               config_file: str) -> tuple[str, bool]:
-  """'VARIANT', 'smoke', 'VARIANT,smoke' or '' -> (variant, smoke)."""
-  parts = [p for p in (arg or '').split(',') if p]
-  smoke_run = 'smoke' in parts
-  rest = [p for p in parts if p != 'smoke']
-  if len(rest) > 1 or (rest and rest[0] not in variants):
-    raise ValueError(f'{config_file} takes one of {", ".join(variants)} (default {default}), '
-                     f'optionally with ",smoke"; got {arg!r}')
-  return (rest[0] if rest else default), smoke_run

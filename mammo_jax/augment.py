@@ -27,6 +27,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from mammo_jax.config_lib import base as config_base
+
 FILL_MODES = ('reflect', 'nearest', 'constant', 'wrap')
 
 
@@ -77,17 +79,9 @@ class AugmentSpec:
     return cls(**values)
 
 
-# REFERENCE_STUDY.md §1.7. B differs from A only in its preprocessing function, which is not
-# part of the augmentation.
-_FLIPS = dict(horizontal_flip=True, vertical_flip=True, fill_mode='reflect')
+# The study's settings A-E (REFERENCE_STUDY.md §1.7); their values live in the config helper.
 STUDY_SETTINGS: dict[str, AugmentSpec] = {
-    'A': AugmentSpec(rotation=180, shear=10, zoom=0.2, **_FLIPS),
-    'B': AugmentSpec(rotation=180, shear=10, zoom=0.2, **_FLIPS),
-    'C': AugmentSpec(rotation=180, shear=15, zoom=0.2, width_shift=0.2, height_shift=0.2,
-                     **_FLIPS),
-    'D': AugmentSpec(rotation=180, shear=15, zoom=0.2, **_FLIPS),
-    'E': AugmentSpec(rotation=180, zoom=0.2, **_FLIPS),
-}
+    name: AugmentSpec(**values) for name, values in config_base.STUDY_AUGMENT.items()}
 
 
 def _matrix(a00, a01, a02, a10, a11, a12) -> jnp.ndarray:

@@ -1,27 +1,22 @@
 """Ensembles and the composite 4-class model (REFERENCE_STUDY.md §2.8-2.10), as one runner.
 
-An ensemble config (`config.runner = 'ensemble'`, e.g. configs/ensemble4.py) names members and
-combination methods:
-  config.ensemble.members.NAME.config     'configs/scratch4.py:m1', a config file and argument;
-  config.ensemble.members.NAME.overrides  'num_epochs=5 optimizer.learning_rate=3e-3' (shell
-                                          words FIELD=VALUE, nested fields dotted; '' = none);
-  config.ensemble.methods   'vote:m1+m2+m3,average:m1+m2+m3+vgg,...': RULE:MEMBER+MEMBER...;
-                            the order of the members matters (voting ties, the weight grid)
-                            and a member may be listed twice (the study's "weight 2");
-  config.ensemble.grid_step  the weight grid's step (the study's 0.1);
-  config.data               reaches every member, so all of them see one dataset.
+An ensemble config (`config.runner = 'ensemble'`, e.g. configs/ensemble4.py; its fields:
+mammo_jax.config_lib.ensembles) names members, each a config file with overrides, and
+combination methods 'RULE:MEMBER+MEMBER...': the order of the members matters (voting ties,
+the weight grid) and a member may be listed twice (the study's "weight 2").
 Rules: `vote` (majority of the members' predicted classes), `average` (argmax of the mean of
 their probabilities), `weighted` (argmax of a weighted sum; weights grid-searched on the
 validation split), `threshold` and `product` (the composite: a mass-vs-calcification member
 and a benign-vs-malignant member give a 4-class label).
 
 Each member trains in WORKDIR/members/NAME-HASH, HASH a digest of its resolved config (up to
-workdir.RESUMABLE_FIELDS): a finished member is reused, an interrupted one resumes, a changed
-config trains afresh in a new folder. A member that is a pipeline config (config.pipeline)
-runs all its stages; its last stage is the model. Members are combined from the
-predictions.npz their runs wrote, aligned by example id. Results go to WORKDIR/ensemble.json,
-per-method plots to WORKDIR/methods/, and the report (mammo_jax.report) to WORKDIR/report.md
-and report.html.
+workdir.RESUMABLE_FIELDS and workdir.ADDED_FIELDS): a finished member is reused, an interrupted
+one resumes, a changed config trains afresh in a new folder. A member that is a pipeline config
+(config.pipeline) runs all its stages; its last stage is the model. Members are combined from
+the predictions.npz their runs wrote, aligned by example id. Results go to WORKDIR/ensemble.json
+(with the study's published numbers per member and per method, from the resolved configs),
+per-method plots to WORKDIR/methods/, and the report (mammo_jax.report) to WORKDIR/report.md and
+report.html.
 
 Unlike the study (defect D3), nothing is tuned on the test split: `fit` sees the validation
 split only, and the test split is only predicted with what it returned.
@@ -29,13 +24,8 @@ split only, and the test split is only predicted with what it returned.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import hashlib
-import importlib.util
-import json
 import os
-import shlex
 from collections.abc import Mapping, Sequence
 
 import ml_collections
@@ -50,8 +40,7 @@ from mammo_jax import report
 from mammo_jax import runners
 from mammo_jax import tasks
 from mammo_jax import workdir as workdir_lib
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from mammo_jax.config_lib import ensembles as ensemble_configs
 SPLITS = ('validation', 'test')
 RULES = ('vote', 'average', 'weighted', 'threshold', 'product')
 COMPOSITE_RULES = ('threshold', 'product')
@@ -166,103 +155,6 @@ def method_metrics(pred: np.ndarray, scores: np.ndarray | None, labels: np.ndarr
 # ---------------------------------------------------------------------------------------------
 # Members: configs, folders, training or reuse, predictions.
 
-def make_config(members: Mapping[str, tuple[str, str]], methods: Sequence[str],
-                data: ml_collections.ConfigDict,
-                grid_step: float = 0.1) -> ml_collections.ConfigDict:
-  """An ensemble config: members {name: (config spec, overrides)}, methods, shared data."""
-  config = ml_collections.ConfigDict()
-  config.runner = 'ensemble'
-  config.ensemble = ml_collections.ConfigDict()
-  config.ensemble.members = ml_collections.ConfigDict(
-      {name: {'config': spec, 'overrides': overrides}
-       for name, (spec, overrides) in members.items()})
-  config.ensemble.methods = ','.join(methods)
-  config.ensemble.grid_step = grid_step
-  config.data = ml_collections.ConfigDict(data.to_dict())
-  return config
-
-
-def member_specs(specs: Mapping[str, str], smoke: bool,
-                 *overrides: Mapping[str, str]) -> dict[str, tuple[str, str]]:
-  """{name: (spec, overrides)} for make_config: ',smoke' appended to each spec when smoke,
-  and each member's entries of the `overrides` dicts joined in order."""
-  return {name: (spec + (',smoke' if smoke else ''),
-                 ' '.join(o[name] for o in overrides if o.get(name)))
-          for name, spec in specs.items()}
-
-
-def load_config_file(spec: str) -> ml_collections.ConfigDict:
-  """'configs/x.py:arg' -> that file's get_config(arg), as --config=configs/x.py:arg does."""
-  path, _, arg = spec.partition(':')
-  if not os.path.isabs(path) and not os.path.exists(path):
-    path = os.path.join(ROOT, path)  # relative to the repository, from any cwd
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'member config {spec!r}: no file {path}')
-  name = 'mammo_jax_member_' + hashlib.sha256(path.encode()).hexdigest()[:8]
-  module_spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
-
-
-def parse_overrides(text: str) -> list[tuple[str, object]]:
-  """'a.b=1 c=x d="two words"' -> [('a.b', 1), ('c', 'x'), ('d', 'two words')]."""
-  out = []
-  for word in shlex.split(text):
-    path, sep, raw = word.partition('=')
-    if not sep or not path:
-      raise ValueError(f'override {word!r} is not FIELD=VALUE')
-    if raw.lower() in ('true', 'false'):  # as ml_collections' flags accept them
-      value = raw.lower() == 'true'
-    else:
-      try:
-        value = ast.literal_eval(raw)
-      except (ValueError, SyntaxError):
-        value = raw  # a bare string: '@fe_fc128', 'fe_fc128,ft3', ''
-    out.append((path, value))
-  return out
-
-
-def _set(config: ml_collections.ConfigDict, path: str, value, where: str) -> None:
-  *parents, key = path.split('.')
-  node = config
-  for part in parents:
-    if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
-      raise ValueError(f'{where}: {path} names no field of the member config')
-    node = node[part]
-  if key not in node:
-    raise ValueError(f'{where}: {path} names no field of the member config')
-  try:
-    node[key] = value
-  except TypeError as e:
-    raise ValueError(f'{where}: {path}={value!r}: {e}') from None
-
-
-def _flat(tree: Mapping, prefix: str) -> list[tuple[str, object]]:
-  out = []
-  for key, value in tree.items():
-    path = f'{prefix}.{key}'
-    out += _flat(value, path) if isinstance(value, Mapping) else [(path, value)]
-  return out
-
-
-def member_config(name: str, member: ml_collections.ConfigDict,
-                  data: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """A member's resolved config: its file, the ensemble's data fields, its overrides."""
-  where = f'ensemble member {name} ({member.config})'
-  config = load_config_file(member.config)
-  config.unlock()
-  for path, value in _flat(data.to_dict(), 'data'):
-    _set(config, path, value, where)
-  for path, value in parse_overrides(member.overrides):
-    if path == 'data' or path.startswith('data.'):
-      raise ValueError(f'{where}: override {path}: members share the ensemble\'s data; set '
-                       f'--config.{path}=... on the ensemble instead')
-    _set(config, path, value, where)
-  config.lock()
-  return config
-
-
 def config_hash(config: ml_collections.ConfigDict) -> str:
   """8 hex digits of the config's fingerprint (workdir.RESUMABLE_FIELDS left out)."""
   return workdir_lib.config_hash(config)
@@ -331,6 +223,15 @@ def load_outputs(run_dirs: Mapping[str, str]) -> dict[str, SplitOutputs]:
 # ---------------------------------------------------------------------------------------------
 # The runner.
 
+def _published_model(config: ml_collections.ConfigDict) -> dict | None:
+  """The study's published numbers of a member's model (a pipeline's: its last stage's), from
+  its resolved config: a reused member's config.json may predate config.published."""
+  if config.get('pipeline'):
+    config = pipeline.stage_configs(config)[-1][1]
+  published = config.get('published')
+  return published.to_dict() if published else None
+
+
 def _vgg_without_imagenet(config: ml_collections.ConfigDict) -> bool:
   return config.model.name == 'vgg16' and not config.model.pretrained
 
@@ -382,7 +283,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   workdir_lib.write_config(config, workdir)
 
   # Every member's config is resolved (and checked) before minutes of training.
-  configs = {name: member_config(name, members[name], config.data) for name in used}
+  configs = {name: ensemble_configs.member_config(name, members[name], config.data,
+                                                  config.ensemble.root) for name in used}
   dirs = {name: member_dir(workdir, name, configs[name]) for name in used}
   run_dirs, info = {}, {}
   for name in used:
@@ -395,10 +297,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         'task': results['task'], 'synthetic_data': results['synthetic_data'],
         'stages': configs[name].pipeline.split(',') if configs[name].get('pipeline') else None,
         'vgg_without_imagenet': _vgg_without_imagenet(configs[name]),
+        'published': _published_model(configs[name]),
         'validation': {k: results['validation'][k] for k in ('accuracy', 'auc', 'loss')},
         'test': {k: results['test'][k] for k in ('accuracy', 'auc', 'loss')}}
   outputs = load_outputs(run_dirs)
   entries = evaluate_methods(methods, outputs, config.ensemble.grid_step, workdir)
+  published = config.get('published') or {}
+  for e in entries:
+    e['published'] = published[e['name']].to_dict() if e['name'] in published else None
   synthetic = any(i['synthetic_data'] for i in info.values())
   summary = {'synthetic_data': synthetic, 'grid_step': config.ensemble.grid_step,
              'examples': {s: int(len(outputs[s].ids)) for s in SPLITS},

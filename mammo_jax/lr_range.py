@@ -11,8 +11,8 @@ callback), at a non-finite loss, or after max_epochs.
 Outputs: WORKDIR/<optimizer>/lr_range.jsonl (one object per epoch: epoch, step,
 learning_rate, loss (null if not finite), accuracy) and lr_range.png (loss against LR, log
 axis); WORKDIR/lr_range.png (every swept optimizer on one figure), WORKDIR/lr_range.json (per
-optimizer: the sweep's extent, stop reason, minima, suggestion, and the study's numbers) and
-config.json. A summary table is printed.
+optimizer: the sweep's extent, stop reason, minima, suggestion, and the study's numbers from
+config.published) and config.json. A summary table is printed.
 
 Suggested LR: the LR at the minimum of the running median of the epoch losses (a centred
 window of smooth_window = 5 epochs, shrunk symmetrically at the ends), divided by
@@ -60,20 +60,17 @@ from mammo_jax import train
 from mammo_jax import workdir as workdir_lib
 from tfds_cbis import strict_json
 
-# REFERENCE_STUDY.md §2.11: epochs run, minimum training loss and its LR (from the study's
-# logs), and the LR it chose for the 100-epoch comparison.
-STUDY = {
-    'sgd': {'epochs_run': 60, 'min_loss': 0.586, 'lr_at_min_loss': 0.129, 'chosen_lr': 3e-2},
-    'rmsprop': {'epochs_run': 50, 'min_loss': 0.497, 'lr_at_min_loss': 2.3e-4,
-                'chosen_lr': 1e-4},
-    'adam': {'epochs_run': 83, 'min_loss': 0.385, 'lr_at_min_loss': 2.5e-4, 'chosen_lr': 1e-4},
-    'nadam': {'epochs_run': 86, 'min_loss': 0.401, 'lr_at_min_loss': 1.9e-4,
-              'chosen_lr': 1e-4},
-}
 RULE = ('suggested_lr = LR at the minimum of the centred running median of the epoch training '
         'losses (smooth_window epochs) / suggest_divisor')
 _COLORS = {'sgd': 'tab:blue', 'rmsprop': 'tab:orange', 'adam': 'tab:green',
            'nadam': 'tab:red'}
+
+
+def published(config: ml_collections.ConfigDict, name: str) -> dict | None:
+  """The study's published sweep of optimizer `name` (config.published: epochs run, minimum
+  training loss and its LR, the LR it chose), or None."""
+  table = config.get('published')
+  return table[name].to_dict() if table and name in table else None
 
 
 def epoch_schedule(start_lr: float, factor: float, steps_per_epoch: int) -> optax.Schedule:
@@ -201,7 +198,7 @@ def sweep(config: ml_collections.ConfigDict, name: str, data: dict[str, np.ndarr
              'stop_reason': reason, 'steps_per_epoch': steps, 'total_params': n_params,
              'seconds': round(time.time() - start, 1),
              **suggest(lrs, losses, cfg.smooth_window, cfg.suggest_divisor),
-             'study': STUDY.get(name)}
+             'study': published(config, name)}
   plot_sweeps({name: records}, {name: summary}, cfg,
               os.path.join(outdir, 'lr_range.png'), f'LR range test: {name}')
   return summary

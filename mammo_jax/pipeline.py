@@ -1,88 +1,30 @@
 """Multi-stage runs (feature extraction -> fine-tuning ...) as one command.
 
-A pipeline config is an experiment's base config plus three fields:
-  config.pipeline  'fe_hardaug,ft1,ft2': the stages, in order;
-  config.stages    one ConfigDict of overrides per stage (any base field, nested);
-  config.stage_field_defaults  bookkeeping (JSON): the file's base values of the fields that
-                   stages set, to catch command-line changes that would not reach them.
-Stage STAGE runs with the base config updated by its overrides, in WORKDIR/STAGE, exactly as
-the single-stage config `configs/x.py:STAGE` would; a stage starts from an earlier one with
-`init_from='@EARLIER'` (the sibling workdir's best checkpoint). A stage that finished with the
-same config is reused, an interrupted one resumes, and one that finished with a different
-config is refused (train.train_and_evaluate names the differing fields). Command-line
-overrides of base fields (`--config.data.manual_dir=...`) reach every stage; a field that a
-stage sets itself is changed with `--config.stages.STAGE.FIELD=...` (changing it in the base
-instead is an error naming that flag). A stage whose init_from run has been re-run since it
-started from it is refused too (check_not_stale).
+A pipeline config (fields: mammo_jax.config_lib.stages, which builds them) is an experiment's
+base config plus its stages' overrides. Stage STAGE runs with the base config updated by its
+overrides, in WORKDIR/STAGE, exactly as the single-stage config `configs/x.py:STAGE` would; a
+stage starts from an earlier one with `init_from='@EARLIER'` (the sibling workdir's best
+checkpoint). A stage that finished with the same config is reused, an interrupted one resumes,
+and one that finished with a different config is refused (train.train_and_evaluate names the
+differing fields). Command-line overrides of base fields (`--config.data.manual_dir=...`)
+reach every stage; a field that a stage sets itself is changed with
+`--config.stages.STAGE.FIELD=...` (changing it in the base instead is an error naming that
+flag). A stage whose init_from run has been re-run since it started from it is refused too
+(check_not_stale).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
 
 import ml_collections
 
 from mammo_jax import train
 from mammo_jax import warm_start
 from mammo_jax import workdir as workdir_lib
-
-PIPELINE_FIELDS = ('pipeline', 'stages', 'stage_field_defaults')
-
-
-def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping,
-                    where: str = '') -> None:
-  """Sets nested `overrides` on `config` in place; every key must already exist."""
-  for key, value in overrides.items():
-    path = f'{where}.{key}' if where else key
-    if key not in config:
-      raise ValueError(f'stage override {path} names no field of the base config')
-    if isinstance(value, Mapping):
-      apply_overrides(config[key], value, path)
-    else:
-      config[key] = value
-
-
-def _flatten(tree: Mapping, prefix: str = '') -> dict:
-  out = {}
-  for key, value in tree.items():
-    path = f'{prefix}.{key}' if prefix else key
-    out.update(_flatten(value, path) if isinstance(value, Mapping) else {path: value})
-  return out
-
-
-def _get(config: ml_collections.ConfigDict, path: str):
-  for key in path.split('.'):
-    config = config[key]
-  return config
-
-
-def make_config(base: ml_collections.ConfigDict, stages: Mapping[str, Mapping],
-                chain: tuple[str, ...]) -> ml_collections.ConfigDict:
-  """base + `pipeline` (the chain) + `stages` (each stage's overrides)."""
-  unknown = [s for s in chain if s not in stages]
-  if unknown:
-    raise ValueError(f'pipeline stages {unknown} have no overrides; known: {list(stages)}')
-  config = ml_collections.ConfigDict(base)
-  config.pipeline = ','.join(chain)
-  config.stages = ml_collections.ConfigDict({s: dict(stages[s]) for s in chain})
-  # The base values of every field some stage sets, as the config file made them: a
-  # command-line change of such a field would not reach those stages (stage_configs refuses).
-  paths = sorted({p for s in chain for p in _flatten(stages[s])})
-  config.stage_field_defaults = json.dumps({p: _get(base, p) for p in paths}, sort_keys=True)
-  return config
-
-
-def stage_config(base: ml_collections.ConfigDict,
-                 overrides: Mapping) -> ml_collections.ConfigDict:
-  """The resolved config of one stage: base (without pipeline fields) + its overrides."""
-  config = ml_collections.ConfigDict(base.to_dict())
-  for field in PIPELINE_FIELDS:
-    if field in config:
-      del config[field]
-  apply_overrides(config, overrides.to_dict() if hasattr(overrides, 'to_dict') else overrides)
-  return ml_collections.ConfigDict(config.to_dict())
+from mammo_jax.config_lib import overrides as overrides_lib
+from mammo_jax.config_lib import stages as stages_lib
 
 
 def stage_configs(config: ml_collections.ConfigDict) -> list[tuple[str, ml_collections.ConfigDict]]:
@@ -95,16 +37,18 @@ def stage_configs(config: ml_collections.ConfigDict) -> list[tuple[str, ml_colle
     raise ValueError(f'config.pipeline names stages {missing} that config.stages lacks')
   defaults = json.loads(config.stage_field_defaults)
   for name in names:
-    overrides = _flatten(config.stages[name].to_dict())
+    overrides = overrides_lib.flatten(config.stages[name].to_dict())
     for path in overrides:
-      if path in defaults and _get(config, path) != defaults[path]:
+      if path in defaults and overrides_lib.get_field(config, path) != defaults[path]:
         raise ValueError(f'--config.{path} does not reach stage {name}, which sets {path} '
                          f'itself; use --config.stages.{name}.{path}=... instead')
     start = overrides.get('init_from', '')
     if start.startswith('@') and start[1:] in names[names.index(name):]:
       raise ValueError(f'stage {name} starts from {start[1:]}, which config.pipeline '
                        f'({config.pipeline}) does not run before it')
-  return [(s, stage_config(config, config.stages[s])) for s in names]
+  return [(s, stages_lib.stage_config(config, config.stages[s],
+                                      stages_lib.stage_published(config, s)))
+          for s in names]
 
 
 def check_not_stale(config: ml_collections.ConfigDict, workdir: str) -> None:

@@ -6,7 +6,9 @@ model's epochs, validation and test accuracy, AUC and loss, each ensemble method
 and the confusion matrices and ROC curves, in DIR/report.md (images linked) and
 DIR/report.html (self-contained: images embedded as base64 data URIs). On the real CBIS-DDSM
 the study's published numbers (REFERENCE_STUDY.md §5) stand beside ours; on synthetic data a
-banner says that the numbers are synthetic and no comparison is made.
+banner says that the numbers are synthetic and no comparison is made. Those numbers come from
+the configs (config.published): a run's config.json, or, for an ensemble, ensemble.json, which
+holds them per member and per method.
 """
 
 from __future__ import annotations
@@ -23,59 +25,12 @@ from absl import flags
 
 from mammo_jax import workdir as workdir_lib
 
-# The study's published accuracies in percent (REFERENCE_STUDY.md §5): validation, test and
-# test AUC (None where unpublished), keyed by config file and variant or pipeline stage.
-STUDY_MODELS = {
-    'scratch2:exp0': (81.50, 77.38, None), 'scratch2:exp1': (83.93, 80.65, None),
-    'scratch2:exp2': (80.56, 79.76, None), 'scratch2:exp3': (87.66, 85.42, None),
-    'scratch2:exp4': (88.97, 87.50, None), 'scratch2:exp5': (89.72, 88.69, 0.954),
-    'scratch2:exp6': (89.72, 87.80, 0.938), 'scratch2:exp7': (86.54, 87.50, None),
-    'scratch2:exp8': (87.29, 81.55, None), 'scratch2:exp9': (88.22, 88.10, 0.948),
-    'scratch2:exp10': (90.28, 85.42, None), 'scratch2:exp11': (90.65, 85.12, None),
-    'vgg16_2:fe': (86.54, 86.90, None), 'vgg16_2:fe_dropout': (87.10, 87.50, None),
-    'vgg16_2:fe_fc128': (87.48, 86.61, None), 'vgg16_2:fe_hardaug': (87.48, 85.71, None),
-    'vgg16_2:ft1': (89.72, 89.58, None), 'vgg16_2:ft2': (91.03, 91.37, None),
-    'scratch4:m1': (63.55, 57.74, None), 'scratch4:m2': (65.42, 61.31, None),
-    'scratch4:m3': (59.81, 61.01, None),
-    'vgg16_4:fe_fc128': (61.68, 56.85, None), 'vgg16_4:fe_fc256': (58.69, 57.74, None),
-    'vgg16_4:ft1': (66.92, 56.85, None), 'vgg16_4:ft2': (67.29, 60.42, None),
-    'vgg16_4:ft3': (69.53, 59.23, None),
-    'benmal:run1': (69.91, 64.88, None), 'benmal:run2': (71.59, 63.99, None),
-    'benmal:run3': (68.97, 69.05, None),
-}
-_M569 = ('scratch2:exp5', 'scratch2:exp6', 'scratch2:exp9')
-_M123 = ('scratch4:m1', 'scratch4:m2', 'scratch4:m3')
-# Ensembles and the composite: (rule, members' keys in order) -> (test %, note).
-STUDY_METHODS = {
-    ('vote', _M569): (89.58, ''), ('average', _M569): (88.99, ''),
-    ('vote', _M569 + ('vgg16_2:ft2',) * 2): (91.07, ''),
-    ('average', _M569 + ('vgg16_2:ft2',) * 2): (91.07, ''),
-    ('vote', _M123): (59.82, ''), ('average', _M123): (61.31, ''),
-    ('average', _M123 + ('vgg16_4:ft3',)): (61.31, ''),
-    ('weighted', _M123 + ('vgg16_4:ft3',)): (
-        62.5, 'weights (0.2, 0.1, 0.2, 0.5) tuned on 168 test images, reported on the other '
-              '168 (defect D3)'),
-    ('threshold', ('vgg16_2:ft2', 'benmal:run3')): (62.50, ''),
-}
-
 SYNTHETIC_WARNING = ('SYNTHETIC DATA: every number in this report comes from the synthetic '
                      'CBIS-DDSM of tfds_cbis.synthetic. It says nothing about real mammograms '
                      'and is not comparable with the study\'s published results.')
 REPORT_MD, REPORT_HTML = 'report.md', 'report.html'
 
 
-def study_key(config: dict, run_dir: str) -> str | None:
-  """The STUDY_MODELS key of a run, from its config.json (VGG stages by their folder name)."""
-  name = config.get('model', {}).get('name', '')
-  for family in ('scratch2', 'scratch4'):
-    if name.startswith(family + '_'):
-      return f'{family}:{name[len(family) + 1:]}'
-  if name == 'benmal':
-    return f'benmal:run{config.get("seed")}'
-  if name == 'vgg16':
-    family = {'mass_vs_calc': 'vgg16_2', 'four_class': 'vgg16_4'}.get(config.get('task'))
-    return f'{family}:{os.path.basename(os.path.normpath(run_dir))}' if family else None
-  return None
 
 
 def _models(workdir: str) -> tuple[list[dict], dict | None]:
@@ -84,7 +39,8 @@ def _models(workdir: str) -> tuple[list[dict], dict | None]:
   if os.path.exists(path):
     summary = workdir_lib.read_json(path)
     return [{'name': n, 'run_dir': os.path.join(workdir, m['run_dir']), 'config': m['config'],
-             'overrides': m['overrides'], 'stages': m.get('stages')}
+             'overrides': m['overrides'], 'stages': m.get('stages'),
+             'published': m.get('published')}
             for n, m in summary['members'].items()], summary
   path = os.path.join(workdir, 'pipeline.json')
   if os.path.exists(path):
@@ -135,8 +91,8 @@ def build(workdir: str) -> list[tuple]:
   models, ensemble = _models(workdir)
   for m in models:
     m['results'] = workdir_lib.read_results(m['run_dir'])
-    m['run_config'] = workdir_lib.read_config(m['run_dir'])
-    m['key'] = study_key(m['run_config'], m['run_dir'])
+    if 'published' not in m:  # not an ensemble member: the run's own config.json has them
+      m['published'] = workdir_lib.read_config(m['run_dir']).get('published')
   synthetic = any(m['results'].get('synthetic_data', True) for m in models)
   compare = not synthetic
   title = 'Ensemble report' if ensemble else 'Run report'
@@ -173,8 +129,9 @@ def build(workdir: str) -> list[tuple]:
            _num(r['validation']['loss']), _pct(r['test']['accuracy']),
            _num(r['test']['auc'], 3), _num(r['test']['loss'])]
     if compare:
-      val, test, auc = STUDY_MODELS.get(m['key'], (None, None, None))
-      row += [_study(val), _study(test), _study(auc, 3)]
+      published = m['published'] or {}
+      row += [_study(published.get('validation_accuracy')),
+              _study(published.get('test_accuracy')), _study(published.get('test_auc'), 3)]
     rows.append(row)
   blocks += [('h2', 'Models'), ('table', header, rows),
              ('p', 'Best epoch counts from 1: the epoch of the lowest validation loss, whose '
@@ -182,7 +139,6 @@ def build(workdir: str) -> list[tuple]:
                    'checkpoint.')]
 
   if ensemble:
-    keys = {m['name']: m['key'] for m in models}
     header = ['method', 'rule', 'members', 'weights', 'val acc %', 'test acc %',
               'test balanced acc %', 'test AUC']
     if compare:
@@ -197,9 +153,8 @@ def build(workdir: str) -> list[tuple]:
              _pct(e['test']['accuracy']), _pct(e['test']['balanced_accuracy']),
              _num(e['test']['auc'], 3)]
       if compare:
-        test, note = STUDY_METHODS.get(
-            (e['rule'], tuple(keys[n] for n in e['members'])), (None, ''))
-        row += [_study(test), note]
+        published = e.get('published') or {}
+        row += [_study(published.get('test_accuracy')), published.get('note', '')]
       rows.append(row)
     used = {e['rule'] for e in ensemble['methods']}
     blocks += [('h2', 'Ensembles'), ('table', header, rows),

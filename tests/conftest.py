@@ -1,20 +1,17 @@
 """Shared test helpers: loading config files as main.py does, and one synthetic-data cache."""
 
-import importlib.util
 import os
 
 import pytest
+
+from mammo_jax.config_lib import loader
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_config(name: str, arg: str | None = None):
   """configs/NAME.py's get_config(arg), locked like `--config=configs/NAME.py:arg`."""
-  path = os.path.join(ROOT, 'configs', f'{name}.py')
-  spec = importlib.util.spec_from_file_location(f'test_config_{name}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(arg)
+  config = loader.load_config(f'configs/{name}.py' + (f':{arg}' if arg else ''), ROOT)
   config.lock()
   return config
 

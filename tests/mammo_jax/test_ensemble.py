@@ -14,7 +14,8 @@ import pytest
 
 from mammo_jax import ensemble, pipeline, train
 from mammo_jax import ensemble_rules as rules
-from tests.conftest import load_config
+from mammo_jax.config_lib import ensembles
+from tests.conftest import ROOT, load_config
 
 
 def one_hot_probs(votes, k):
@@ -191,12 +192,17 @@ def member(spec, overrides=''):
   return ml_collections.ConfigDict({'config': spec, 'overrides': overrides})
 
 
+def member_config(name, spec, data):
+  """A member's resolved config, its file relative to this repository."""
+  return ensembles.member_config(name, spec, data, ROOT)
+
+
 def test_member_config_gets_the_ensembles_data_and_its_overrides():
   data = load_config('default', 'smoke').data
   data.unlock()
   data.cache_dir = '/tmp/somewhere'
   data.synthetic.seed = 7
-  config = ensemble.member_config(
+  config = member_config(
       'm1', member('configs/scratch4.py:m1', 'num_epochs=3 optimizer.learning_rate=3e-3 '
                    "model.trainable='all' half_precision=false"), data)
   assert config.data.cache_dir == '/tmp/somewhere' and config.data.synthetic.seed == 7
@@ -208,14 +214,14 @@ def test_member_config_gets_the_ensembles_data_and_its_overrides():
                              ('num_epochs=three', 'num_epochs=.three'),
                              ('num_epochs', 'not FIELD=VALUE')]:
     with pytest.raises(ValueError, match=message):
-      ensemble.member_config('m1', member('configs/scratch4.py:m1', overrides), data)
+      member_config('m1', member('configs/scratch4.py:m1', overrides), data)
   with pytest.raises(FileNotFoundError, match='no file'):
-    ensemble.member_config('m1', member('configs/nope.py:x'), data)
+    member_config('m1', member('configs/nope.py:x'), data)
 
 
 def test_pipeline_member_with_a_shortened_chain():
   data = load_config('default', 'smoke').data
-  config = ensemble.member_config('vgg', member(
+  config = member_config('vgg', member(
       'configs/vgg16_4.py:pipeline,smoke',
       "pipeline=fe_fc128,ft3 stages.ft3.init_from=@fe_fc128 model.pretrained=''"), data)
   stages = pipeline.stage_configs(config)
@@ -225,10 +231,10 @@ def test_pipeline_member_with_a_shortened_chain():
 
 def test_member_folder_is_keyed_by_the_config_up_to_resumable_fields(tmp_path):
   data = load_config('default', 'smoke').data
-  base = ensemble.member_config('m1', member('configs/scratch4.py:m1'), data)
-  same = ensemble.member_config('m1', member('configs/scratch4.py:m1', 'log_every_steps=7'),
+  base = member_config('m1', member('configs/scratch4.py:m1'), data)
+  same = member_config('m1', member('configs/scratch4.py:m1', 'log_every_steps=7'),
                                 data)
-  other = ensemble.member_config('m1', member('configs/scratch4.py:m1', 'num_epochs=7'), data)
+  other = member_config('m1', member('configs/scratch4.py:m1', 'num_epochs=7'), data)
   d = ensemble.member_dir(str(tmp_path), 'm1', base)
   assert d.startswith(str(tmp_path / 'members' / 'm1-')) and len(os.path.basename(d)) == 11
   assert ensemble.member_dir(str(tmp_path), 'm1', same) == d
@@ -379,7 +385,8 @@ def test_every_config_variant_resolves_its_members(name, arg):
   names = list(config.ensemble.members.keys())
   methods = ensemble.parse_methods(config.ensemble.methods, names)
   for n in names:
-    resolved = ensemble.member_config(n, config.ensemble.members[n], config.data)
+    resolved = ensembles.member_config(n, config.ensemble.members[n], config.data,
+                                       config.ensemble.root)
     if resolved.get('pipeline'):
       pipeline.stage_configs(resolved)
     assert resolved.data.synthetic.patients == config.data.synthetic.patients

@@ -36,7 +36,7 @@ def test_schedule_is_start_lr_times_factor_to_the_epoch_at_the_right_steps():
 def test_epochs_are_zero_based_like_the_studys_table(name, start_lr, epochs, last_lr):
   """The study's 'epochs run' and 'last LR' agree with lr = start x 1.1^e, e from 0."""
   assert lr_range.epoch_lr(start_lr, 1.1, epochs - 1) == pytest.approx(last_lr, rel=1e-3)
-  assert lr_range.STUDY[name]['epochs_run'] == epochs
+  assert load_config('lr_range').published[name].epochs_run == epochs
 
 
 @pytest.mark.parametrize('name', ['sgd', 'rmsprop', 'adam', 'nadam'])

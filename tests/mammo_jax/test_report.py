@@ -1,6 +1,7 @@
 """The report: rendered from finished workdirs (ensemble, single run), self-contained HTML,
 the synthetic-data warning, and the study's numbers beside ours on real data."""
 
+import json
 import os
 import re
 import subprocess
@@ -9,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from mammo_jax import ensemble, report, train
+from mammo_jax import ensemble, pipeline, report, train
 from tests.conftest import ROOT, load_config
 from tests.mammo_jax.test_ensemble import fake_train_and_evaluate, write_run
 
@@ -70,10 +71,37 @@ def test_report_of_a_single_run_and_of_nothing(tmp_path):
     report.write_report(str(tmp_path))
 
 
-def test_study_keys_follow_the_config_files():
-  key = lambda name, arg, run_dir='x': report.study_key(load_config(name, arg).to_dict(), run_dir)
-  assert key('scratch2', 'exp9') == 'scratch2:exp9' and key('scratch4', 'm2') == 'scratch4:m2'
-  assert key('benmal', 'run3') == 'benmal:run3'
-  assert key('vgg16_2', 'ft2', 'runs/v/ft2') == 'vgg16_2:ft2'
-  assert key('vgg16_4', 'ft3', 'runs/v/ft3') == 'vgg16_4:ft3'
-  assert all(k in report.STUDY_MODELS for m in report.STUDY_METHODS for k in m[1])
+def test_published_numbers_come_from_the_config_files():
+  published = lambda name, arg: load_config(name, arg).published.to_dict()
+  assert published('scratch2', 'exp9') == {'validation_accuracy': 88.22, 'test_accuracy': 88.10,
+                                          'test_auc': 0.948}
+  assert published('scratch4', 'm2')['test_accuracy'] == 61.31
+  assert published('benmal', 'run3,smoke')['test_accuracy'] == 69.05
+  assert published('default', None) == published('scratch2', 'exp5')
+  # A pipeline stage's config (its config.json) holds that stage's numbers.
+  stages = dict(pipeline.stage_configs(load_config('vgg16_2', 'pipeline')))
+  assert stages['ft2'].published.test_accuracy == 91.37 == published('vgg16_2', 'ft2')[
+      'test_accuracy']
+  assert stages['fe_hardaug'].published.validation_accuracy == 87.48
+  assert published('ensemble4', 'study')['weighted:m1+m2+m3+vgg']['test_accuracy'] == 62.5
+  assert 'product:type+severity' not in published('composite4', 'demo')
+
+
+def test_ensemble_json_holds_the_published_numbers_of_members_and_methods(tmp_path,
+                                                                           monkeypatch):
+  summary = fake_ensemble(tmp_path / 'e', monkeypatch, synthetic=False)
+  assert summary['members']['m2']['published']['test_accuracy'] == 61.31
+  assert summary['members']['vgg']['published']['test_accuracy'] == 59.23  # its last stage
+  methods = {m['name']: m['published'] for m in summary['methods']}
+  assert methods['vote:m1+m2+m3'] == {'test_accuracy': 59.82, 'note': ''}
+  # A member reused from a config.json written before config.published: numbers still shown.
+  for name in ('report.md', 'report.html'):
+    os.remove(tmp_path / 'e' / name)
+  for root, _, files in os.walk(tmp_path / 'e' / 'members'):
+    if 'config.json' in files:
+      path = os.path.join(root, 'config.json')
+      config = json.load(open(path))
+      config.pop('published', None)
+      json.dump(config, open(path, 'w'))
+  report.write_report(str(tmp_path / 'e'))
+  assert '57.74' in (tmp_path / 'e' / 'report.md').read_text()

@@ -13,6 +13,7 @@ import pytest
 
 from mammo_jax import augment, checkpointing, freezing, optimizers, parallel, pipeline
 from mammo_jax import preprocessing, tasks, train, warm_start
+from mammo_jax.config_lib import stages as stages_lib
 from tfds_cbis import strict_json
 from mammo_jax.models import vgg16
 from tests.conftest import ROOT, load_config
@@ -240,7 +241,7 @@ def test_stage_overrides_and_config_errors():
   with pytest.raises(ValueError, match='stage ft2 starts from ft1, which config.pipeline'):
     pipeline.stage_configs(changed)
   with pytest.raises(ValueError, match='stage override model.fcc names no field'):
-    pipeline.stage_config(config, {'model': {'fcc': 3}})
+    stages_lib.stage_config(config, {'model': {'fcc': 3}})
   with pytest.raises(ValueError, match='takes one of fe_fc128'):
     load_config('vgg16_4', 'ft9')
   with pytest.raises(ValueError, match='model vgg16 needs model.preprocess'):
