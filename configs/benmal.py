@@ -1,4 +1,5 @@
-"""Scratch CNN, benign vs malignant (REFERENCE_STUDY.md §2.3): M2's layers with a sigmoid head.
+"""Scratch CNN, benign vs malignant (docs/REFERENCE_STUDY.md §2.3): M2's layers, a sigmoid
+head.
 
 Command (the argument picks the run, i.e. the seed; the study ran three):
   python -m mammo_jax.main --config=configs/benmal.py --workdir=runs/benmal

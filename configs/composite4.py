@@ -1,4 +1,4 @@
-"""The composite 4-class model (REFERENCE_STUDY.md §2.8): a type model x a severity model.
+"""The composite 4-class model (docs/REFERENCE_STUDY.md §2.8): a type model x a severity model.
 
 Command (the argument picks the members; `demo`, the default, is sized for a CPU):
   python -m mammo_jax.main --config=configs/composite4.py --workdir=runs/composite4_demo

@@ -1,4 +1,4 @@
-"""Dual-input CNN, mass vs calcification with baseline patches (REFERENCE_STUDY.md §2.6, §4).
+"""Dual-input CNN, mass vs calcification with baseline patches (docs/REFERENCE_STUDY.md §2.6, §4).
 
 Command:
   python -m mammo_jax.main --config=configs/dual.py --workdir=runs/dual

@@ -1,4 +1,4 @@
-"""Ensembles of mass-vs-calcification models (REFERENCE_STUDY.md §2.9): M5, M6, M9 and VGG16.
+"""Ensembles of mass-vs-calcification models (docs/REFERENCE_STUDY.md §2.9): M5, M6, M9 and VGG16.
 
 Command (the argument picks the members; `demo`, the default, is sized for a CPU):
   python -m mammo_jax.main --config=configs/ensemble2.py --workdir=runs/ensemble2_demo

@@ -1,4 +1,4 @@
-"""Ensembles of 4-class models (REFERENCE_STUDY.md §2.10): scratch M1, M2, M3 and VGG16 FT3.
+"""Ensembles of 4-class models (docs/REFERENCE_STUDY.md §2.10): scratch M1, M2, M3 and VGG16 FT3.
 
 Command (the argument picks the members; `demo`, the default, is sized for a CPU):
   python -m mammo_jax.main --config=configs/ensemble4.py --workdir=runs/ensemble4_demo

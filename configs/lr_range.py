@@ -1,4 +1,4 @@
-"""The study's learning-rate range test per optimizer (REFERENCE_STUDY.md §2.11).
+"""The study's learning-rate range test per optimizer (docs/REFERENCE_STUDY.md §2.11).
 
 Command (the argument picks the optimizer; default all, each swept into WORKDIR/<optimizer>):
   python -m mammo_jax.main --config=configs/lr_range.py --workdir=runs/lr_range

@@ -1,4 +1,4 @@
-"""Scratch CNN, mass vs calcification: the study's Exps 0-11 (REFERENCE_STUDY.md §2.1, §4).
+"""Scratch CNN, mass vs calcification: the study's Exps 0-11 (docs/REFERENCE_STUDY.md §2.1, §4).
 
 Command (the argument picks the experiment; default exp5, the study's best scratch model):
   python -m mammo_jax.main --config=configs/scratch2.py --workdir=runs/scratch2

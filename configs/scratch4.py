@@ -1,4 +1,4 @@
-"""Scratch CNN, four classes (MB/MM/CB/CM): the study's M1-M3 (REFERENCE_STUDY.md §2.2).
+"""Scratch CNN, four classes (MB/MM/CB/CM): the study's M1-M3 (docs/REFERENCE_STUDY.md §2.2).
 
 Command (the argument picks the model; default m2, the study's best single 4-class model):
   python -m mammo_jax.main --config=configs/scratch4.py --workdir=runs/scratch4

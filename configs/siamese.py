@@ -1,4 +1,4 @@
-"""Siamese CNN, mass vs calcification with baseline patches (REFERENCE_STUDY.md §2.7, §4).
+"""Siamese CNN, mass vs calcification with baseline patches (docs/REFERENCE_STUDY.md §2.7, §4).
 
 Command:
   python -m mammo_jax.main --config=configs/siamese.py --workdir=runs/siamese

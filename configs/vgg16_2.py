@@ -1,4 +1,4 @@
-"""VGG16 transfer learning, mass vs calcification (REFERENCE_STUDY.md §2.4, VGG16_2_class).
+"""VGG16 transfer learning, mass vs calcification (docs/REFERENCE_STUDY.md §2.4, VGG16_2_class).
 
 Needs the ImageNet weights, ported once (the files are published by Keras and torchvision):
   wget https://storage.googleapis.com/tensorflow/keras-applications/vgg16/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5

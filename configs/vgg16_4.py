@@ -1,4 +1,4 @@
-"""VGG16 transfer learning, 4 classes (REFERENCE_STUDY.md §2.4, VGG16_4_class).
+"""VGG16 transfer learning, 4 classes (docs/REFERENCE_STUDY.md §2.4, VGG16_4_class).
 
 Needs the ported ImageNet weights (see configs/vgg16_2.py), then:
   python -m mammo_jax.main --config=configs/vgg16_4.py:pipeline --workdir=runs/vgg16_4 \

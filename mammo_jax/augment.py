@@ -79,7 +79,7 @@ class AugmentSpec:
     return cls(**values)
 
 
-# The study's settings A-E (REFERENCE_STUDY.md §1.7); their values live in the config helper.
+# The study's settings A-E (docs/REFERENCE_STUDY.md §1.7); their values live in the config helper.
 STUDY_SETTINGS: dict[str, AugmentSpec] = {
     name: AugmentSpec(**values) for name, values in config_base.STUDY_AUGMENT.items()}
 

@@ -1,4 +1,4 @@
-"""Ensembles and the composite 4-class model (REFERENCE_STUDY.md §2.8-2.10), as one runner.
+"""Ensembles and the composite 4-class model (docs/REFERENCE_STUDY.md §2.8-2.10), as one runner.
 
 An ensemble config (`config.runner = 'ensemble'`, e.g. configs/ensemble4.py; its fields:
 mammo_jax.config_lib.ensembles) names members, each a config file with overrides, and

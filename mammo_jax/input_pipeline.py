@@ -134,7 +134,7 @@ def load_split(builder: tfds.core.DatasetBuilder, split: str,
 
 # config.data.inputs: what a model is fed. 'image': the abnormality patch. 'image+baseline':
 # the patch and its healthy baseline stacked as channels [H, W, 2] (0 abnormality, 1
-# baseline), for the pair models (REFERENCE_STUDY.md §1.8); one array keeps batching,
+# baseline), for the pair models (docs/REFERENCE_STUDY.md §1.8); one array keeps batching,
 # preprocessing and augmentation those of single images.
 INPUTS = ('image', 'image+baseline')
 
@@ -169,7 +169,7 @@ def num_examples(data: dict[str, np.ndarray]) -> int:
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
-  """An epoch is one pass over the training split in full batches (REFERENCE_STUDY.md D6)."""
+  """An epoch is one pass over the training split in full batches (docs/REFERENCE_STUDY.md D6)."""
   if n < batch_size:
     raise ValueError(f'the training split has {n} examples, fewer than batch_size='
                      f'{batch_size}; lower --config.batch_size')

@@ -1,4 +1,4 @@
-"""The study's learning-rate range test (REFERENCE_STUDY.md §2.11): `run(config, workdir)`.
+"""The study's learning-rate range test (docs/REFERENCE_STUDY.md §2.11): `run(config, workdir)`.
 
 For each optimizer in config.lr_range.optimizers, a fresh model (same init, batch order and
 augmentation for all: everything derives from config.seed) trains with the LR of epoch e

@@ -5,7 +5,7 @@ end), a pipeline workdir (pipeline.json) or a single run (results.json). The rep
 model's epochs, validation and test accuracy, AUC and loss, each ensemble method's accuracy,
 and the confusion matrices and ROC curves, in DIR/report.md (images linked) and
 DIR/report.html (self-contained: images embedded as base64 data URIs). On the real CBIS-DDSM
-the study's published numbers (REFERENCE_STUDY.md §5) stand beside ours; on synthetic data a
+the study's published numbers (docs/REFERENCE_STUDY.md §5) stand beside ours; on synthetic data a
 banner says that the numbers are synthetic and no comparison is made. Those numbers come from
 the configs (config.published): a run's config.json, or, for an ensemble, ensemble.json, which
 holds them per member and per method.
@@ -100,7 +100,7 @@ def build(workdir: str) -> list[tuple]:
   if synthetic:
     blocks.append(('warning', SYNTHETIC_WARNING))
   else:
-    blocks.append(('p', 'Real CBIS-DDSM: the study\'s published numbers (REFERENCE_STUDY.md '
+    blocks.append(('p', 'Real CBIS-DDSM: the study\'s published numbers (docs/REFERENCE_STUDY.md '
                         '§5) are shown beside ours. They are not measured on the same split: '
                         'the study\'s test set had 336 patches, ours is built from the DICOM '
                         'download (README, "The datasets"); and the study\'s VGG16 test '

@@ -1,7 +1,7 @@
 """The study's three tasks, derived from the 4-class label of cbis_ddsm/roi150.
 
 Labels 0..3 are BENIGN_MASS, MALIGNANT_MASS, BENIGN_CALCIFICATION, MALIGNANT_CALCIFICATION
-(REFERENCE_STUDY.md §1.4). Binary tasks use one logit and sigmoid cross-entropy, 4-class
+(docs/REFERENCE_STUDY.md §1.4). Binary tasks use one logit and sigmoid cross-entropy, 4-class
 softmax cross-entropy, as the study's Keras models did (on logits here, for stability).
 """
 

@@ -8,7 +8,7 @@ has them, `model.dont_load` and `evaluator`.
 
 import ml_collections
 
-# The study's Keras ImageDataGenerator settings (REFERENCE_STUDY.md §1.7), as config values;
+# The study's Keras ImageDataGenerator settings (docs/REFERENCE_STUDY.md §1.7), as config values;
 # mammo_jax.augment.STUDY_SETTINGS is built from them. B differs from A only in its
 # preprocessing function, which is not part of the augmentation.
 _FLIPS = {'horizontal_flip': True, 'vertical_flip': True, 'fill_mode': 'reflect'}

@@ -1,4 +1,4 @@
-"""The Dual and Siamese CNNs' configs (REFERENCE_STUDY.md §2.6-2.7): identical settings."""
+"""The Dual and Siamese CNNs' configs (docs/REFERENCE_STUDY.md §2.6-2.7): identical settings."""
 
 import ml_collections
 

@@ -1,4 +1,4 @@
-"""The study's VGG16 transfer learning (REFERENCE_STUDY.md §2.4), for configs/vgg16_*.py.
+"""The study's VGG16 transfer learning (docs/REFERENCE_STUDY.md §2.4), for configs/vgg16_*.py.
 
 The ImageNet VGG16 base on 150x150 patches, grey repeated to 3 channels and Keras "caffe"
 preprocessing (the same at training and test time, unlike the study's notebooks: defect D1),

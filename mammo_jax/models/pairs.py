@@ -1,6 +1,6 @@
 """The study's pair networks, fed an abnormality patch with its healthy baseline patch.
 
-Dual CNN (REFERENCE_STUDY.md §2.6): two unshared conv branches, their feature maps
+Dual CNN (docs/REFERENCE_STUDY.md §2.6): two unshared conv branches, their feature maps
 concatenated on the channel axis (abnormality first). Siamese CNN (§2.7): one shared encoder,
 the signed difference of the two feature vectors. Both end in Dense(96, relu), Dropout 0.5 and
 one logit, with Keras's defaults made explicit ('valid' padding, Glorot-uniform kernels, zero

@@ -1,4 +1,4 @@
-"""The reference study's from-scratch CNNs (REFERENCE_STUDY.md §2.1-2.3) as one linen module.
+"""The reference study's from-scratch CNNs (docs/REFERENCE_STUDY.md §2.1-2.3) as one linen module.
 
 Each experiment is a set of attributes: conv widths (one conv + 2x2 max-pool block each), the
 first block's kernel and stride, the head's width, dropout, and optional batch norm. Keras

@@ -9,7 +9,7 @@ already in the weights' expected form (Keras "caffe": BGR minus the ImageNet mea
 torchvision's normalisation). `check_pretrained` and `load` are the family's loader for
 config.model.pretrained: they merge a weights file into the initialised parameters.
 
-`VGG16Classifier` is the study's `create_vgg16` (REFERENCE_STUDY.md §2.4): the base without
+`VGG16Classifier` is the study's `create_vgg16` (docs/REFERENCE_STUDY.md §2.4): the base without
 its top, flatten, optional dropout, Dense(fc, relu), Dense(k). The base is the submodule
 `vgg16`, as Keras nests it, so freezing is a matter of parameter paths (`vgg16/block5_conv3`).
 """

@@ -2,7 +2,7 @@
 
 Sources (`FORMATS`):
 - `keras_h5`: keras-applications' `vgg16_weights_tf_dim_ordering_tf_kernels[_notop].h5`, the
-  files REFERENCE_STUDY.md §2.4 loads, or any legacy Keras HDF5 weights or full-model
+  files docs/REFERENCE_STUDY.md §2.4 loads, or any legacy Keras HDF5 weights or full-model
   save of a VGG16 (see readers.read_keras_h5).
 - `keras3`: a Keras 3 `model.save_weights(....weights.h5)` file or a `.keras` archive.
 - `torchvision`: `vgg16-397923af.pth` or any state dict with torchvision's VGG16 keys. Needs

@@ -1,4 +1,4 @@
-"""Pair models (Dual, Siamese; REFERENCE_STUDY.md §2.6-2.7) and their (abnormality, baseline)
+"""Pair models (Dual, Siamese; docs/REFERENCE_STUDY.md §2.6-2.7) and their (abnormality, baseline)
 inputs: Keras parameter counts, shared vs unshared encoders, one augmentation per pair,
 examples without a baseline left out and counted, and input/model mismatches refused."""
 

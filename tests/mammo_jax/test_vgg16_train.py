@@ -71,7 +71,7 @@ def test_cpu_fast_and_xla_vgg16_agree():
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.abs(b).max()))
 
 
-# The study's trainable-parameter counts (REFERENCE_STUDY.md §2.4).
+# The study's trainable-parameter counts (docs/REFERENCE_STUDY.md §2.4).
 STUDY_TRAINABLE = {
     ('vgg16_2', 'fe'): 2_097_665, ('vgg16_2', 'fe_dropout'): 2_097_665,
     ('vgg16_2', 'fe_fc128'): 1_048_833, ('vgg16_2', 'fe_hardaug'): 2_097_665,

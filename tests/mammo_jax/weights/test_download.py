@@ -9,7 +9,7 @@ import pytest
 from mammo_jax.weights import download
 from mammo_jax.weights import vgg16 as vw
 
-NOTOP_PARAMS = 14_714_688  # REFERENCE_STUDY.md §2.4
+NOTOP_PARAMS = 14_714_688  # docs/REFERENCE_STUDY.md §2.4
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from mammo_jax.weights import merge
 from mammo_jax.weights import vgg16 as vw
 from tests.mammo_jax.weights.vgg16_sources import layers_to_params
 
-NOTOP_PARAMS = 14_714_688  # REFERENCE_STUDY.md §2.4
+NOTOP_PARAMS = 14_714_688  # docs/REFERENCE_STUDY.md §2.4
 
 
 def _classifier_shapes():

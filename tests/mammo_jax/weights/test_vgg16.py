@@ -24,7 +24,7 @@ from tests.mammo_jax.weights import vgg16_sources
 
 TOLERANCE = 1e-4  # max |diff| / max |ref|; float32 reorderings give about 3e-6
 KERAS_FILES = ('keras1', 'keras2', 'keras3', 'keras_archive', 'keras_full_h5')
-NOTOP_PARAMS = 14_714_688  # REFERENCE_STUDY.md §2.4
+NOTOP_PARAMS = 14_714_688  # docs/REFERENCE_STUDY.md §2.4
 
 # Keras's TF backend converts tensors with np.array(x), which numpy 2 flags.
 pytestmark = pytest.mark.filterwarnings('ignore:__array__ implementation:DeprecationWarning')
