@@ -4,8 +4,9 @@ Runs (final evaluation and every validation), ensembles (each combination method
 report all take their metrics from here, so a new evaluator (per-image AUC for whole
 mammograms, confidence intervals, ...) is one entry of EVALUATORS. An evaluator maps host
 arrays (class probabilities [N, K], labels [N], the task's class names) to a dict of
-JSON-ready metrics; `headline` names the scalar metrics that summaries and the report show
-first.
+JSON-ready metrics; `headline` names its scalar metrics that summaries show first, and the
+`*_columns` say which metrics the report's tables show: (metric, label, digits), digits None
+for a percentage.
 """
 
 from __future__ import annotations
@@ -20,11 +21,16 @@ from mammo_jax import metrics
 DEFAULT = 'classification'
 
 
+Column = tuple[str, str, int | None]
+
+
 @dataclasses.dataclass(frozen=True)
 class Evaluator:
   name: str
   evaluate: Callable[[np.ndarray, np.ndarray, Sequence[str]], dict]
   headline: tuple[str, ...]
+  run_columns: tuple[Column, ...] = ()  # per split, for each trained model
+  method_columns: tuple[Column, ...] = ()  # test split, for each ensemble method
 
 
 def _classification(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> dict:
@@ -32,8 +38,12 @@ def _classification(probs: np.ndarray, labels: np.ndarray, class_names: Sequence
 
 
 EVALUATORS = {
-    'classification': Evaluator('classification', _classification,
-                                ('accuracy', 'balanced_accuracy', 'macro_f1', 'auc')),
+    'classification': Evaluator(
+        'classification', _classification,
+        headline=('accuracy', 'balanced_accuracy', 'macro_f1', 'auc'),
+        run_columns=(('accuracy', 'acc %', None), ('auc', 'AUC', 3), ('loss', 'loss', 4)),
+        method_columns=(('accuracy', 'acc %', None), ('balanced_accuracy', 'balanced acc %',
+                                                       None), ('auc', 'AUC', 3))),
 }
 
 

@@ -23,6 +23,7 @@ import sys
 from absl import app
 from absl import flags
 
+from mammo_jax import evaluators
 from mammo_jax import workdir as workdir_lib
 
 SYNTHETIC_WARNING = ('SYNTHETIC DATA: every number in this report comes from the synthetic '
@@ -62,6 +63,10 @@ def _num(value, digits=4) -> str:
   return 'n/a' if value is None or not math.isfinite(value) else f'{value:.{digits}f}'
 
 
+def _metric(value, digits: int | None) -> str:
+  return _pct(value) if digits is None else _num(value, digits)
+
+
 def _study(value, digits=2) -> str:
   return '—' if value is None else f'{value:.{digits}f}'
 
@@ -91,8 +96,9 @@ def build(workdir: str) -> list[tuple]:
   models, ensemble = _models(workdir)
   for m in models:
     m['results'] = workdir_lib.read_results(m['run_dir'])
+    m['run_config'] = workdir_lib.read_config(m['run_dir'])
     if 'published' not in m:  # not an ensemble member: the run's own config.json has them
-      m['published'] = workdir_lib.read_config(m['run_dir']).get('published')
+      m['published'] = m['run_config'].get('published')
   synthetic = any(m['results'].get('synthetic_data', True) for m in models)
   compare = not synthetic
   title = 'Ensemble report' if ensemble else 'Run report'
@@ -110,8 +116,11 @@ def build(workdir: str) -> list[tuple]:
     blocks.append(('p', 'Examples per split: ' + ', '.join(
         f'{s} {examples[s]}' for s in ('train', 'validation', 'test') if s in examples) + '.'))
 
-  header = ['model', 'config', 'task', 'best epoch / run', 'val acc %', 'val AUC', 'val loss',
-            'test acc %', 'test AUC', 'test loss']
+  # The metrics shown are the evaluator's (the first model's run config names it).
+  evaluator = evaluators.of_config(models[0]['run_config'])
+  split_names = {'validation': 'val', 'test': 'test'}
+  header = ['model', 'config', 'task', 'best epoch / run'] + [
+      f'{split_names[s]} {label}' for s in split_names for _, label, _ in evaluator.run_columns]
   if compare:
     header += ['study val acc %', 'study test acc %', 'study test AUC']
   rows = []
@@ -124,10 +133,9 @@ def build(workdir: str) -> list[tuple]:
       spec += f' (stages {" > ".join(m["stages"])})'
     best = r.get('best_epoch')
     row = [m['name'], spec, r['task'],
-           f'{"n/a" if best is None else best + 1} / {r.get("epochs_run")}',
-           _pct(r['validation']['accuracy']), _num(r['validation']['auc'], 3),
-           _num(r['validation']['loss']), _pct(r['test']['accuracy']),
-           _num(r['test']['auc'], 3), _num(r['test']['loss'])]
+           f'{"n/a" if best is None else best + 1} / {r.get("epochs_run")}'] + [
+               _metric(r[s].get(key), digits) for s in split_names
+               for key, _, digits in evaluator.run_columns]
     if compare:
       published = m['published'] or {}
       row += [_study(published.get('validation_accuracy')),
@@ -139,8 +147,8 @@ def build(workdir: str) -> list[tuple]:
                    'checkpoint.')]
 
   if ensemble:
-    header = ['method', 'rule', 'members', 'weights', 'val acc %', 'test acc %',
-              'test balanced acc %', 'test AUC']
+    header = ['method', 'rule', 'members', 'weights', 'val acc %'] + [
+        f'test {label}' for _, label, _ in evaluator.method_columns]
     if compare:
       header += ['study test acc %', 'study note']
     rows = []
@@ -149,9 +157,8 @@ def build(workdir: str) -> list[tuple]:
       val = _pct(e['validation']['accuracy'])
       if e['rule'] == 'weighted':
         val += ' (tuned here)'
-      row = [e['name'], e['rule'], ' + '.join(e['members']), weights, val,
-             _pct(e['test']['accuracy']), _pct(e['test']['balanced_accuracy']),
-             _num(e['test']['auc'], 3)]
+      row = [e['name'], e['rule'], ' + '.join(e['members']), weights, val] + [
+          _metric(e['test'].get(key), digits) for key, _, digits in evaluator.method_columns]
       if compare:
         published = e.get('published') or {}
         row += [_study(published.get('test_accuracy')), published.get('note', '')]

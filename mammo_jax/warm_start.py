@@ -81,7 +81,7 @@ def warm_start(config: ml_collections.ConfigDict, workdir: str, state):
     cache = os.path.join(config.data.cache_dir, 'weights') if config.data.cache_dir else None
     params, meta = _family(config).load(
         params, config.model.pretrained, preprocess=config.model.preprocess, cache_dir=cache,
-        dont_load=config.model.get('dont_load', ''))
+        dont_load=config.model.dont_load)
     print(f'{config.model.name} initialised from {config.model.pretrained} '
           f'({meta.get("format")}, source sha256 {str(meta.get("source_sha256"))[:12]})',
           flush=True)
