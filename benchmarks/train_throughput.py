@@ -1,7 +1,7 @@
 """Train-step throughput: mammo_jax against Keras (TensorFlow backend), and the input pipeline.
 
     python benchmarks/train_throughput.py [--model m2|vgg16_ft] [--batch_size 128] [--steps 5]
-        [--rounds 2] [--peak_tflops_fp32 T] [--peak_tflops_bf16 T]
+        [--rounds 2] [--peak_tflops_fp32 T] [--peak_tflops_bf16 T] [--baseline_root DIR]
 
 The study's 4-class model M2 (150x150x1, C64-C128-C256, D64, RMSprop lr 1e-3, decay 5e-4),
 batch 128, float32, in one invocation on the same machine:
@@ -19,7 +19,9 @@ batch 128, float32, in one invocation on the same machine:
 RMSprop 1e-4) on preprocessed float inputs; on a GPU/TPU also with half_precision. The
 TFLOP/s column divides XLA's operation count of our compiled step (all devices) by its
 time; with the --peak_tflops_* of one device it becomes a model FLOP utilisation.
-Each framework runs in its own fresh process, alternating over --rounds so that machine noise
+`--baseline_root DIR` also times the mammo_jax rows of another checkout (e.g. a `git worktree`
+of an earlier commit) in the same rounds: how a refactor shows that it left the step's speed
+alone. Each framework runs in its own fresh process, alternating over --rounds so that machine noise
 hits both; a step time is the median of --steps timed steps after two warm-up steps (pmap
 compiles on the first and second call). Prints a Markdown table for BENCHMARKS.md and writes
 benchmarks/results/train_throughput-<model>-<cpu|accelerator>.json.
@@ -179,7 +181,7 @@ def _variants(args, accelerator: bool) -> dict:
                                                                'auto', 1)
     return rows
   widths, dense, decay = MODELS[args.model]
-  return {
+  rows = {
       'mammo_jax, conv_impl=xla': lambda: _run(_JAX, ROOT, 'scratch4', args.model, b, n, 0,
                                                'xla', 0),
       'mammo_jax, conv_impl=cpu_fast': lambda: _run(_JAX, ROOT, 'scratch4', args.model, b, n,
@@ -190,6 +192,13 @@ def _variants(args, accelerator: bool) -> dict:
       'Keras/TF XLA (jit_compile)': lambda: _run(_KERAS, json.dumps(widths), dense, decay, b,
                                                  n, 1),
   }
+  if args.baseline_root:
+    base = os.path.abspath(args.baseline_root)
+    rows[f'baseline {base}: conv_impl=cpu_fast'] = lambda: _run(
+        _JAX, base, 'scratch4', args.model, b, n, 0, 'cpu_fast', 0)
+    rows[f'baseline {base}: + augmentation A'] = lambda: _run(
+        _JAX, base, 'scratch4', args.model, b, n, 1, 'auto', 0)
+  return rows
 
 
 def _accelerator() -> bool:
@@ -207,6 +216,9 @@ def main():
   parser.add_argument('--rounds', type=int, default=2)
   parser.add_argument('--pipeline_batches', type=int, default=200)
   parser.add_argument('--skip_keras_xla', action='store_true')
+  parser.add_argument('--baseline_root', default='',
+                      help='another mammo_jax checkout whose M1-M3 train step is timed in the '
+                           'same rounds (e.g. a git worktree of the commit before a refactor)')
   parser.add_argument('--peak_tflops_fp32', type=float, default=0.0,
                       help="one device's peak TFLOP/s for float32 steps, for the model FLOP "
                            'utilisation column; XLA uses TF32 tensor cores on recent NVIDIA '
