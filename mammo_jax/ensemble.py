@@ -34,6 +34,7 @@ import numpy as np
 from mammo_jax import ensemble_rules as rules
 from mammo_jax import evaluators
 from mammo_jax import metrics as metrics_lib
+from mammo_jax import models
 from mammo_jax import pipeline
 from mammo_jax import plots
 from mammo_jax import report
@@ -41,11 +42,11 @@ from mammo_jax import runners
 from mammo_jax import tasks
 from mammo_jax import workdir as workdir_lib
 from mammo_jax.config_lib import ensembles as ensemble_configs
+from mammo_jax.metrics import fmt
 SPLITS = ('validation', 'test')
 RULES = ('vote', 'average', 'weighted', 'threshold', 'product')
 COMPOSITE_RULES = ('threshold', 'product')
 COMPOSITE_TASKS = ('mass_vs_calc', 'benign_vs_malignant')  # (type, severity) members
-ENSEMBLE_JSON = 'ensemble.json'
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,27 +156,24 @@ def method_metrics(pred: np.ndarray, scores: np.ndarray | None, labels: np.ndarr
 # ---------------------------------------------------------------------------------------------
 # Members: configs, folders, training or reuse, predictions.
 
-def config_hash(config: ml_collections.ConfigDict) -> str:
-  """8 hex digits of the config's fingerprint (workdir.RESUMABLE_FIELDS left out)."""
-  return workdir_lib.config_hash(config)
-
-
 def member_dir(workdir: str, name: str, config: ml_collections.ConfigDict) -> str:
-  return os.path.join(workdir, 'members', f'{name}-{config_hash(config)}')
+  """WORKDIR/members/NAME-HASH, HASH 8 hex digits of the member config's fingerprint."""
+  return os.path.join(workdir, 'members', f'{name}-{workdir_lib.config_hash(config)}')
 
 
 def run_member(name: str, config: ml_collections.ConfigDict, directory: str) -> tuple[str, bool]:
   """Trains, resumes or reuses a member with its runner; returns (the run folder of its
   model, trained now). A stage pipeline's model is its last stage."""
   if config.get('pipeline'):
-    stages = pipeline.stage_configs(config)
-    model_dir = os.path.join(directory, stages[-1][0])
-    done = all(workdir_lib.finished_with(c, os.path.join(directory, s)) for s, c in stages)
+    runs = [(c, os.path.join(directory, s)) for s, c in pipeline.stage_configs(config)]
     what = f' pipeline {config.pipeline}'
   else:
-    model_dir, done, what = directory, workdir_lib.finished_with(config, directory), ''
-  if done:
+    runs, what = [(config, directory)], ''
+  model_dir = runs[-1][1]
+  if all(workdir_lib.finished_with(c, d) for c, d in runs):
     print(f'=== member {name}: finished in {directory}; reusing it', flush=True)
+    for c, d in runs:  # same fingerprints; refreshes fields added since (published numbers)
+      workdir_lib.write_config(c, d)
     return model_dir, False
   print(f'=== member {name}:{what} in {directory}' if what else
         f'=== member {name} in {directory}', flush=True)
@@ -232,12 +230,14 @@ def _published_model(config: ml_collections.ConfigDict) -> dict | None:
   return published.to_dict() if published else None
 
 
-def _vgg_without_imagenet(config: ml_collections.ConfigDict) -> bool:
-  return config.model.name == 'vgg16' and not config.model.pretrained
+def _without_pretrained_weights(config: ml_collections.ConfigDict) -> bool:
+  """A model whose family has pretrained weights (VGG16) trained without them."""
+  return models.family_of(config.model.name) is not None and not config.model.pretrained
 
 
 def evaluate_methods(methods: Sequence[Method], outputs: Mapping[str, SplitOutputs],
-                     grid_step: float, workdir: str | None = None) -> list[dict]:
+                     grid_step: float, workdir: str | None = None,
+                     evaluator: evaluators.Evaluator | None = None) -> list[dict]:
   """Fits each method on validation, predicts both splits; writes plots under workdir."""
   results = []
   for method in methods:
@@ -249,7 +249,7 @@ def evaluate_methods(methods: Sequence[Method], outputs: Mapping[str, SplitOutpu
     plot_dir = os.path.join('methods', method.name.replace(':', '_'))  # relative to workdir
     for split in SPLITS:
       pred, scores, labels = predict(method, weights, outputs[split])
-      entry[split] = method_metrics(pred, scores, labels, task.class_names)
+      entry[split] = method_metrics(pred, scores, labels, task.class_names, evaluator)
       if workdir:
         paths = _method_plots(os.path.join(workdir, plot_dir), split, pred, scores, labels,
                               task.class_names, method.name)
@@ -296,12 +296,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         'run_dir': os.path.relpath(run_dirs[name], workdir), 'trained_now': trained,
         'task': results['task'], 'synthetic_data': results['synthetic_data'],
         'stages': configs[name].pipeline.split(',') if configs[name].get('pipeline') else None,
-        'vgg_without_imagenet': _vgg_without_imagenet(configs[name]),
+        'vgg_without_imagenet': _without_pretrained_weights(configs[name]),
         'published': _published_model(configs[name]),
         'validation': {k: results['validation'][k] for k in ('accuracy', 'auc', 'loss')},
         'test': {k: results['test'][k] for k in ('accuracy', 'auc', 'loss')}}
   outputs = load_outputs(run_dirs)
-  entries = evaluate_methods(methods, outputs, config.ensemble.grid_step, workdir)
+  entries = evaluate_methods(methods, outputs, config.ensemble.grid_step, workdir,
+                             evaluators.of_config(config))
   published = config.get('published') or {}
   for e in entries:
     e['published'] = published[e['name']].to_dict() if e['name'] in published else None
@@ -309,22 +310,23 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   summary = {'synthetic_data': synthetic, 'grid_step': config.ensemble.grid_step,
              'examples': {s: int(len(outputs[s].ids)) for s in SPLITS},
              'members': info, 'methods': entries}
-  workdir_lib.write_json(os.path.join(workdir, ENSEMBLE_JSON), summary)
+  workdir_lib.write_json(os.path.join(workdir, workdir_lib.ENSEMBLE_JSON), summary)
 
   rows = [(f'member {n}', '', i) for n, i in info.items()]
   rows += [(e['name'], ','.join(f'{w:g}' for w in e['weights'] or ()), e) for e in entries]
   print(f'{"model / method":<36} {"weights":<20} {"val acc":>8} {"test acc":>9} '
         f'{"test auc":>9}')
   for label, weights, r in rows:
-    print(f'{label:<36} {weights:<20} {r["validation"]["accuracy"]:>8.4f} '
-          f'{r["test"]["accuracy"]:>9.4f} {r["test"]["auc"]:>9.4f}')
+    print(f'{label:<36} {weights:<20} {fmt(r["validation"]["accuracy"]):>8} '
+          f'{fmt(r["test"]["accuracy"]):>9} {fmt(r["test"]["auc"]):>9}')
   for name, i in info.items():
     if i['vgg_without_imagenet']:
-      print(f'Note: member {name} is a VGG16 trained WITHOUT ImageNet weights '
-            f'(model.pretrained=\'\'), unlike the study\'s transfer learning.')
+      print(f'Note: member {name} ({configs[name].model.name}) is trained WITHOUT its '
+            f'pretrained (ImageNet) weights (model.pretrained=\'\'), unlike the study\'s '
+            f'transfer learning.')
   if synthetic:
     print('[SYNTHETIC DATA] these numbers say nothing about real mammograms.')
   md, html = report.write_report(workdir)
-  print(f'Ensemble summary in {os.path.join(workdir, ENSEMBLE_JSON)}')
+  print(f'Ensemble summary in {os.path.join(workdir, workdir_lib.ENSEMBLE_JSON)}')
   print(f'Report: {html} (and {md})', flush=True)
   return summary

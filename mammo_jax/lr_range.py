@@ -286,7 +286,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Sweeps every optimizer of config.lr_range.optimizers; returns lr_range.json's content."""
   names = optimizer_names(config)
   os.makedirs(workdir, exist_ok=True)
-  if os.path.exists(os.path.join(workdir, 'lr_range.json')):
+  if os.path.exists(os.path.join(workdir, workdir_lib.LR_RANGE_JSON)):
     print(f'{workdir} holds an earlier sweep: starting again (no resume)', flush=True)
   task = tasks.get_task(config.task)
   if task.num_outputs != 1:  # the stop thresholds sit around ln 2, a binary chance level
@@ -315,9 +315,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'train_examples': input_pipeline.num_examples(data),
       'synthetic_data': not config.data.manual_dir, 'optimizers': summaries,
   }
-  workdir_lib.write_json(os.path.join(workdir, 'lr_range.json'), result, sort_keys=False)
+  workdir_lib.write_json(os.path.join(workdir, workdir_lib.LR_RANGE_JSON), result,
+                         sort_keys=False)
   print(summary_table(summaries), flush=True)
   if result['synthetic_data']:
     print('[SYNTHETIC DATA: these LRs say nothing about real mammograms]', flush=True)
-  print(f'Suggestions ({RULE}) in {os.path.join(workdir, "lr_range.json")}', flush=True)
+  print(f'Suggestions ({RULE}) in {os.path.join(workdir, workdir_lib.LR_RANGE_JSON)}',
+        flush=True)
   return result

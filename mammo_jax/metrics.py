@@ -26,6 +26,13 @@ def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
   return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def fmt(value, digits: int = 4) -> str:
+  """A metric for people: 'n/a' where it is undefined (null in a JSON file, NaN, inf)."""
+  if value is None or not np.isfinite(value):
+    return 'n/a'
+  return f'{value:.{digits}f}'
+
+
 def roc_curve(scores, positive) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """ROC points (fpr, tpr, thresholds), from (0, 0) at threshold +inf.
 

@@ -25,10 +25,15 @@ from mammo_jax import warm_start
 from mammo_jax import workdir as workdir_lib
 from mammo_jax.config_lib import overrides as overrides_lib
 from mammo_jax.config_lib import stages as stages_lib
+from mammo_jax.metrics import fmt
 
 
 def stage_configs(config: ml_collections.ConfigDict) -> list[tuple[str, ml_collections.ConfigDict]]:
   """[(stage, its resolved config)] in pipeline order, after consistency checks."""
+  if not config.get('pipeline') or 'stages' not in config:
+    raise ValueError('the stages runner needs config.pipeline (the stages, in order) and '
+                     'config.stages; use a config built by config_lib.stages.make_config, '
+                     'e.g. configs/vgg16_2.py:pipeline')
   names = [s for s in config.pipeline.split(',') if s]
   if not names:
     raise ValueError('config.pipeline names no stage')
@@ -74,6 +79,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     check_not_stale(stage, stage_dir)
     if workdir_lib.finished_with(stage, stage_dir):
       print(f'=== stage {name}: finished in {stage_dir}; reusing it', flush=True)
+      workdir_lib.write_config(stage, stage_dir)  # same fingerprint; refreshes added fields
       results = workdir_lib.read_results(stage_dir)
     else:
       print(f'=== stage {name} in {stage_dir}', flush=True)
@@ -84,11 +90,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         **{f'{split}_{k}': results[split][k] for split in ('validation', 'test')
            for k in ('accuracy', 'auc', 'loss')},
     }
-  workdir_lib.write_json(os.path.join(workdir, 'pipeline.json'), summary)
+  workdir_lib.write_json(os.path.join(workdir, workdir_lib.PIPELINE_JSON), summary)
   print(f'{"stage":<12} {"trainable":>11} {"epochs":>7} {"val acc":>8} {"test acc":>9} '
         f'{"test auc":>9}')
   for name, s in summary.items():
     print(f'{name:<12} {s["trainable_params"]:>11,} {s["epochs_run"]:>7} '
-          f'{s["validation_accuracy"]:>8.4f} {s["test_accuracy"]:>9.4f} {s["test_auc"]:>9.4f}')
-  print(f'Pipeline summary in {os.path.join(workdir, "pipeline.json")}', flush=True)
+          f'{fmt(s["validation_accuracy"]):>8} {fmt(s["test_accuracy"]):>9} '
+          f'{fmt(s["test_auc"]):>9}')
+  print(f'Pipeline summary in {os.path.join(workdir, workdir_lib.PIPELINE_JSON)}', flush=True)
   return summary

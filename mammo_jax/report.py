@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import math
 import os
 import sys
@@ -24,26 +23,27 @@ from absl import app
 from absl import flags
 
 from mammo_jax import evaluators
+from mammo_jax import metrics
 from mammo_jax import workdir as workdir_lib
 
 SYNTHETIC_WARNING = ('SYNTHETIC DATA: every number in this report comes from the synthetic '
                      'CBIS-DDSM of tfds_cbis.synthetic. It says nothing about real mammograms '
                      'and is not comparable with the study\'s published results.')
 REPORT_MD, REPORT_HTML = 'report.md', 'report.html'
-
-
+# A run written before config.published existed: the field is absent, not None.
+_UNRECORDED = 'unrecorded'
 
 
 def _models(workdir: str) -> tuple[list[dict], dict | None]:
   """[{name, run_dir, config (spec or ''), overrides}], and ensemble.json if there is one."""
-  path = os.path.join(workdir, 'ensemble.json')
+  path = os.path.join(workdir, workdir_lib.ENSEMBLE_JSON)
   if os.path.exists(path):
     summary = workdir_lib.read_json(path)
     return [{'name': n, 'run_dir': os.path.join(workdir, m['run_dir']), 'config': m['config'],
              'overrides': m['overrides'], 'stages': m.get('stages'),
-             'published': m.get('published')}
+             **({'published': m['published']} if 'published' in m else {})}
             for n, m in summary['members'].items()], summary
-  path = os.path.join(workdir, 'pipeline.json')
+  path = os.path.join(workdir, workdir_lib.PIPELINE_JSON)
   if os.path.exists(path):
     stages = workdir_lib.read_json(path)
     return [{'name': s, 'run_dir': os.path.join(workdir, s), 'config': '', 'overrides': '',
@@ -60,7 +60,7 @@ def _pct(value) -> str:
 
 
 def _num(value, digits=4) -> str:
-  return 'n/a' if value is None or not math.isfinite(value) else f'{value:.{digits}f}'
+  return metrics.fmt(value, digits)
 
 
 def _metric(value, digits: int | None) -> str:
@@ -98,7 +98,7 @@ def build(workdir: str) -> list[tuple]:
     m['results'] = workdir_lib.read_results(m['run_dir'])
     m['run_config'] = workdir_lib.read_config(m['run_dir'])
     if 'published' not in m:  # not an ensemble member: the run's own config.json has them
-      m['published'] = m['run_config'].get('published')
+      m['published'] = m['run_config'].get('published', _UNRECORDED)
   synthetic = any(m['results'].get('synthetic_data', True) for m in models)
   compare = not synthetic
   title = 'Ensemble report' if ensemble else 'Run report'
@@ -137,7 +137,7 @@ def build(workdir: str) -> list[tuple]:
                _metric(r[s].get(key), digits) for s in split_names
                for key, _, digits in evaluator.run_columns]
     if compare:
-      published = m['published'] or {}
+      published = m['published'] if isinstance(m['published'], dict) else {}
       row += [_study(published.get('validation_accuracy')),
               _study(published.get('test_accuracy')), _study(published.get('test_auc'), 3)]
     rows.append(row)
@@ -145,6 +145,12 @@ def build(workdir: str) -> list[tuple]:
              ('p', 'Best epoch counts from 1: the epoch of the lowest validation loss, whose '
                    'checkpoint is evaluated. Test metrics are measured once, on that '
                    'checkpoint.')]
+  unrecorded = [m['name'] for m in models if m['published'] == _UNRECORDED]
+  if compare and unrecorded:
+    blocks.append(('p', f'{", ".join(unrecorded)}: written before runs recorded the study\'s '
+                        f'published numbers (config.published). Run the same command again '
+                        f'(finished runs, stages and ensemble members are reused, not '
+                        f'retrained) to add them, then the report.'))
 
   if ensemble:
     header = ['method', 'rule', 'members', 'weights', 'val acc %'] + [

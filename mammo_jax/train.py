@@ -188,7 +188,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   parallel.check_batch_size(config.batch_size)
   parallel.check_batch_size(config.eval_batch_size, 'eval_batch_size')
 
-  _check_inputs(config)  # these two before minutes of data preparation
+  # The model (which checks data.inputs and model.preprocess against the registry) and the
+  # warm start's sources, before minutes of data preparation.
+  model = create_model(config, task)
   warm_start.check_sources(config, workdir)
   builder = input_pipeline.prepare_builder(config.data)
   print(input_pipeline.describe(builder), flush=True)
@@ -212,7 +214,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   if config.num_train_steps > 0:
     total_steps = min(total_steps, config.num_train_steps)
 
-  model = create_model(config, task)
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
   image_shape = splits['train']['image'].shape[1:]
   state = create_train_state(init_rng, config, model, image_shape)

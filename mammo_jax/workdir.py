@@ -35,6 +35,10 @@ RESULTS_JSON = 'results.json'
 PREDICTIONS_NPZ = 'predictions.npz'
 DATASET_REPORT_JSON = 'dataset_report.json'
 INIT_FROM_JSON = 'init_from.json'
+# Written by the runners that combine runs, in their own workdir:
+PIPELINE_JSON = 'pipeline.json'  # stages: each stage's summary
+ENSEMBLE_JSON = 'ensemble.json'  # ensembles: members, methods, their metrics
+LR_RANGE_JSON = 'lr_range.json'  # the LR range test's suggestions
 
 # Fields that may change between an interrupted run and its resumption.
 # num_train_steps is not among them: a capped run validates and stops at the cap.
@@ -42,9 +46,9 @@ RESUMABLE_FIELDS = ('log_every_steps', 'checkpoint_every_steps', 'data.num_worke
                     'data.cache_dir', 'data.data_dir')
 # Fields added after runs were first written, left out of fingerprints (with everything
 # under them) so that those runs still resume and ensembles still find their members:
-# published numbers (read by the report), which weight-file entries are not loaded, and
-# the evaluator.
-ADDED_FIELDS = ('published', 'model.dont_load', 'evaluator')
+# published numbers (read by the report), which weight-file entries are not loaded, the
+# evaluator, and where an ensemble's member config files are resolved from.
+ADDED_FIELDS = ('published', 'model.dont_load', 'evaluator', 'ensemble.root')
 
 SPLITS = ('validation', 'test')
 
@@ -108,6 +112,8 @@ def same_config(config: ml_collections.ConfigDict, workdir: str) -> bool:
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """config.json; a finished run whose fingerprint is unchanged may be given it again, so that
+  fields added since (ADDED_FIELDS: the study's published numbers) reach its report."""
   write_json(os.path.join(workdir, CONFIG_JSON), config_dict(config))
 
 

@@ -26,7 +26,7 @@ RUNTIME_ONLY = {
     'jaxlib': 'the compiled half of jax, which imports it; pinned to the same version',
     'protobuf': 'imported by TensorFlow, TFDS and Orbax; pinned where apache-beam 2.77 and '
                 'TensorFlow 2.21 overlap',
-    'tensorboard': "clu's metric writers (train.py) import it, and neither clu nor "
+    'tensorboard': "clu's metric writers (workdir.py) import it, and neither clu nor "
                    'tensorflow-cpu 2.21 requires it',
 }
 

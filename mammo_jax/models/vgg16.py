@@ -20,6 +20,7 @@ from collections.abc import Mapping
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mammo_jax.config_lib.vgg16 import IMAGENET_TOP
 from mammo_jax.models import layers
 
 # (filters, convolutions) per block.
@@ -28,8 +29,8 @@ CONV_NAMES = tuple(f'block{b}_conv{i}' for b, (_, n) in enumerate(BLOCKS, 1)
                    for i in range(1, n + 1))
 TOP_NAMES = ('fc1', 'fc2', 'predictions')
 # The ImageNet top of a with-top file, which VGG16Classifier has no place for: the VGG16
-# configs' model.dont_load.
-TOP_PATTERN = r'^(fc1|fc2|predictions)(/|$)'
+# configs' model.dont_load (defined with them, so that configs need not import this module).
+TOP_PATTERN = IMAGENET_TOP
 
 _glorot = nn.initializers.glorot_uniform()  # Keras's defaults (weights=None)
 

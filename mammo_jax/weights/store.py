@@ -42,7 +42,8 @@ def save_params(params: Mapping, out_path: str, metadata: Mapping,
   data = flax.serialization.msgpack_serialize(_float32(params))
   metadata = dict(metadata, params_sha256=hashlib.sha256(data).hexdigest())
   atomic_write(out_path, data)
-  atomic_write(sidecar, (json.dumps(metadata, indent=2) + '\n').encode())
+  # allow_nan=False: standard JSON only (the sidecar holds no floats to clean).
+  atomic_write(sidecar, (json.dumps(metadata, indent=2, allow_nan=False) + '\n').encode())
   return metadata
 
 

@@ -11,7 +11,7 @@ import sys
 import ml_collections
 import pytest
 
-from mammo_jax import augment, ensemble, workdir
+from mammo_jax import augment, workdir
 from mammo_jax.config_lib import base, ensembles, loader, overrides
 from tests.conftest import ROOT, load_config
 
@@ -148,7 +148,7 @@ def test_bookkeeping_fields_leave_fingerprints_and_member_hashes_unchanged(spec)
   member = ml_collections.ConfigDict({'config': spec, 'overrides': ''})
   config = ensembles.member_config('x', member, data, ROOT)
   assert 'published' in config
-  assert ensemble.config_hash(config) == OLD_MEMBER_HASHES[spec]
+  assert workdir.config_hash(config) == OLD_MEMBER_HASHES[spec]
   as_json = json.loads(config.to_json_best_effort())
   without = json.loads(config.to_json_best_effort())
   del without['published']

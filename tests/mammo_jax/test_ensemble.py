@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mammo_jax import ensemble, pipeline, train
+from mammo_jax import ensemble, evaluators, pipeline, train
 from mammo_jax import ensemble_rules as rules
 from mammo_jax.config_lib import ensembles
 from tests.conftest import ROOT, load_config
@@ -391,3 +391,23 @@ def test_every_config_variant_resolves_its_members(name, arg):
       pipeline.stage_configs(resolved)
     assert resolved.data.synthetic.patients == config.data.synthetic.patients
   assert {m for method in methods for m in method.members} == set(names)
+
+
+def test_ensemble_methods_use_the_configs_evaluator(tmp_path, monkeypatch):
+  calls = []
+  monkeypatch.setattr(train, 'train_and_evaluate', fake_train_and_evaluate(calls))
+  seen = []
+
+  def counting(probs, labels, class_names):
+    seen.append(len(labels))
+    return evaluators.get_evaluator('classification').evaluate(probs, labels, class_names)
+
+  monkeypatch.setitem(evaluators.EVALUATORS, 'counting',
+                      evaluators.Evaluator('counting', counting, ('accuracy',)))
+  config = load_config('composite4', 'smoke')
+  config.unlock()
+  config.evaluator = 'counting'
+  config.lock()
+  ensemble.run(config, str(tmp_path / 'c'))
+  # threshold: hard decisions only; product: decisions and scores; validation and test each.
+  assert sorted(set(seen)) == [30, 40] and len(seen) == 2 * (1 + 2)

@@ -163,10 +163,14 @@ def test_wrong_input_and_model_combinations_are_refused(tmp_path):
   config.data.inputs = 'baseline'
   with pytest.raises(ValueError, match='unknown data.inputs'):
     train.create_model(config, task)
-  config = load_config('siamese')
+  config = load_config('siamese', 'smoke')
   config.model.preprocess = 'caffe'
   with pytest.raises(ValueError, match="needs model.preprocess='unit'"):
     train.create_model(config, task)
+  config.data.cache_dir = str(tmp_path / 'never')  # refused before any data preparation
+  with pytest.raises(ValueError, match="needs model.preprocess='unit'"):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not os.path.exists(tmp_path / 'never')
   with pytest.raises(ValueError, match='takes no argument or "smoke"'):
     load_config('siamese', 'exp5')
 

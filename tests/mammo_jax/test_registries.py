@@ -32,6 +32,8 @@ def test_unknown_runner_is_refused_with_the_known_ones():
   config = ml_collections.ConfigDict({'runner': 'kfold'})
   with pytest.raises(ValueError, match='unknown config.runner .kfold.; known: train, stages'):
     runners.run(config, '/nonexistent')
+  with pytest.raises(ValueError, match='stages runner needs config.pipeline'):
+    runners.run(ml_collections.ConfigDict({'runner': 'stages'}), '/nonexistent')
 
 
 @pytest.mark.parametrize('name', sorted(evaluators.EVALUATORS))

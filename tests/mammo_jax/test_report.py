@@ -105,3 +105,33 @@ def test_ensemble_json_holds_the_published_numbers_of_members_and_methods(tmp_pa
       json.dump(config, open(path, 'w'))
   report.write_report(str(tmp_path / 'e'))
   assert '57.74' in (tmp_path / 'e' / 'report.md').read_text()
+
+
+def test_workdirs_written_before_published_existed_get_it_back_on_a_rerun(tmp_path, monkeypatch,
+                                                                         capsys):
+  """A reused member whose results hold a null AUC prints 'n/a'; an old member config.json
+  (no `published`) is named in the report and refreshed by running the command again."""
+  workdir = tmp_path / 'e'
+  summary = fake_ensemble(workdir, monkeypatch, synthetic=False)
+  m1 = workdir / summary['members']['m1']['run_dir']
+  results = json.loads((m1 / 'results.json').read_text())
+  results['test']['auc'] = None  # as strict JSON stores an undefined AUC
+  (m1 / 'results.json').write_text(json.dumps(results))
+  config = json.loads((m1 / 'config.json').read_text())
+  del config['published']  # as a run written before the field existed
+  (m1 / 'config.json').write_text(json.dumps(config))
+  ensemble_json = json.loads((workdir / 'ensemble.json').read_text())
+  for member in ensemble_json['members'].values():
+    del member['published']
+  (workdir / 'ensemble.json').write_text(json.dumps(ensemble_json))
+  report.write_report(str(workdir))
+  md = (workdir / 'report.md').read_text()
+  assert 'm1: written before runs recorded the study\'s published numbers' in md
+  assert '57.74' not in md.split('| m1 |')[1].split('\n')[0]
+  capsys.readouterr()
+  ensemble.run(load_config('ensemble4', 'smoke'), str(workdir))  # reuses every member
+  out = capsys.readouterr().out
+  assert 'member m1: finished' in out and re.search(r'member m1\s+\S+\s+\S+\s+n/a', out)
+  assert json.loads((m1 / 'config.json').read_text())['published']['test_accuracy'] == 57.74
+  md = (workdir / 'report.md').read_text()
+  assert 'written before runs recorded' not in md and '57.74' in md

@@ -48,6 +48,8 @@ def test_fingerprint_leaves_out_resumable_and_added_fields():
   flat = workdir.config_fingerprint({'published': {'x': 1}, 'model': {'dont_load': 'fc',
                                                                       'name': 'm'}})
   assert flat == {'model.name': 'm'}
+  assert workdir.config_fingerprint({'ensemble': {'root': '/here', 'methods': 'vote:a+b'}}) == {
+      'ensemble.methods': 'vote:a+b'}
 
 
 def test_same_config_check_and_refusal(tmp_path):
