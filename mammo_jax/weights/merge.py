@@ -22,15 +22,14 @@ class MergeError(ValueError):
       lines.append(f'  missing (in the model, not in the weights): {", ".join(missing)}')
     if unexpected:
       lines.append(f'  unexpected (in the weights, not in the model): {", ".join(unexpected)}')
-      if self.skip_hint:
-        lines.append(f'  (only extra layers: skip={self.skip_hint!r} leaves them out)')
     for k, want, got in mismatched:
       lines.append(f'  shape mismatch: {k}: model {want}, weights {got}')
     super().__init__('\n'.join(lines))
 
   @property
   def skip_hint(self) -> str | None:
-    """A skip regex that fixes the merge when the weights only have extra whole layers."""
+    """A skip regex that fixes the merge when the weights only have extra whole layers (a
+    family's loader offers it as its config field, e.g. VGG16's model.dont_load)."""
     if self.missing or self.mismatched or not self.unexpected:
       return None
     layers = sorted({k.split('/', 1)[0] for k in self.unexpected})

@@ -117,7 +117,8 @@ def test_one_random_transform_per_pair():
   # Different members get the transform each would get alone with the same key.
   pair = np.asarray(step_inputs(np.concatenate([image, baseline], -1), keys, spec, 'unit'))
   alone = [np.asarray(step_inputs(member, keys, spec, 'unit')) for member in (image, baseline)]
-  np.testing.assert_allclose(pair, np.concatenate(alone, -1), atol=1e-6)
+  # Equal up to float32 rounding (XLA may fuse the one- and two-channel resampling apart).
+  np.testing.assert_allclose(pair, np.concatenate(alone, -1), atol=1e-5)
   assert not np.allclose(pair[..., :1], image / 65535, atol=1e-2)  # the transform did something
   assert not np.allclose(pair[0], pair[1])  # and differs between pairs
 
