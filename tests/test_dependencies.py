@@ -23,6 +23,8 @@ PACKAGES = ('mammo_jax', 'tfds_cbis')
 
 # Required at run time although no module of ours imports them, each pinned for compatibility.
 RUNTIME_ONLY = {
+    'importlib-resources': 'tensorflow_datasets imports it at run time (dataset_builder.py) '
+                           'without requiring it',
     'jaxlib': 'the compiled half of jax, which imports it; pinned to the same version',
     'protobuf': 'imported by TensorFlow, TFDS and Orbax; pinned where apache-beam 2.77 and '
                 'TensorFlow 2.21 overlap',
