@@ -11,7 +11,8 @@ Reproducibility: every random stream derives from `config.seed`: parameter init,
 order (input_pipeline.epoch_order(seed, epoch)), augmentation (one key per example, from the
 step and the example's position in the global batch, so it does not depend on the device
 count) and dropout (per step and device). A run killed at any point resumes from its workdir
-and, on CPU, ends with the same metrics as an uninterrupted one.
+and, on CPU, ends with the same metrics as an uninterrupted one. A non-finite or diverged
+training loss (config.divergence_factor) stops a run before anything after it is saved.
 """
 
 from __future__ import annotations
