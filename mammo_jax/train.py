@@ -11,12 +11,14 @@ Reproducibility: every random stream derives from `config.seed`: parameter init,
 order (input_pipeline.epoch_order(seed, epoch)), augmentation (one key per example, from the
 step and the example's position in the global batch, so it does not depend on the device
 count) and dropout (per step and device). A run killed at any point resumes from its workdir
-and, on CPU, ends with the same metrics as an uninterrupted one.
+and, on CPU, ends with the same metrics as an uninterrupted one. A non-finite or diverged
+training loss (config.divergence_factor) stops a run before anything after it is saved.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import os
 import signal
 import time
@@ -175,10 +177,36 @@ def _format_eta(seconds: float) -> str:
       f'{seconds // 60}m{seconds % 60:02d}s'
 
 
+# The training loss's early level, which config.divergence_factor compares a step's loss with:
+# the lowest loss of the first EARLY_STEPS steps (the first epoch, if shorter), and no less than
+# the loss of a uniform guess (ln of the class count), so that a warm-started run whose loss
+# starts near 0 may rise (vgg16_4's smoke ft3 stage: 0.02, then 1.7). The lowest, not the mean:
+# RMSprop's first update alone lifts the loss of a normal smoke run 30-fold for a step, and a
+# diverging run climbs within the window.
+EARLY_STEPS = 10
+
+
+def loss_stop_message(loss: float, at_step: int, early_lowest: float | None, factor: float,
+                      floor: float) -> str | None:
+  """Why step `at_step`'s training loss stops the run, or None while it is sane: a non-finite
+  loss, or one above `factor` x max(early_lowest, floor) (factor 0: finite is enough)."""
+  if not np.isfinite(loss):
+    return f'training loss is {loss} at step {at_step}; stopped.'
+  if factor and early_lowest is not None:
+    level = max(early_lowest, floor)
+    if loss > factor * level:
+      return (f'training loss is {loss:.4g} at step {at_step}, over divergence_factor={factor:g} '
+              f'times its early level {level:.4g}: diverged; stopped.')
+  return None
+
+
 def _new_loop_state() -> dict:
+  # early_loss: the lowest loss of the first steps (EARLY_STEPS), kept so a resumed run compares
+  # with the same level. A checkpoint from before it existed restores this default, and the
+  # level is then taken from the steps after the resumption.
   return {'epoch': 0, 'best_val_loss': None, 'best_epoch': None, 'best_step': None,
           'bad_epochs': 0, 'epoch_sums': {'loss': 0.0, 'accuracy': 0.0, 'steps': 0},
-          'stop_reason': None}
+          'early_loss': {'lowest': None, 'steps': 0}, 'stop_reason': None}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
@@ -273,18 +301,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   # a checkpoint): reading them back every step would stall the dispatch of the next step.
   pending = []
 
+  early_steps = min(EARLY_STEPS, steps_per_epoch)
+  chance_loss = math.log(len(task.class_names))
+
   def read_pending_metrics() -> None:
-    """Adds pending step metrics to the epoch sums; stops on a non-finite loss."""
-    sums = loop['epoch_sums']
+    """Adds pending step metrics to the epoch sums; stops on a non-finite or diverged loss, before
+    anything after it is saved (so the latest checkpoint is from a step whose loss was sane)."""
+    sums, early = loop['epoch_sums'], loop['early_loss']
     for at_step, metrics in jax.device_get(pending):
-      if not np.isfinite(metrics['loss']):
+      loss = float(metrics['loss'])
+      problem = loss_stop_message(loss, at_step, early['lowest'], config.divergence_factor,
+                                  chance_loss)
+      if problem:
         latest = ckpt.latest_step()
         where = (f'The last good checkpoint (step {latest}) is in {ckpt.latest_dir}.'
                  if latest is not None else 'No checkpoint had been written yet.')
         raise FloatingPointError(
-            f'training loss is {metrics["loss"]} at step {at_step}; stopped. {where} Try a '
-            f'lower optimizer.learning_rate in a new --workdir.')
-      sums['loss'] += float(metrics['loss'])
+            f'{problem} {where} Try a lower optimizer.learning_rate in a new --workdir.')
+      if early['steps'] < early_steps:
+        early['lowest'] = loss if early['lowest'] is None else min(early['lowest'], loss)
+        early['steps'] += 1
+      sums['loss'] += loss
       sums['accuracy'] += float(metrics['accuracy'])
       sums['steps'] += 1
     pending.clear()

@@ -3,7 +3,7 @@
 Experiment configs start from `base_config()` and set what differs. Fields added after runs
 were first written stay out of the config fingerprint (resumption and ensemble member hashes;
 mammo_jax.workdir.ADDED_FIELDS): `published`, the study's published numbers where a config
-has them, `model.dont_load` and `evaluator`.
+has them, `model.dont_load`, `evaluator` and `divergence_factor`.
 """
 
 import ml_collections
@@ -75,6 +75,12 @@ def base_config() -> ml_collections.ConfigDict:
   config.num_epochs = 500  # an epoch is one pass over the training split
   config.num_train_steps = -1  # > 0 caps the run
   config.patience = 80  # epochs without validation-loss improvement; 0 = no early stopping
+  # A step's training loss above this many times its early level (mammo_jax.train.EARLY_STEPS)
+  # stops the run as a non-finite one does; 0 = only NaN/inf stops it. 100: the study's
+  # configs peak at 32x (smoke runs at batch 4, RMSprop's first update; 2.4x at batch 32 on the
+  # learnable synthetic data), while a negative learning rate passed 662 (950x) and RMSprop at
+  # lr 1e3 8e6. Not part of the fingerprint (workdir.ADDED_FIELDS).
+  config.divergence_factor = 100.0
   config.log_every_steps = 20
   config.checkpoint_every_steps = 0  # latest checkpoint cadence; 0 = at every epoch end
 

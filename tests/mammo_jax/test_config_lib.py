@@ -1,6 +1,6 @@
 """The config helper: config files load without JAX or TensorFlow, ensemble members resolve
 from any current directory, overrides follow one rule, and the bookkeeping fields (published,
-model.dont_load) leave fingerprints and member hashes as they were."""
+model.dont_load, divergence_factor) leave fingerprints and member hashes as they were."""
 
 import json
 import os
@@ -154,9 +154,11 @@ def test_bookkeeping_fields_leave_fingerprints_and_member_hashes_unchanged(spec)
   del without['published']
   del without['model']['dont_load']
   del without['evaluator']
+  del without['divergence_factor']
   assert workdir.config_fingerprint(as_json) == workdir.config_fingerprint(without)
   as_json['model']['dont_load'] = 'anything'
   as_json['published'] = {'test_accuracy': 1.0}
+  as_json['divergence_factor'] = 0.0
   assert workdir.config_fingerprint(as_json) == workdir.config_fingerprint(without)
   without['seed'] = 99  # a real field still counts
   assert workdir.config_fingerprint(as_json) != workdir.config_fingerprint(without)

@@ -1,8 +1,9 @@
 """The training core: smoke runs per family, device-count invariance, exact masked evaluation,
-non-finite loss handling, and workdir/config checks."""
+non-finite and diverged loss handling, and workdir/config checks."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -183,6 +184,48 @@ def test_non_finite_loss_is_caught_between_sparse_metric_reads(tmp_path, data_ca
                      r'stopped\. No checkpoint had been written yet'):
     train.train_and_evaluate(config, workdir)
   assert checkpointing.Checkpoints(workdir).latest_step() is None
+
+
+def test_loss_stop_message_names_non_finite_and_diverged_losses():
+  stop = train.loss_stop_message
+  assert stop(float('nan'), 4, 0.7, 100.0, 0.69) == 'training loss is nan at step 4; stopped.'
+  assert stop(float('inf'), 4, None, 0.0, 0.69) == 'training loss is inf at step 4; stopped.'
+  assert stop(69.0, 5, 0.5, 100.0, 0.69) is None  # under 100 x max(0.5, 0.69)
+  assert stop(70.0, 5, 0.5, 100.0, 0.69) == (
+      'training loss is 70 at step 5, over divergence_factor=100 times its early level 0.69: '
+      'diverged; stopped.')
+  assert stop(130.0, 5, 1.4, 100.0, 0.69) is None  # the early level, when above the floor
+  assert 'over divergence_factor=100 times its early level 1.4:' in stop(150.0, 5, 1.4, 100.0,
+                                                                          0.69)
+  assert stop(1e9, 5, 0.5, 0.0, 0.69) is None  # factor 0: only NaN/inf stops
+  assert stop(1e9, 1, None, 100.0, 0.69) is None  # the first step has no early level yet
+
+
+def test_diverging_loss_stops_and_keeps_the_last_sane_checkpoint(tmp_path, data_cache):
+  """A negative learning rate climbs 0.6, 33, 333, ...: step 3 is over 100 x ln 2, and the
+  checkpoint of step 2 (checkpoint_every_steps=2) is the one kept."""
+  config = smoke_config('scratch2', 'exp0,smoke', data_cache)
+  config.optimizer.learning_rate = -1e-2
+  assert config.divergence_factor == 100  # the default: the study's runs stay far below it
+  workdir = str(tmp_path / 'run')
+  with pytest.raises(FloatingPointError, match=r'training loss is [\d.e+]+ at step 3, over '
+                     r'divergence_factor=100 times its early level 0\.6931: diverged; stopped\. '
+                     r'The last good checkpoint \(step 2\)'):
+    train.train_and_evaluate(config, workdir)
+  ckpt = checkpointing.Checkpoints(workdir)
+  assert ckpt.latest_step() == 2 and not os.listdir(ckpt.best_dir)
+  # The loop state written before early_loss existed still resumes; factor 0 then lets the same
+  # config run to its end, so the check is what stopped it.
+  model = train.create_model(config, tasks.get_task(config.task))
+  target = train.create_train_state(jax.random.key(0), config, model, (150, 150, 1))
+  state, loop = ckpt.restore_latest(target, {})
+  assert loop['early_loss'] == {'lowest': pytest.approx(0.625, abs=0.05), 'steps': 2}
+  del loop['early_loss']
+  shutil.rmtree(ckpt.latest_dir)
+  checkpointing.Checkpoints(workdir).save_latest(2, state, loop)
+  config.divergence_factor = 0.0  # not part of the fingerprint: the workdir resumes
+  _, summary = train.train_and_evaluate(config, workdir)
+  assert summary['steps_run'] == 6 and summary['stop_reason'] == 'reached num_epochs=2'
 
 
 def test_resuming_a_workdir_with_another_config_is_refused(tmp_path, data_cache):

@@ -42,11 +42,12 @@ def test_fingerprint_leaves_out_resumable_and_added_fields():
   config.data.num_workers = 7  # resumable
   config.evaluator = 'classification'  # fields added after runs were first written
   config.published = ml_collections.ConfigDict({'test_accuracy': 88.69})
+  config.divergence_factor = 0.0  # only stops runs; existing workdirs must resume
   assert workdir.config_hash(config) == before
   config.optimizer.learning_rate = 0.5
   assert workdir.config_hash(config) != before
-  flat = workdir.config_fingerprint({'published': {'x': 1}, 'model': {'dont_load': 'fc',
-                                                                      'name': 'm'}})
+  flat = workdir.config_fingerprint({'published': {'x': 1}, 'divergence_factor': 100.0,
+                                     'model': {'dont_load': 'fc', 'name': 'm'}})
   assert flat == {'model.name': 'm'}
   assert workdir.config_fingerprint({'ensemble': {'root': '/here', 'methods': 'vote:a+b'}}) == {
       'ensemble.methods': 'vote:a+b'}
