@@ -28,12 +28,12 @@ def test_configs_name_their_runner(config_file, arg, runner):
   assert runners.runner_name(load_config(config_file, arg)) == runner
 
 
-def test_unknown_runner_is_refused_with_the_known_ones():
+def test_unknown_runner_is_refused_with_the_known_ones(tmp_path):
   config = ml_collections.ConfigDict({'runner': 'kfold'})
   with pytest.raises(ValueError, match='unknown config.runner .kfold.; known: train, stages'):
-    runners.run(config, '/nonexistent')
+    runners.run(config, str(tmp_path / 'w'))
   with pytest.raises(ValueError, match='stages runner needs config.pipeline'):
-    runners.run(ml_collections.ConfigDict({'runner': 'stages'}), '/nonexistent')
+    runners.run(ml_collections.ConfigDict({'runner': 'stages'}), str(tmp_path / 'w'))
 
 
 @pytest.mark.parametrize('name', sorted(evaluators.EVALUATORS))
