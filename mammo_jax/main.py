@@ -86,12 +86,12 @@ def main(argv):
     _fail(_one_line(e))
   except KNOWN_ERRORS as e:
     log = _write_traceback(FLAGS.workdir)
-    hint = (' Free some space and run the same command again: it resumes.'
+    hint = ('; free some space and run the same command again: it resumes'
             if isinstance(e, OSError) and e.errno == errno.ENOSPC else '')
     _fail(f'{_one_line(e)}{hint} (traceback in {log})')
   except Exception as e:  # pylint: disable=broad-except  (a bug: still one line, and the log)
     log = _write_traceback(FLAGS.workdir)
-    _fail(f'unexpected {_one_line(e)}; please report this with {log}')
+    _fail(f'unexpected {_one_line(e)}; please report it with {log}')
 
 
 if __name__ == '__main__':
