@@ -64,10 +64,13 @@ def _write_traceback(workdir: str) -> str:
       return path
     except OSError:
       pass
-  fd, path = tempfile.mkstemp(prefix='mammo_jax-error-', suffix='.log')
-  with os.fdopen(fd, 'w') as f:
-    f.write(text)
-  return path
+  try:
+    fd, path = tempfile.mkstemp(prefix='mammo_jax-error-', suffix='.log')
+    with os.fdopen(fd, 'w') as f:
+      f.write(text)
+    return path
+  except OSError:
+    return 'no file (none could be written)'
 
 
 def _fail(message: str) -> None:
@@ -82,7 +85,7 @@ def main(argv):
   logging.info('JAX devices: %s', jax.local_devices())
   try:
     runners.run(FLAGS.config, FLAGS.workdir)
-  except workdir_lock.WorkdirError as e:  # nothing was written: the line says it all
+  except workdir_lock.WorkdirError as e:  # the line says it all; the folder is not ours
     _fail(_one_line(e))
   except KNOWN_ERRORS as e:
     log = _write_traceback(FLAGS.workdir)
