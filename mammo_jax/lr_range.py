@@ -292,7 +292,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if task.num_outputs != 1:  # the stop thresholds sit around ln 2, a binary chance level
     raise ValueError(f'lr_range needs a binary task (the study\'s is mass_vs_calc), not '
                      f'{task.name}')
-  parallel.check_batch_size(config.batch_size)
   workdir_lib.write_config(config, workdir)
   builder = input_pipeline.prepare_builder(config.data)
   print(input_pipeline.describe(builder), flush=True)

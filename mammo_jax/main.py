@@ -2,12 +2,17 @@
 
 This file is intentionally thin: it parses flags and hands the config to the runner it
 names (mammo_jax.runners: train, stages, ensemble, lr_range). Re-running the same command on
-the same workdir resumes an interrupted run exactly.
+the same workdir resumes an interrupted run exactly. A failure ends with one line,
+`mammo_jax: error: ...`, naming the log file that holds its traceback.
 """
 
+import errno
 import logging as std_logging
 import os
 import sys
+import tempfile
+import time
+import traceback
 
 from absl import app
 from absl import flags
@@ -16,6 +21,8 @@ import jax
 from ml_collections import config_flags
 
 from mammo_jax import runners
+from mammo_jax import workdir as workdir_lib
+from mammo_jax import workdir_lock
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for this run\'s checkpoints and outputs.')
@@ -24,9 +31,51 @@ config_flags.DEFINE_config_file('config', None, 'Experiment config file, e.g. '
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+# Failures a user can meet: a bad config, data or data folder (ValueError, FileNotFoundError,
+# TFDS's AssertionError on an empty manual_dir, KeyError from config access), an unwritable or
+# full disk (OSError), diverged training (FloatingPointError), a missing optional package.
+# Each ends with one `mammo_jax: error:` line; the traceback goes to WORKDIR/error.log.
+KNOWN_ERRORS = (ValueError, KeyError, AssertionError, OSError, FloatingPointError, ImportError)
+
+
 def _orbax_info_filter(record) -> bool:
   """Drops Orbax's INFO lines (about 20 per checkpoint save or restore); keeps warnings."""
   return record.levelno >= std_logging.WARNING or f'{os.sep}orbax{os.sep}' not in record.pathname
+
+
+def _one_line(e: BaseException) -> str:
+  """An exception as one line: its message, named by its type where the message alone is not
+  enough (KeyError's is just the key, AssertionError's may be empty)."""
+  text = ' '.join(str(e).split())
+  if isinstance(e, (ValueError, FloatingPointError, OSError, workdir_lock.WorkdirError)):
+    return text or type(e).__name__
+  return f'{type(e).__name__}: {text}' if text else type(e).__name__
+
+
+def _write_traceback(workdir: str) -> str:
+  """The current exception's traceback in WORKDIR/error.log (a temporary file when the
+  workdir cannot take it: absent, or the disk is full); returns the path."""
+  text = f'{time.strftime("%Y-%m-%d %H:%M:%S %Z")} {" ".join(sys.argv)}\n{traceback.format_exc()}'
+  if os.path.isdir(workdir):
+    path = os.path.join(workdir, workdir_lib.ERROR_LOG)
+    try:
+      with open(path, 'w') as f:
+        f.write(text)
+      return path
+    except OSError:
+      pass
+  try:
+    fd, path = tempfile.mkstemp(prefix='mammo_jax-error-', suffix='.log')
+    with os.fdopen(fd, 'w') as f:
+      f.write(text)
+    return path
+  except OSError:
+    return 'no file (none could be written)'
+
+
+def _fail(message: str) -> None:
+  print(f'mammo_jax: error: {message}', file=sys.stderr, flush=True)
+  sys.exit(1)
 
 
 def main(argv):
@@ -36,13 +85,16 @@ def main(argv):
   logging.info('JAX devices: %s', jax.local_devices())
   try:
     runners.run(FLAGS.config, FLAGS.workdir)
-  except (FloatingPointError, ValueError, FileNotFoundError, ConnectionError,
-          ImportError) as e:
-    # Known failure modes (bad config or data, diverged training) end with one clear line;
-    # the traceback stays in the log for bug reports.
-    logging.exception('Run failed')
-    print(f'mammo_jax: error: {e}', file=sys.stderr, flush=True)
-    sys.exit(1)
+  except workdir_lock.WorkdirError as e:  # the line says it all; the folder is not ours
+    _fail(_one_line(e))
+  except KNOWN_ERRORS as e:
+    log = _write_traceback(FLAGS.workdir)
+    hint = ('; free some space and run the same command again: it resumes'
+            if isinstance(e, OSError) and e.errno == errno.ENOSPC else '')
+    _fail(f'{_one_line(e)}{hint} (traceback in {log})')
+  except Exception as e:  # pylint: disable=broad-except  (a bug: still one line, and the log)
+    log = _write_traceback(FLAGS.workdir)
+    _fail(f'unexpected {_one_line(e)}; please report it with {log}')
 
 
 if __name__ == '__main__':

@@ -22,9 +22,14 @@ def device_count() -> int:
 
 
 def check_batch_size(batch_size: int, what: str = 'batch_size') -> None:
-  if batch_size % device_count():
-    raise ValueError(f'{what}={batch_size} does not split evenly over the '
-                     f'{device_count()} local devices; use a multiple of {device_count()}')
+  """A global batch must be a positive multiple of the local device count."""
+  n = device_count()
+  if batch_size <= 0:
+    raise ValueError(f'{what}={batch_size}: accepted values are positive multiples of the {n} '
+                     f'local devices; set e.g. --config.{what}={n * 32}')
+  if batch_size % n:
+    raise ValueError(f'{what}={batch_size} does not split evenly over the {n} local devices; '
+                     f'use a multiple of {n}, e.g. --config.{what}={-(-batch_size // n) * n}')
 
 
 @functools.cache

@@ -20,7 +20,7 @@ import os
 
 import ml_collections
 
-from mammo_jax import train
+from mammo_jax import runners
 from mammo_jax import warm_start
 from mammo_jax import workdir as workdir_lib
 from mammo_jax.config_lib import overrides as overrides_lib
@@ -83,7 +83,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       results = workdir_lib.read_results(stage_dir)
     else:
       print(f'=== stage {name} in {stage_dir}', flush=True)
-      _, results = train.train_and_evaluate(stage, stage_dir)
+      _, results = runners.run(stage, stage_dir)  # the stage's own lock and checks
     summary[name] = {
         'workdir': stage_dir, 'best_epoch': results['best_epoch'],
         'epochs_run': results['epochs_run'], 'trainable_params': results['trainable_params'],

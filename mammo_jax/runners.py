@@ -7,6 +7,10 @@
   lr_range  lr_range.run: the learning-rate range test.
 Each maps to `run(config, workdir)`; modules are imported when their runner is asked for, so a
 config names a runner without importing the others. A new runner is one line here.
+
+`run` is the one way in (main, ensemble members, pipeline stages): it takes the workdir's lock
+(mammo_jax.workdir_lock: one run per workdir), then checks the config for its runner
+(mammo_jax.config_checks), both before anything else is written or any data is prepared.
 """
 
 from __future__ import annotations
@@ -14,6 +18,9 @@ from __future__ import annotations
 import importlib
 
 import ml_collections
+
+from mammo_jax import config_checks
+from mammo_jax import workdir_lock
 
 RUNNERS = {
     'train': ('mammo_jax.train', 'train_and_evaluate'),
@@ -38,4 +45,7 @@ def get_runner(name: str):
 
 def run(config: ml_collections.ConfigDict, workdir: str):
   """Runs config with the runner it names, in workdir; returns what the runner returns."""
-  return get_runner(runner_name(config))(config, workdir)
+  with workdir_lock.hold(workdir):
+    runner = get_runner(runner_name(config))
+    config_checks.check(config)
+    return runner(config, workdir)

@@ -212,9 +212,7 @@ def _new_loop_state() -> dict:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   """Trains config's model in workdir (resuming what is there); returns (state, summary)."""
   os.makedirs(workdir, exist_ok=True)
-  task = tasks.get_task(config.task)
-  parallel.check_batch_size(config.batch_size)
-  parallel.check_batch_size(config.eval_batch_size, 'eval_batch_size')
+  task = tasks.get_task(config.task)  # the config's fields: config_checks, from runners.run
 
   # The model (which checks data.inputs and model.preprocess against the registry) and the
   # warm start's sources, before minutes of data preparation.

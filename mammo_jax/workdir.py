@@ -8,7 +8,9 @@ A finished run's workdir holds (names below):
   predictions.npz    per split: example ids, class probabilities, task and 4-class labels;
   dataset_report.json  what the dataset build kept, skipped and excluded (provenance);
   init_from.json     the finished run a warm-started run began from (its identity);
-  checkpoints/       Orbax checkpoints (mammo_jax.checkpointing), tensorboard/, *.png plots.
+  checkpoints/       Orbax checkpoints (mammo_jax.checkpointing), tensorboard/, *.png plots;
+  .lock              the running process's pid and start time (mammo_jax.workdir_lock);
+  error.log          the traceback of the last failed run (mammo_jax.main).
 Stages (mammo_jax.pipeline), ensembles (mammo_jax.ensemble) and the report read runs through
 the functions here, never by opening these files themselves.
 
@@ -35,6 +37,7 @@ RESULTS_JSON = 'results.json'
 PREDICTIONS_NPZ = 'predictions.npz'
 DATASET_REPORT_JSON = 'dataset_report.json'
 INIT_FROM_JSON = 'init_from.json'
+ERROR_LOG = 'error.log'
 # Written by the runners that combine runs, in their own workdir:
 PIPELINE_JSON = 'pipeline.json'  # stages: each stage's summary
 ENSEMBLE_JSON = 'ensemble.json'  # ensembles: members, methods, their metrics

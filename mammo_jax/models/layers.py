@@ -229,6 +229,9 @@ def max_pool(x, window_shape: Sequence[int], strides: Sequence[int] | None = Non
   return _pool(x, *window)
 
 
+CONV_IMPLS = ('xla', 'cpu_fast')  # config.model.conv_impl, besides 'auto' (train.create_model)
+
+
 def conv_relu_pool(conv_impl: str):
   """(conv class, ReLU + 2x2/2 max-pool function) for conv_impl 'xla' or 'cpu_fast'."""
   if conv_impl == 'xla':

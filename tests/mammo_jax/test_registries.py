@@ -18,22 +18,25 @@ def test_every_runner_resolves_to_run_config_workdir(name):
   assert list(inspect.signature(run).parameters)[:2] == ['config', 'workdir']
 
 
-@pytest.mark.parametrize('config_file,arg,runner', [
+CONFIGS = [  # one config file of each runner (and family)
     ('scratch2', 'smoke', 'train'), ('dual', 'smoke', 'train'),
     ('vgg16_2', 'pipeline,smoke', 'stages'), ('vgg16_2', 'fe,smoke', 'train'),
     ('ensemble4', 'smoke', 'ensemble'), ('composite4', 'smoke', 'ensemble'),
     ('lr_range', 'smoke', 'lr_range'),
-])
+]
+
+
+@pytest.mark.parametrize('config_file,arg,runner', CONFIGS)
 def test_configs_name_their_runner(config_file, arg, runner):
   assert runners.runner_name(load_config(config_file, arg)) == runner
 
 
-def test_unknown_runner_is_refused_with_the_known_ones():
+def test_unknown_runner_is_refused_with_the_known_ones(tmp_path):
   config = ml_collections.ConfigDict({'runner': 'kfold'})
   with pytest.raises(ValueError, match='unknown config.runner .kfold.; known: train, stages'):
-    runners.run(config, '/nonexistent')
+    runners.run(config, str(tmp_path / 'w'))
   with pytest.raises(ValueError, match='stages runner needs config.pipeline'):
-    runners.run(ml_collections.ConfigDict({'runner': 'stages'}), '/nonexistent')
+    runners.run(ml_collections.ConfigDict({'runner': 'stages'}), str(tmp_path / 'w'))
 
 
 @pytest.mark.parametrize('name', sorted(evaluators.EVALUATORS))
