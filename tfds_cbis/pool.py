@@ -2,7 +2,8 @@
 
 How many workers (`worker_count`), how they start (`start_method`), the executor
 (`executor`) and an ordered map over it (`imap`). Workers only run numpy, scipy, PIL and
-pydicom code, never TensorFlow.
+pydicom code, never TensorFlow. Workers end within a second of their parent's death, however
+it dies (`_watch_parent`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import concurrent.futures
 import multiprocessing
 import os
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -32,11 +35,32 @@ def start_method() -> str:
   return 'fork' if sys.platform.startswith('linux') else 'spawn'
 
 
+PARENT_POLL_S = 0.5
+
+
+def _watch_parent(parent: int) -> None:
+  """Executor initializer: the worker exits once its parent is no longer `parent`.
+
+  A SIGKILLed parent runs no cleanup, and its forked workers would wait for work forever
+  (each holds the others' ends of the task pipe, so none sees it close). A daemon thread
+  compares os.getppid() with the pid that started the pool every PARENT_POLL_S, which also
+  covers a parent that died before this ran. Linux's PR_SET_PDEATHSIG is not used: it fires
+  when the forking *thread* ends, and the pool forks from whichever thread submits first.
+  """
+  def watch():
+    while os.getppid() == parent:
+      time.sleep(PARENT_POLL_S)
+    os._exit(1)  # pylint: disable=protected-access  (no cleanup: nobody is left to get results)
+
+  threading.Thread(target=watch, name='tfds_cbis-watch-parent', daemon=True).start()
+
+
 def executor(workers: int) -> concurrent.futures.ProcessPoolExecutor:
-  """`workers` processes. Unlike multiprocessing.Pool, a worker that dies (e.g. killed for
-  memory) breaks the executor, so the caller fails instead of hanging."""
+  """`workers` processes that end with this one. Unlike multiprocessing.Pool, a worker that
+  dies (e.g. killed for memory) breaks the executor, so the caller fails instead of hanging."""
   return concurrent.futures.ProcessPoolExecutor(
-      workers, mp_context=multiprocessing.get_context(start_method()))
+      workers, mp_context=multiprocessing.get_context(start_method()),
+      initializer=_watch_parent, initargs=(os.getpid(),))
 
 
 def imap(fn: Callable[[Any], Any], items: Iterable[Any],

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -12,6 +16,7 @@ from tfds_cbis import synthetic
 from tfds_cbis.synthetic import write
 
 DIED = 'a test worker died'
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _square(x: int) -> int:
@@ -79,3 +84,52 @@ def test_synthetic_generation_fails_when_a_worker_dies(tmp_path, monkeypatch):
   monkeypatch.setattr(write, 'render_and_write', _die)
   with pytest.raises(RuntimeError, match='worker process died while rendering'):
     synthetic.generate(tmp_path / 'tree', patients=3, image_shape=(128, 128), workers=2)
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+  """/proc/PID/stat's fields after the command name (state, ppid, ...); None when gone."""
+  try:
+    with open(f'/proc/{pid}/stat') as f:
+      return f.read().rsplit(')', 1)[1].split()
+  except OSError:
+    return None
+
+
+def _children(pid: int) -> list[int]:
+  found = []
+  for entry in os.listdir('/proc'):
+    stat = _proc_stat(int(entry)) if entry.isdigit() else None
+    if stat and int(stat[1]) == pid:
+      found.append(int(entry))
+  return found
+
+
+def _running(pid: int) -> bool:
+  stat = _proc_stat(pid)
+  return stat is not None and stat[0] not in ('Z', 'X')  # a zombie has ended
+
+
+@pytest.mark.skipif(not os.path.isdir('/proc'), reason='reads processes from /proc')
+def test_workers_end_when_their_parent_is_killed(tmp_path):
+  """Issue 11: after SIGKILL of a build, its workers lived on (PPID 1, blocked on a pipe)."""
+  parent = subprocess.Popen(
+      [sys.executable, '-m', 'tfds_cbis.synthetic', '--out', str(tmp_path / 'tree'),
+       '--patients', '400', '--workers', '2'],
+      cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.monotonic() + 60
+    while len(workers := _children(parent.pid)) < 2:
+      assert parent.poll() is None and time.monotonic() < deadline, 'no workers started'
+      time.sleep(0.05)
+    time.sleep(0.5)  # the workers are rendering
+    assert all(_running(pid) for pid in workers)
+  finally:
+    parent.kill()
+    parent.wait()
+  deadline = time.monotonic() + 10
+  while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+    time.sleep(0.1)
+  survivors = [pid for pid in workers if _running(pid)]
+  for pid in survivors:  # leave nothing behind when the test fails
+    os.kill(pid, signal.SIGKILL)
+  assert not survivors, f'workers {survivors} outlived their killed parent'
