@@ -2,8 +2,8 @@
 
 Importing the package registers the TFDS builder `cbis_ddsm` (configs `roi150`, `s10_224`).
 TensorFlow itself is imported lazily by TFDS, so the plain modules (dicom, cases, index,
-geometry, splits, patches, build_plan, build_report, pool, strict_json, synthetic) stay cheap to
-import in worker processes.
+geometry, splits, patches, build_lock, build_plan, build_report, pool, strict_json, synthetic)
+stay cheap to import in worker processes.
 """
 
 from tfds_cbis.cbis_ddsm import Builder, CbisDdsmConfig  # registers 'cbis_ddsm'

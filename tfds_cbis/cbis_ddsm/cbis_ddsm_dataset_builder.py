@@ -1,7 +1,8 @@
 """TFDS builder `cbis_ddsm`: CBIS-DDSM patch datasets straight from the TCIA DICOM download.
 
-The heavy lifting is in plain modules (build_plan, build_report, pool, patches and below); this
-file declares the configs and features and wires the pieces into TFDS, with or without Beam.
+The heavy lifting is in plain modules (build_lock, build_plan, build_report, pool, patches and
+below); this file declares the configs and features and wires the pieces into TFDS, with or
+without Beam.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from tfds_cbis import build_lock
 from tfds_cbis import build_plan
 from tfds_cbis import build_report
 from tfds_cbis import cases as cases_lib
@@ -162,6 +164,16 @@ manual_dir when all four are there, else from the official copies shipped with t
     )
 
   # --- planning (driver side) -------------------------------------------------------------
+
+  def download_and_prepare(self, *, download_config=None, **kwargs):
+    """TFDS's, holding the build lock of this dataset version while it builds (see
+    build_lock: one build at a time, and a killed build's incomplete folder is removed)."""
+    mode = (download_config or tfds.download.DownloadConfig()).download_mode
+    if mode == tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS and self.data_path.exists():
+      # Reused as is: nothing is written, so a read-only data_dir still works.
+      return super().download_and_prepare(download_config=download_config, **kwargs)
+    with build_lock.hold(os.fspath(self.data_dir)):
+      return super().download_and_prepare(download_config=download_config, **kwargs)
 
   def _download_and_prepare(self, dl_manager, download_config):  # pytype: disable=signature-mismatch
     self._download_config = download_config
