@@ -37,9 +37,13 @@ def test_colab_notebook_runs_an_ensemble_and_shows_the_report(tmp_path, monkeypa
   assert not [o for o in outputs if o.output_type == 'error']
   text = ''.join(_cell_outputs(cell) for cell in code)
   assert 'devices: 1 cpu' in text.lower()
-  # The run's own progress reaches the run cell (it used to show only a captured tail).
-  run_text = _cell_outputs(next(c for c in code if 'stream_run(command' in c.source))
+  # The run's own progress, as it happens, in the run cell: a run of hours must not be silent.
+  run_cell = next(c for c in code if 'run_output = stream_run(' in c.source)
+  run_text = _cell_outputs(run_cell)
+  # It arrived in pieces while the run went on (about 200), not as one text at its end.
+  assert len([o for o in run_cell.outputs if o.output_type == 'stream']) > 10
   assert 'mammo_jax.main' in run_text
+  assert 'JAX devices:' in run_text  # the run's stderr (its log lines) too
   assert any(line.startswith('step ') for line in run_text.splitlines()), run_text[-2000:]
   assert 'Report: ' in run_text
   html = [o for o in outputs if o.output_type == 'display_data' and 'text/html' in o.data]
