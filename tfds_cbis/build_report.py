@@ -38,9 +38,14 @@ def log_summary(report: dict, path: str) -> None:
       len(report['excluded_patients']), path)
 
 
-def write_report(report: dict, data_dir: str | os.PathLike[str]) -> None:
-  """Finishes the report, writes it into data_dir (local or e.g. gs://) and logs a summary."""
+def write_report(report: dict, data_dir: str | os.PathLike[str],
+                 final_dir: str | os.PathLike[str]) -> None:
+  """Finishes the report, writes it into data_dir (local or e.g. gs://) and logs a summary.
+
+  During a build data_dir is TFDS's `incomplete.*` folder, renamed to final_dir when the build
+  succeeds: the summary names the report's path there, the one that will exist.
+  """
   report = finish_report(report)
-  path = epath.Path(data_dir) / REPORT_NAME
-  path.write_text(strict_json.dumps(report, indent=1, sort_keys=True))
-  log_summary(report, os.fspath(path))
+  (epath.Path(data_dir) / REPORT_NAME).write_text(
+      strict_json.dumps(report, indent=1, sort_keys=True))
+  log_summary(report, os.fspath(epath.Path(final_dir) / REPORT_NAME))

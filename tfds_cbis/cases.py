@@ -194,24 +194,38 @@ def _header_map(header: list[str], path: str) -> dict[str, int]:
   return columns
 
 
+def _rows_with_lines(lines: Iterable[str]) -> list[tuple[int, list[str]]]:
+  """CSV records with the line (1-based, as an editor counts) where each starts.
+
+  Quoted cells of the official files hold line breaks, so record numbers drift from lines.
+  """
+  reader = csv.reader(lines)
+  rows, line = [], 1
+  for row in reader:
+    rows.append((line, row))
+    line = reader.line_num + 1
+  return rows
+
+
 def read_csv(path: str, abnormality_type: str, official_split: str) -> list[Case]:
   """Parses one description CSV into cases, grouping rows by full image."""
   name = os.path.basename(path)
   try:
     with open(path, newline='', encoding='utf-8-sig') as f:
-      rows = list(csv.reader(f))
+      rows = _rows_with_lines(f)
   except (OSError, UnicodeDecodeError, csv.Error) as e:
     raise CsvFormatError(f'{path}: cannot read the CSV ({e})') from None
   if not rows:
     raise CsvFormatError(f'{path}: the CSV is empty')
-  columns = _header_map(rows[0], path)
+  header = rows[0][1]
+  columns = _header_map(header, path)
   grouped: dict[tuple[str, str], dict] = {}
-  for line, row in enumerate(rows[1:], start=2):
+  for line, row in rows[1:]:
     if not any(cell.strip() for cell in row):
       continue
     where = f'{path}:{line}'
-    if len(row) < len(rows[0]):
-      raise CsvFormatError(f'{where}: {len(row)} cells, the header has {len(rows[0])}')
+    if len(row) < len(header):
+      raise CsvFormatError(f'{where}: {len(row)} cells, the header has {len(header)}')
     cell = {k: row[i].strip() for k, i in columns.items()}
     pathology = cell['pathology'].upper()
     if pathology not in RAW_PATHOLOGIES:

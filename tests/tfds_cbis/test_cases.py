@@ -97,3 +97,20 @@ def test_tampered_packaged_csv_is_refused(tmp_path, monkeypatch):
   monkeypatch.setattr(cases, 'PACKAGED_CSV_DIR', str(tmp_path))
   with pytest.raises(cases.CsvFormatError, match='SHA-256'):
     cases.find_csvs(None)
+
+
+def test_locations_are_editor_lines_not_record_numbers(tmp_path):
+  # The official files' path cells end in a quoted bare LF: each record spans two lines.
+  src = os.path.join(REAL, 'mass_case_description_train_set.csv')
+  all_cases = cases.read_csv(src, 'MASS', 'train')
+  sources = sorted(int(a.source.split(':')[1]) for c in all_cases for a in c.abnormalities)
+  text = open(src, newline='').read()
+  assert sources[:2] == [2, 4] and sources[-1] == text.count('\n') - 1
+  # A bad value on the third record is reported at the line an editor shows for it.
+  records = text.split('\r\n')
+  assert 'MALIGNANT' in records[3] or 'BENIGN' in records[3]
+  records[3] = records[3].replace('MALIGNANT', 'MAYBE').replace('BENIGN', 'MAYBE', 1)
+  path = tmp_path / 'mass_case_description_train_set.csv'
+  path.write_text('\r\n'.join(records), newline='')
+  with pytest.raises(cases.CsvFormatError, match=r"set\.csv:6: pathology 'MAYBE"):
+    cases.read_csv(str(path), 'MASS', 'train')

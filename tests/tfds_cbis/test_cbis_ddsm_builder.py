@@ -392,3 +392,13 @@ def test_parallel_build_from_a_plain_script(trees, tmp_path):
                         timeout=300, check=False)
   assert done.returncode == 0, done.stderr[-3000:]
   assert done.stdout.count('BUILT') == 1
+
+
+def test_the_printed_report_path_is_the_final_one(tmp_path, caplog):
+  dummy = os.path.join(os.path.dirname(builder_lib.__file__), 'dummy_data')
+  caplog.set_level('INFO')
+  builder = build(dummy, tmp_path / 'data')
+  (line,) = [r.getMessage() for r in caplog.records if 'full report:' in r.getMessage()]
+  path = line.rsplit('full report: ', 1)[1]
+  assert path == os.path.join(builder.data_dir, build_report.REPORT_NAME)
+  assert 'incomplete' not in path and os.path.exists(path)

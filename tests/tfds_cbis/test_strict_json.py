@@ -91,7 +91,7 @@ def test_build_report_is_strict_json(tmp_path):
             'skips': [{'split': 'train', 'subject': 'S', 'abnormality_id': None,
                        'reason': 'r', 'detail': 'd'}],
             'excluded_patients': [], 'mean_pixel': float('nan'), 'ratio': np.float32(np.inf)}
-  build_report.write_report(report, tmp_path)
+  build_report.write_report(report, tmp_path, tmp_path)
   written = _strict_loads((tmp_path / build_report.REPORT_NAME).read_text())
   assert written['mean_pixel'] is None and written['ratio'] is None
   assert written['counts'] == {'train': {'BENIGN_MASS': 2}}

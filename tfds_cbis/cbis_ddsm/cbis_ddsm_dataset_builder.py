@@ -112,6 +112,7 @@ manual_dir when all four are there, else from the official copies shipped with t
     self._num_workers = pool_lib.worker_count(num_workers)
     self._download_config = None
     self._report: dict = {}
+    self._final_data_dir = ''
     self._pool = None
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -168,6 +169,7 @@ manual_dir when all four are there, else from the official copies shipped with t
   def download_and_prepare(self, *, download_config=None, **kwargs):
     """TFDS's, holding the build lock of this dataset version while it builds (see
     build_lock: one build at a time, and a killed build's incomplete folder is removed)."""
+    self._final_data_dir = os.fspath(self.data_dir)  # TFDS builds in a temporary folder
     mode = (download_config or tfds.download.DownloadConfig()).download_mode
     if mode == tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS and self.data_path.exists():
       # Reused as is: nothing is written, so a read-only data_dir still works.
@@ -188,7 +190,7 @@ manual_dir when all four are there, else from the official copies shipped with t
       if self._pool is not None:
         self._pool.shutdown(cancel_futures=True)
         self._pool = None
-    build_report.write_report(self._report, self.data_dir)
+    build_report.write_report(self._report, self.data_dir, self._final_data_dir)
 
   @property
   def _use_beam(self) -> bool:
