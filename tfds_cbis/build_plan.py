@@ -57,7 +57,8 @@ def plan_build(manual_dir: str, config: Any, instructions: str = '') -> tuple[di
   if found_images == 0:
     raise ValueError(
         f'manual_dir {manual_dir} holds no CBIS-DDSM image of the CSVs: {index.num_files} '
-        f'readable .dcm files, {len(index.unreadable)} unreadable, none whose Study/Series UIDs '
+        f'readable .dcm files, {len(index.unreadable)} unreadable, '
+        f'{len(index.unreadable_dirs)} folders that cannot be listed, none whose Study/Series UIDs '
         f'match a CSV image path (CSVs: {csv_source}). Expected the TCIA download, e.g. '
         'CBIS-DDSM/<Subject>/.../1-1.dcm (NBIA) or CBIS-DDSM/<Subject>/<StudyUID>/<SeriesUID>/'
         '000000.dcm (classic). If you use your own CSVs, put all four in manual_dir.')

@@ -13,8 +13,12 @@ import collections
 import concurrent.futures
 import dataclasses
 import os
+import re
 
 from tfds_cbis import dicom
+
+# A CBIS-DDSM subject folder, e.g. 'Mass-Training_P_00001_LEFT_CC' or 'Calc-Test_P_00038_..'.
+_SUBJECT_FOLDER = re.compile(r'^(Mass|Calc)-(Training|Test)_P_\d+')
 
 
 @dataclasses.dataclass
@@ -25,6 +29,7 @@ class DicomIndex:
   series: dict[tuple[str, str], list[dicom.DicomHeader]]
   unreadable: dict[str, str]  # path -> reason
   other_files: list[str]  # non-DICOM files seen on the walk (CSV lookup uses them)
+  unreadable_dirs: dict[str, str] = dataclasses.field(default_factory=dict)  # path -> reason
 
   @property
   def num_files(self) -> int:
@@ -41,16 +46,33 @@ class DicomIndex:
     return {p: r for p, r in self.unreadable.items()
             if subject in p.replace('\\', '/').split('/')[:-1]}
 
+  def unreadable_dirs_for(self, subject: str) -> dict[str, str]:
+    """Folders the walk could not list that may hold `subject`'s files: the subject's own
+    (or one inside it), or one above every subject folder (e.g. the whole CBIS-DDSM folder)."""
+    found = {}
+    for path, reason in self.unreadable_dirs.items():
+      parts = os.path.relpath(path, self.root).replace('\\', '/').split('/')
+      if (subject and subject in parts) or not any(_SUBJECT_FOLDER.match(p) for p in parts):
+        found[path] = reason
+    return found
 
-def walk(root: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
-  """Lists `.dcm` files and other files under root, sorted.
+
+def walk(root: str | os.PathLike[str]) -> tuple[list[str], list[str], dict[str, str]]:
+  """Lists `.dcm` files and other files under root, sorted, and the folders it cannot list.
 
   Symlinked folders are followed (downloads are often assembled from links), each real
-  folder once, so a link cycle cannot make the walk endless.
+  folder once, so a link cycle cannot make the walk endless. A folder that cannot be listed
+  (e.g. no read permission) is recorded with the reason instead of being passed over silently.
   """
   dcm, other = [], []
+  unlisted: dict[str, str] = {}
   seen = set()
-  for dirpath, dirnames, filenames in os.walk(os.fspath(root), followlinks=True):
+
+  def on_error(error: OSError) -> None:
+    unlisted[error.filename or '?'] = error.strerror or str(error)
+
+  for dirpath, dirnames, filenames in os.walk(os.fspath(root), onerror=on_error,
+                                              followlinks=True):
     real = os.path.realpath(dirpath)
     if real in seen:
       dirnames[:] = []
@@ -59,7 +81,7 @@ def walk(root: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
     dirnames.sort()
     for name in filenames:
       (dcm if name.lower().endswith('.dcm') else other).append(os.path.join(dirpath, name))
-  return sorted(dcm), sorted(other)
+  return sorted(dcm), sorted(other), dict(sorted(unlisted.items()))
 
 
 def _read(path: str) -> dicom.DicomHeader | dicom.DicomReadError:
@@ -71,7 +93,7 @@ def _read(path: str) -> dicom.DicomHeader | dicom.DicomReadError:
 
 def build_index(root: str | os.PathLike[str], threads: int = 8) -> DicomIndex:
   """Reads the header of every `.dcm` under root (threads hide file-system latency)."""
-  paths, other = walk(root)
+  paths, other, unlisted = walk(root)
   series: dict[tuple[str, str], list[dicom.DicomHeader]] = collections.defaultdict(list)
   unreadable: dict[str, str] = {}
   with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
@@ -82,4 +104,4 @@ def build_index(root: str | os.PathLike[str], threads: int = 8) -> DicomIndex:
         series[(result.study_uid, result.series_uid)].append(result)
   for headers in series.values():
     headers.sort(key=lambda h: (h.instance_number or 0, h.path))
-  return DicomIndex(os.fspath(root), dict(series), unreadable, other)
+  return DicomIndex(os.fspath(root), dict(series), unreadable, other, unlisted)

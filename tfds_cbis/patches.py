@@ -99,6 +99,10 @@ def _missing_reason(index: index_lib.DicomIndex, subject: str, what: str,
   bad = index.unreadable_under(subject)
   if bad:
     return 'file_unreadable', '; '.join(f'{p}: {r}' for p, r in sorted(bad.items()))
+  unlisted = index.unreadable_dirs_for(subject)
+  if unlisted:
+    return 'folder_unreadable', ('cannot list ' + '; '.join(
+        f'{p}: {r}' for p, r in unlisted.items()) + ' (check its permissions)')
   series = ', '.join(sorted({r.series_uid for r in refs}))
   return 'file_missing', (f'no DICOM file of {what} series {series} (subject {subject}) was '
                           f'found under {index.root}')
