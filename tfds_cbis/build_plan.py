@@ -13,6 +13,7 @@ from typing import Any
 from absl import logging
 
 from tfds_cbis import cases as cases_lib
+from tfds_cbis import csv_check
 from tfds_cbis import index as index_lib
 from tfds_cbis import patches
 from tfds_cbis import splits as splits_lib
@@ -40,6 +41,8 @@ def plan_build(manual_dir: str, config: Any, instructions: str = '') -> tuple[di
   logging.info('cbis_ddsm: indexing DICOM headers under %s', manual_dir)
   index = index_lib.build_index(manual_dir)
   csv_paths, csv_source = cases_lib.find_csvs(manual_dir, index.other_files)
+  check = csv_check.check_csvs(csv_paths, csv_source)
+  csv_check.log_check(check)
   all_cases = cases_lib.load_cases(csv_paths)
   plan = splits_lib.plan_splits(all_cases, config.validation_fraction)
   tasks = {s: [] for s in SPLITS}
@@ -66,6 +69,7 @@ def plan_build(manual_dir: str, config: Any, instructions: str = '') -> tuple[di
       'manual_dir': manual_dir,
       'config': config.name,
       'csv_source': csv_source,
+      'csv_check': check,
       'csv_sha256': {os.path.basename(p): cases_lib.sha256_of(p) for p in csv_paths.values()},
       'dicom_files': index.num_files,
       'unreadable_files': index.unreadable,
