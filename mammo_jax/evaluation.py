@@ -48,14 +48,16 @@ def evaluate(p_eval_step, state, data: dict[str, np.ndarray], batch_size: int,
 def final_evaluation(config, workdir, ckpt, state, loop, splits, p_eval_step, task, log, *,
                      synthetic: bool, steps_per_epoch: int, param_counts: tuple[int, int],
                      ids: dict[str, np.ndarray],
-                     without_baseline: dict[str, int] | None = None) -> dict:
+                     without_baseline: dict[str, int] | None = None,
+                     data_provenance: str | None = None) -> dict:
   """Evaluates the best-validation-loss checkpoint once on validation and test.
 
   Writes results.json, the plots, and predictions.npz: per split, the example ids, the
   class probabilities, the task labels and the 4-class labels, for ensembles and composites
   (mammo_jax.ensemble), which combine runs without running their models again. Pair runs
   also record `examples_without_baseline` per split: examples left out of training and of
-  every evaluation (their ids are not in predictions.npz either).
+  every evaluation (their ids are not in predictions.npz either). `data_provenance` is the
+  dataset's provenance_id (None for a build that predates provenance).
   """
   evaluator = evaluators.of_config(config)
   best = ckpt.restore_best(state, loop['best_step'])
@@ -69,6 +71,7 @@ def final_evaluation(config, workdir, ckpt, state, loop, splits, p_eval_step, ta
             checkpoint='best')
   summary = {
       'task': task.name, 'model': config.model.name, 'synthetic_data': synthetic,
+      'data_provenance': data_provenance,
       'best_epoch': loop['best_epoch'], 'best_step': loop['best_step'],
       'epochs_run': loop['epoch'], 'steps_run': int(state.step),
       'steps_per_epoch': steps_per_epoch, 'stop_reason': loop['stop_reason'],

@@ -221,8 +221,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   builder = input_pipeline.prepare_builder(config.data)
   print(input_pipeline.describe(builder), flush=True)
   report = input_pipeline.build_report(builder)
-  if report is not None:  # provenance: what was built, skipped and excluded
+  workdir_lib.check_dataset(report, workdir)  # before anything is written
+  if report is not None:  # what was built, skipped and excluded, and its provenance
     workdir_lib.write_json(os.path.join(workdir, workdir_lib.DATASET_REPORT_JSON), report)
+  data_provenance = (report or {}).get('provenance', {}).get('provenance_id')
   synthetic = not config.data.manual_dir
   splits, without = {}, {}
   for s in ('train', 'validation', 'test'):
@@ -361,5 +363,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   summary = evaluation.final_evaluation(
       config, workdir, ckpt, state, loop, splits, p_eval_step, task, log, synthetic=synthetic,
       steps_per_epoch=steps_per_epoch, param_counts=(n_trainable, n_total), ids=ids,
-      without_baseline=without_baseline)
+      without_baseline=without_baseline, data_provenance=data_provenance)
   return state, summary

@@ -6,7 +6,8 @@ A finished run's workdir holds (names below):
   results.json       the best checkpoint's validation and test metrics; written last, so its
                      presence marks the run finished;
   predictions.npz    per split: example ids, class probabilities, task and 4-class labels;
-  dataset_report.json  what the dataset build kept, skipped and excluded (provenance);
+  dataset_report.json  what the dataset build kept, skipped and excluded, and its
+                     `provenance` (a run on another dataset is refused: check_dataset);
   init_from.json     the finished run a warm-started run began from (its identity);
   checkpoints/       Orbax checkpoints (mammo_jax.checkpointing), tensorboard/, *.png plots;
   .lock              the running process's pid and start time (mammo_jax.workdir_lock);
@@ -29,6 +30,7 @@ from flax import traverse_util
 import ml_collections
 import numpy as np
 
+from tfds_cbis import provenance as provenance_lib
 from tfds_cbis import strict_json
 
 CONFIG_JSON = 'config.json'
@@ -130,6 +132,30 @@ def check_and_write_config(config: ml_collections.ConfigDict, workdir: str,
     raise ValueError(f'workdir {workdir} holds a run with a different config (fields '
                      f'{", ".join(diff)}); use another --workdir or delete this one')
   write_config(config, workdir)
+
+
+# ---------------------------------------------------------------------------------------------
+# The dataset a run trained on: its build report, with the build's provenance.
+
+def read_dataset_report(workdir: str) -> dict | None:
+  path = os.path.join(workdir, DATASET_REPORT_JSON)
+  return read_json(path) if os.path.exists(path) else None
+
+
+def check_dataset(report: dict | None, workdir: str) -> None:
+  """Refuses a workdir whose run used a dataset of another provenance, like a config change.
+
+  Writes nothing. A workdir or build that predates provenance has none to compare: accepted.
+  """
+  old = provenance_lib.of_report(read_dataset_report(workdir))
+  new = provenance_lib.of_report(report)
+  if old is None or new is None or old['provenance_id'] == new['provenance_id']:
+    return
+  raise ValueError(
+      f'workdir {workdir} holds a run on another dataset (provenance {old["provenance_id"]}: '
+      f'{provenance_lib.describe_source(old["source"])}) than this one (provenance '
+      f'{new["provenance_id"]}: {provenance_lib.describe_source(new["source"])}); use another '
+      '--workdir or delete this one')
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from tfds_cbis import cases as cases_lib
 from tfds_cbis import csv_check
 from tfds_cbis import index as index_lib
 from tfds_cbis import patches
+from tfds_cbis import provenance as provenance_lib
 from tfds_cbis import splits as splits_lib
 
 SPLITS = ('train', 'validation', 'test')
@@ -80,9 +81,17 @@ def plan_build(manual_dir: str, config: Any, instructions: str = '') -> tuple[di
       'patients': plan.patients,
       'skips': [s.to_json() for s in skips],
       'counts': {},
+      'provenance': provenance_lib.provenance(manual_dir, csv_paths.values(),
+                                              _matched_series(tasks)),
   }
   logging.info('cbis_ddsm: %d images planned (%s); %d patients of the official test CSVs '
                'excluded from train/validation', sum(len(t) for t in tasks.values()),
                ', '.join(f'{s} {len(t)}' for s, t in tasks.items()),
                len(plan.excluded_patients))
   return tasks, report
+
+
+def _matched_series(tasks: dict) -> set[str]:
+  """SeriesInstanceUIDs of the files the planned images and abnormalities use."""
+  return {h.series_uid for ts in tasks.values() for t in ts
+          for h in (t.image, *(c for a in t.abnormalities for c in a.candidates))}

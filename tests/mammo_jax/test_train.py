@@ -295,3 +295,54 @@ def test_batch_sizes_must_split_over_devices(monkeypatch):
   parallel.check_batch_size(16)
   with pytest.raises(ValueError, match='batch_size=12 does not split evenly over the 8'):
     parallel.check_batch_size(12)
+
+
+def _files(workdir):
+  return {os.path.join(r, n): open(os.path.join(r, n), 'rb').read()
+          for r, _, names in os.walk(workdir) for n in names}
+
+
+def test_a_run_records_its_data_and_another_dataset_is_refused(tmp_path, data_cache):
+  config = smoke_config('scratch2', 'exp0,smoke', data_cache)
+  config.num_train_steps = 1
+  workdir = str(tmp_path / 'run')
+  _, summary = train.train_and_evaluate(config, workdir)
+  report_path = os.path.join(workdir, 'dataset_report.json')
+  report = json.load(open(report_path))
+  prov = report['provenance']
+  assert 'synthetic' in prov['source']
+  assert summary['data_provenance'] == prov['provenance_id']
+  assert json.load(open(os.path.join(workdir, 'results.json')))['data_provenance'] == \
+      prov['provenance_id']
+  # The workdir's run was on another dataset: refused, naming both, nothing touched.
+  report['provenance'] = dict(prov, provenance_id='0123456789ab',
+                              source={'manual_dir': '/data/elsewhere'})
+  with open(report_path, 'w') as f:
+    json.dump(report, f)
+  before = _files(workdir)
+  with pytest.raises(ValueError, match=r'another dataset \(provenance 0123456789ab: manual_dir '
+                     r'/data/elsewhere\) than this one \(provenance \w+: synthetic data'):
+    train.train_and_evaluate(config, workdir)
+  assert _files(workdir) == before
+  # A workdir from before provenance existed: accepted, and its provenance recorded.
+  del report['provenance']
+  with open(report_path, 'w') as f:
+    json.dump(report, f)
+  train.train_and_evaluate(config, workdir)
+  assert json.load(open(report_path))['provenance'] == prov
+
+
+def test_a_build_of_another_source_in_data_dir_is_not_reused(data_cache, tmp_path):
+  config = smoke_config('scratch2', 'exp0,smoke', data_cache)
+  tree = input_pipeline.synthetic_tree(config.data)
+  data_dir = os.path.join(os.path.dirname(tree), 'tensorflow_datasets')
+  input_pipeline.prepare_builder(config.data)  # the synthetic build, in data_dir
+  with config.unlocked():
+    config.data.manual_dir, config.data.data_dir = tree, data_dir
+  input_pipeline.prepare_builder(config.data)  # the same source: reused
+  other = tmp_path / 'download'
+  other.mkdir()
+  config.data.manual_dir = str(other)
+  with pytest.raises(ValueError, match=rf'{data_dir}.* holds a build of synthetic data \(.*\), '
+                     rf'not of manual_dir {other}; set another --config.data.data_dir or delete'):
+    input_pipeline.prepare_builder(config.data)
