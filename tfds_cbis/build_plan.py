@@ -43,6 +43,7 @@ def plan_build(manual_dir: str, config: Any, instructions: str = '') -> tuple[di
   index = index_lib.build_index(manual_dir)
   csv_paths, csv_source = cases_lib.find_csvs(manual_dir, index.other_files)
   check = csv_check.check_csvs(csv_paths, csv_source)
+  csv_sha256 = {name: f['sha256'] for name, f in check['files'].items()}
   csv_check.log_check(check)
   all_cases = cases_lib.load_cases(csv_paths)
   plan = splits_lib.plan_splits(all_cases, config.validation_fraction)
@@ -71,7 +72,7 @@ def plan_build(manual_dir: str, config: Any, instructions: str = '') -> tuple[di
       'config': config.name,
       'csv_source': csv_source,
       'csv_check': check,
-      'csv_sha256': {os.path.basename(p): cases_lib.sha256_of(p) for p in csv_paths.values()},
+      'csv_sha256': csv_sha256,
       'dicom_files': index.num_files,
       'unreadable_files': index.unreadable,
       'images_in_csvs': len(all_cases),
@@ -81,8 +82,7 @@ def plan_build(manual_dir: str, config: Any, instructions: str = '') -> tuple[di
       'patients': plan.patients,
       'skips': [s.to_json() for s in skips],
       'counts': {},
-      'provenance': provenance_lib.provenance(manual_dir, csv_paths.values(),
-                                              _matched_series(tasks)),
+      'provenance': provenance_lib.provenance(manual_dir, csv_sha256, _matched_series(tasks)),
   }
   logging.info('cbis_ddsm: %d images planned (%s); %d patients of the official test CSVs '
                'excluded from train/validation', sum(len(t) for t in tasks.values()),

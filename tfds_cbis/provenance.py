@@ -44,17 +44,15 @@ def describe_source(source: Mapping) -> str:
   return f'manual_dir {source.get("manual_dir")}'
 
 
-def provenance(manual_dir: str, csv_paths: Iterable[str],
+def provenance(manual_dir: str, csv_sha256: Mapping[str, str],
                series_uids: Iterable[str]) -> dict:
-  """The `provenance` of a build from manual_dir with these CSVs and matched series."""
-  csvs = {}
-  for path in csv_paths:
-    name = os.path.basename(path)
-    digest = cases_lib.sha256_of(path)
-    csvs[name] = {'sha256': digest, 'official': digest == cases_lib.OFFICIAL_SHA256.get(name)}
+  """The `provenance` of a build from manual_dir with these CSVs ({file name: SHA-256}, as
+  the csv_check measured them) and matched series."""
+  csvs = {name: {'sha256': digest, 'official': digest == cases_lib.OFFICIAL_SHA256.get(name)}
+          for name, digest in sorted(csv_sha256.items())}
   record = {
       'source': source_of(manual_dir),
-      'csvs': dict(sorted(csvs.items())),
+      'csvs': csvs,
       'series_uids_sha256': _digest(sorted(set(series_uids))),
   }
   record['provenance_id'] = _digest(record)[:12]

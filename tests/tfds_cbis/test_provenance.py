@@ -54,11 +54,13 @@ def test_the_matched_series_and_the_source_change_the_id(tree, tmp_path):
 
 def test_official_csvs_are_recognised_by_their_digest(tmp_path):
   packaged = [os.path.join(cases.PACKAGED_CSV_DIR, n) for n in cases.CSV_FILES.values()]
-  prov = provenance.provenance(str(tmp_path), packaged, ['1.2.3'])
+  digests = lambda paths: {os.path.basename(p): cases.sha256_of(p) for p in paths}  # noqa: E731
+  prov = provenance.provenance(str(tmp_path), digests(packaged), ['1.2.3'])
   assert all(c['official'] for c in prov['csvs'].values())
   edited = tmp_path / os.path.basename(packaged[0])
   edited.write_bytes(open(packaged[0], 'rb').read()[:-200])  # truncated
-  prov2 = provenance.provenance(str(tmp_path), [str(edited), *packaged[1:]], ['1.2.3'])
+  prov2 = provenance.provenance(str(tmp_path), digests([str(edited), *packaged[1:]]),
+                                ['1.2.3'])
   assert not prov2['csvs'][edited.name]['official']
   assert prov2['csvs'][edited.name]['sha256'] == cases.sha256_of(edited)
   assert prov2['provenance_id'] != prov['provenance_id']
