@@ -42,6 +42,14 @@ def labels(params, spec: str) -> dict:
   return traverse_util.unflatten_dict(out, sep='/')
 
 
+def is_trainable(path: str, spec: str) -> bool:
+  """Whether the layer at '/'-joined `path` is trainable under spec; a BatchNorm that is not
+  runs in inference mode, as Keras's frozen BatchNorm does."""
+  prefixes = _prefixes(spec)
+  path = path.strip('/')
+  return prefixes is None or any(path == p or path.startswith(p + '/') for p in prefixes)
+
+
 def is_all_trainable(spec: str) -> bool:
   return _prefixes(spec) is None
 

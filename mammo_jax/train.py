@@ -17,6 +17,7 @@ training loss (config.divergence_factor) stops a run before anything after it is
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -74,7 +75,8 @@ def create_model(config: ml_collections.ConfigDict, task: tasks.Task):
     impl = 'cpu_fast' if jax.default_backend() == 'cpu' else 'xla'
   dtype = jnp.bfloat16 if config.half_precision else jnp.float32
   return models.create_model(config.model, task.num_outputs, task_name=task.name,
-                             bn_axis_name=parallel.AXIS, conv_impl=impl, dtype=dtype)
+                             bn_axis_name=parallel.AXIS, conv_impl=impl, dtype=dtype,
+                             trainable=config.model.trainable)
 
 
 def create_train_state(rng: jax.Array, config: ml_collections.ConfigDict, model,
@@ -85,8 +87,10 @@ def create_train_state(rng: jax.Array, config: ml_collections.ConfigDict, model,
                                   config.model.preprocess)
   variables = init({'params': rng}, dummy)
   params = variables['params']
-  if 'batch_stats' in variables and not freezing.is_all_trainable(config.model.trainable):
-    # Keras runs a frozen BatchNorm in inference mode; here BN always runs in training mode.
+  if ('batch_stats' in variables and not freezing.is_all_trainable(config.model.trainable)
+      and 'trainable' not in {f.name for f in dataclasses.fields(model)}):
+    # Keras runs a frozen BatchNorm in inference mode; a family that can (its `trainable`
+    # attribute) does the same, the others always run BN in training mode.
     raise ValueError(f'model.trainable={config.model.trainable!r}: freezing layers of a model '
                      f'with batch norm ({config.model.name}) is not supported')
   tx = freezing.masked_optimizer(optimizers.create_optimizer(config.optimizer), params,

@@ -112,6 +112,15 @@ def test_freezing_labels_and_errors():
     freezing.labels(params, ' ')
 
 
+def test_is_trainable_matches_whole_path_components():
+  spec = 'fc, resnet50/conv5_block3'
+  assert freezing.is_trainable('fc', spec) and freezing.is_trainable('fc/kernel', spec)
+  assert freezing.is_trainable('resnet50/conv5_block3/1_bn', spec)
+  assert not freezing.is_trainable('resnet50/conv5_block2/1_bn', spec)
+  assert not freezing.is_trainable('fc2', spec)  # a prefix of the name is not a match
+  assert freezing.is_trainable('anything', 'all')
+
+
 def test_freezing_a_model_with_batch_norm_is_refused():
   config = load_config('scratch2', 'exp11,smoke')
   config.model.trainable = 'fc,logits'
