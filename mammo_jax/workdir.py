@@ -52,9 +52,10 @@ RESUMABLE_FIELDS = ('log_every_steps', 'checkpoint_every_steps', 'data.num_worke
 # Fields added after runs were first written, left out of fingerprints (with everything
 # under them) so that those runs still resume and ensembles still find their members:
 # published numbers (read by the report), which weight-file entries are not loaded, the
-# evaluator, where an ensemble's member config files are resolved from, and the divergence
-# threshold (it only stops runs, it never changes what a finished one computed).
-ADDED_FIELDS = ('published', 'model.dont_load', 'evaluator', 'ensemble.root',
+# evaluator and what evaluation adds (intervals, calibration), where an ensemble's member config
+# files are resolved from, and the divergence threshold (it only stops runs, it never changes
+# what a finished one computed).
+ADDED_FIELDS = ('published', 'model.dont_load', 'evaluator', 'evaluation', 'ensemble.root',
                 'divergence_factor')
 
 SPLITS = ('validation', 'test')
