@@ -139,3 +139,11 @@ def summarize(samples: dict[str, np.ndarray], names: Sequence[str]) -> dict:
       skipped = left_out
   return {'ci95': ci, 'ci_method': METHOD, 'ci_resamples': int(len(samples[names[0]])),
           'ci_auc_skipped': skipped}
+
+
+def wilson_interval(proportion: float, n: int, z: float = 1.959964) -> list[float]:
+  """The Wilson score 95 % interval of a binomial proportion observed on n examples (for
+  published accuracies, whose per-example predictions are not available)."""
+  centre = (proportion + z * z / (2 * n)) / (1 + z * z / n)
+  half = z / (1 + z * z / n) * np.sqrt(proportion * (1 - proportion) / n + z * z / (4 * n * n))
+  return [float(centre - half), float(centre + half)]
