@@ -48,6 +48,7 @@ def test_every_study_config_passes(config_file, arg, runner):
     ('patience', -1, 'integers >= 0'),
     ('log_every_steps', 0, 'integers > 0'),
     ('checkpoint_every_steps', -1, 'integers >= 0'),
+    ('evaluation.ci_resamples', 1000, 'integers >= 2000'),
 ])
 def test_bad_numbers_name_the_field_and_the_accepted_values(field, value, accepted):
   with pytest.raises(config_checks.ConfigError,

@@ -316,6 +316,10 @@ def test_composite_config_runs_and_a_second_run_trains_nothing(tmp_path, monkeyp
   assert threshold['task'] == 'four_class' and threshold['test']['count'] == 40
   assert threshold['test']['accuracy'] == product['test']['accuracy']
   assert np.isnan(threshold['test']['auc']) and 0 <= product['test']['auc'] <= 1
+  # Intervals per method (patient bootstrap); the threshold rule has no scores, so no AUC.
+  lo, hi = product['test']['ci95']['accuracy']
+  assert lo <= product['test']['accuracy'] <= hi and product['test']['ci_resamples'] == 2000
+  assert threshold['test']['ci95']['auc'] is None and threshold['test']['ci_auc_skipped'] == 2000
   assert os.path.exists(tmp_path / 'c' / 'report.html')
   ensemble.run(config, str(tmp_path / 'c'))
   assert len(calls) == 3
