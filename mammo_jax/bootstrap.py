@@ -147,3 +147,15 @@ def wilson_interval(proportion: float, n: int, z: float = 1.959964) -> list[floa
   centre = (proportion + z * z / (2 * n)) / (1 + z * z / n)
   half = z / (1 + z * z / n) * np.sqrt(proportion * (1 - proportion) / n + z * z / (4 * n * n))
   return [float(centre - half), float(centre + half)]
+
+
+def paired_p_value(differences: np.ndarray, observed: float) -> float | None:
+  """Two-sided bootstrap p-value of a paired difference: how often the resampled differences,
+  shifted to a null mean of zero, lie at least as far from zero as the observed one
+  ((1 + count) / (1 + resamples), never 0). None where nothing is defined."""
+  differences = np.asarray(differences, np.float64)
+  differences = differences[np.isfinite(differences)]
+  if not len(differences) or not np.isfinite(observed):
+    return None
+  extreme = np.abs(differences - observed) >= abs(observed) - 1e-12
+  return float((1 + extreme.sum()) / (1 + len(differences)))
