@@ -3,8 +3,9 @@
 A finished run's workdir holds (names below):
   config.json        the resolved config (written when the run starts);
   metrics.jsonl      one JSON object per logged step and split (MetricsLog);
-  results.json       the best checkpoint's validation and test metrics; written last, so its
-                     presence marks the run finished;
+  results.json       the best checkpoint's validation and test metrics (with their 95 %
+                     intervals, ci95, and calibration, ece); written last, so its presence
+                     marks the run finished;
   predictions.npz    per split: example ids, class probabilities, task and 4-class labels;
   dataset_report.json  what the dataset build kept, skipped and excluded, and its
                      `provenance` (a run on another dataset is refused: check_dataset);
