@@ -112,9 +112,12 @@ def final_evaluation(config, workdir, ckpt, state, loop, splits, p_eval_step, ta
   for split, (probs, labels) in outputs.items():
     plots.reliability_plot(probs, labels, os.path.join(workdir, f'reliability_{split}.png'),
                            title=f'{split} reliability (n={len(labels)})')
+  test_ci = results['test'].get('ci95', {}).get('accuracy')
   print(f'Best checkpoint: epoch {loop["best_epoch"]} (step {loop["best_step"]}); validation '
         f'acc {results["validation"]["accuracy"]:.4f}, test acc '
-        f'{results["test"]["accuracy"]:.4f}, test AUC {results["test"]["auc"]:.4f}'
+        f'{results["test"]["accuracy"]:.4f}'
+        + (f' (95 % interval {test_ci[0]:.4f}-{test_ci[1]:.4f})' if test_ci else '')
+        + f', test AUC {results["test"]["auc"]:.4f}'
         + (' [SYNTHETIC DATA]' if synthetic else ''), flush=True)
   print(f'Results in {os.path.join(workdir, workdir_lib.RESULTS_JSON)}', flush=True)
   return summary
