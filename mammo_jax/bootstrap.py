@@ -9,13 +9,16 @@ at once as weighted counts, which equal the metrics of the materialised resample
 classes present in the labels, Mann-Whitney AUC, macro one-vs-rest for more than two classes).
 The interval is the 2.5th and 97.5th percentile of the resampled values (numpy's linear
 interpolation). A resample whose labels hold one class has no AUC: it is left out of the AUC's
-percentiles and counted (`ci_auc_skipped`).
+percentiles and counted (`ci_auc_skipped`). Resamples depend on the patients and the seed
+only, so two models resampled with one seed on the same examples are paired (mammo_jax.compare:
+interval of the difference, paired_p_value). wilson_interval is the binomial interval of a
+published accuracy, whose per-example predictions are unknown.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -49,15 +52,21 @@ def counts_to_weights(patient_counts: np.ndarray, groups: np.ndarray) -> np.ndar
   return np.asarray(patient_counts)[:, groups].astype(np.float64)
 
 
-def patient_weights(ids: Sequence, resamples: int = DEFAULT_RESAMPLES,
-                    seed: int = DEFAULT_SEED) -> np.ndarray:
-  """[resamples, N] example weights of patient resamples drawn with `seed`."""
+def resampled(metrics_of: Callable[[np.ndarray], dict[str, np.ndarray]], ids: Sequence,
+              resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
+              max_cells: int = 1 << 22) -> dict[str, np.ndarray]:
+  """metrics_of([R, N] example weights) -> {metric: [R]}, over `resamples` patient resamples
+  drawn with `seed`, in blocks of at most `max_cells` weights so that memory stays bounded
+  (the same resamples whatever the blocks: the patients are drawn at once)."""
   groups, n_patients = patient_index(ids)
   if n_patients == 0:
     raise ValueError('no examples to resample')
   draws = np.random.default_rng(seed).integers(0, n_patients, (resamples, n_patients))
   counts = _row_bincount(draws, np.ones(draws.shape), n_patients)
-  return counts_to_weights(counts, groups)
+  rows = max(1, max_cells // len(groups))
+  blocks = [metrics_of(counts_to_weights(counts[i:i + rows], groups))
+            for i in range(0, resamples, rows)]
+  return {name: np.concatenate([b[name] for b in blocks]) for name in blocks[0]}
 
 
 def _row_bincount(index: np.ndarray, weights: np.ndarray, n: int) -> np.ndarray:

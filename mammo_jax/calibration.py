@@ -46,7 +46,7 @@ def nll(probs: np.ndarray, labels: np.ndarray) -> float:
   """Mean negative log-likelihood of the true classes."""
   probs = np.asarray(probs, np.float64)
   picked = probs[np.arange(len(probs)), np.asarray(labels)]
-  return float(-np.log(np.maximum(picked, _EPS)).mean())
+  return float(-np.log(np.clip(picked, _EPS, 1.0)).mean())
 
 
 def scale(probs: np.ndarray, temperature: float) -> np.ndarray:

@@ -130,8 +130,10 @@ def compare(a: Predictions, b: Predictions, split: str = 'test',
   k = len(a.class_names)
   point = [evaluators.evaluate_decisions(evaluator, p.pred, p.scores, p.labels, p.class_names)
            for p in (a, b)]
-  weights = bootstrap.patient_weights(a.ids, resamples, seed)
-  samples = [evaluator.resampled(weights, p.pred, p.scores, p.labels, k) for p in (a, b)]
+  # One seed, hence the same patient resamples for both: the comparison is paired.
+  samples = [bootstrap.resampled(
+      lambda w, p=p: evaluator.resampled(w, p.pred, p.scores, p.labels, k), a.ids, resamples,
+      seed) for p in (a, b)]
   out = {'run_a': a.name, 'run_b': b.name, 'split': split, 'examples': int(len(a.ids)),
          'patients': bootstrap.patient_index(a.ids)[1], 'method': METHOD,
          'resamples': resamples, 'seed': seed}

@@ -81,8 +81,9 @@ def intervals(evaluator: Evaluator, pred: np.ndarray, scores: np.ndarray | None,
   `resampled`."""
   if evaluator.resampled is None:
     return {}
-  weights = bootstrap.patient_weights(ids, resamples, seed)
-  samples = evaluator.resampled(weights, np.asarray(pred), scores, np.asarray(labels), k)
+  pred, labels = np.asarray(pred), np.asarray(labels)
+  samples = bootstrap.resampled(lambda w: evaluator.resampled(w, pred, scores, labels, k), ids,
+                                resamples, seed)
   return bootstrap.summarize(samples, [m for m in evaluator.headline if m in samples])
 
 

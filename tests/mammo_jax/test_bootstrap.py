@@ -61,8 +61,10 @@ def test_bootstrap_of_three_patients_enumerated_exactly():
   assert np.isnan(samples['auc']).sum() == 9
 
   # Random resamples approach the same distribution.
-  weights = bootstrap.patient_weights(TINY_IDS, resamples=27000, seed=3)
-  drawn = bootstrap.classification_samples(weights, TINY_PRED, None, TINY_LABELS, 2)
+  drawn = bootstrap.resampled(
+      lambda w: bootstrap.classification_samples(w, TINY_PRED, None, TINY_LABELS, 2),
+      TINY_IDS, resamples=27000, seed=3, max_cells=10000)  # in blocks of 2500 resamples
+  assert drawn['accuracy'].shape == (27000,)
   for value, count in TINY_ACCURACY.items():
     assert np.isclose(drawn['accuracy'], value).mean() == pytest.approx(count / 27, abs=0.015)
   assert np.isnan(drawn['auc']).all()  # no scores, no AUC
@@ -93,8 +95,9 @@ def test_vectorised_bootstrap_equals_the_loop(k, patients):
   probs = rng.dirichlet(np.ones(k), n) + 0.4 * np.eye(k)[labels]
   probs = np.round(probs / probs.sum(1, keepdims=True), 1)  # ties in the scores
   expected = _loop_bootstrap(ids, probs, labels, 300, seed=5)
-  weights = bootstrap.patient_weights(ids, 300, seed=5)
-  got = bootstrap.classification_samples(weights, probs.argmax(-1), probs, labels, k)
+  got = bootstrap.resampled(
+      lambda w: bootstrap.classification_samples(w, probs.argmax(-1), probs, labels, k),
+      ids, 300, seed=5, max_cells=n * 7)  # blocks of 7 resamples, the last one shorter
   for m in HEADLINE:
     np.testing.assert_allclose(got[m], expected[m], rtol=1e-12, err_msg=m)  # NaN where NaN
   if patients < 10:
