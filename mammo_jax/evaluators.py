@@ -2,7 +2,7 @@
 
 Runs (final evaluation and every validation), ensembles (each combination method) and the
 report all take their metrics from here, so a new evaluator (per-image AUC for whole
-mammograms, confidence intervals, ...) is one entry of EVALUATORS. An evaluator maps host
+mammograms, ...) is one entry of EVALUATORS. An evaluator maps host
 arrays (class probabilities [N, K], labels [N], the task's class names) to a dict of
 JSON-ready metrics; `headline` names its scalar metrics that summaries show first, and the
 `*_columns` say which metrics the report's tables show: (metric, label, digits), digits None

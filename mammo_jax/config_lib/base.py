@@ -28,6 +28,16 @@ def augmentation(setting: str) -> dict:
   return dict(STUDY_AUGMENT[setting])
 
 
+def evaluation() -> ml_collections.ConfigDict:
+  """config.evaluation: what the final evaluation adds to the metrics (mammo_jax.bootstrap,
+  mammo_jax.calibration): patient-bootstrap 95 % intervals from ci_resamples resamples drawn
+  with ci_seed (ensembles: for each method), and, when temperature_scaling is set, calibrated
+  numbers (a temperature fitted on validation only) beside the uncalibrated ones. Not part of
+  the fingerprint."""
+  return ml_collections.ConfigDict(
+      {'ci_resamples': 2000, 'ci_seed': 0, 'temperature_scaling': False})
+
+
 def base_config() -> ml_collections.ConfigDict:
   """The shared fields, with the study's Exp 5 (its best 2-class scratch CNN) settings."""
   config = ml_collections.ConfigDict()
@@ -57,12 +67,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.init_from = ''
   # How predictions become metrics: a key of mammo_jax.evaluators.EVALUATORS.
   config.evaluator = 'classification'
-  # What the final evaluation adds to the metrics (mammo_jax.bootstrap, mammo_jax.calibration):
-  # patient-bootstrap 95 % intervals from ci_resamples resamples drawn with ci_seed, and, when
-  # temperature_scaling is set, calibrated numbers (a temperature fitted on validation only)
-  # beside the uncalibrated ones. Not part of the fingerprint.
-  config.evaluation = ml_collections.ConfigDict(
-      {'ci_resamples': 2000, 'ci_seed': 0, 'temperature_scaling': False})
+  config.evaluation = evaluation()
   config.half_precision = False  # bfloat16 convolutions (GPU/TPU); params and loss in float32
 
   config.optimizer = opt = ml_collections.ConfigDict()

@@ -56,6 +56,12 @@ def test_bad_numbers_name_the_field_and_the_accepted_values(field, value, accept
     config_checks.check(_with('scratch2', 'smoke', **{field: value}))
 
 
+def test_ensembles_check_their_resample_count():
+  with pytest.raises(config_checks.ConfigError,
+                     match=r'^config\.evaluation\.ci_resamples=100: accepted values are integers'):
+    config_checks.check(_with('ensemble2', 'smoke', **{'evaluation.ci_resamples': 100}))
+
+
 @pytest.mark.parametrize('field', sorted(config_checks.enum_fields()))
 def test_unknown_enum_values_list_the_known_ones(field):
   with pytest.raises(config_checks.ConfigError) as e:
