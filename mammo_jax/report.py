@@ -90,15 +90,18 @@ def _with_ci(split_metrics: dict, key: str, digits: int | None) -> str:
   ci = (split_metrics.get('ci95') or {}).get(key)
   if not ci:
     return _metric(split_metrics.get(key), digits)
-  return f'{_short(split_metrics.get(key), digits)} ({_short(ci[0], digits)}–' \
-         f'{_short(ci[1], digits)})'
+  lo, hi = (_short(v, digits) for v in ci)
+  return f'{_short(split_metrics.get(key), digits)} ({lo}–{hi})'
 
 
-def _study_test_accuracy(value) -> str:
-  """A published test accuracy (percent) with its Wilson interval for the study's n."""
+def _study_test_accuracy(published: dict) -> str:
+  """A published test accuracy (percent) with its Wilson interval for the examples it was
+  measured on (published test_examples; the study's test set by default)."""
+  value = published.get('test_accuracy')
   if value is None:
     return '—'
-  lo, hi = bootstrap.wilson_interval(value / 100, STUDY_TEST_EXAMPLES)
+  n = published.get('test_examples', STUDY_TEST_EXAMPLES)
+  lo, hi = bootstrap.wilson_interval(value / 100, n)
   return f'{value:.2f} ({100 * lo:.1f}–{100 * hi:.1f})'
 
 
@@ -191,7 +194,7 @@ def build(workdir: str) -> list[tuple]:
     if compare:
       published = m['published'] if isinstance(m['published'], dict) else {}
       row += [_study(published.get('validation_accuracy')),
-              _study_test_accuracy(published.get('test_accuracy')),
+              _study_test_accuracy(published),
               _study(published.get('test_auc'), 3)]
     rows.append(row)
   blocks += [('h2', 'Models'), ('table', header, rows),
@@ -220,7 +223,7 @@ def build(workdir: str) -> list[tuple]:
           _with_ci(e['test'], key, digits) for key, _, digits in evaluator.method_columns]
       if compare:
         published = e.get('published') or {}
-        row += [_study_test_accuracy(published.get('test_accuracy')), published.get('note', '')]
+        row += [_study_test_accuracy(published), published.get('note', '')]
       rows.append(row)
     used = {e['rule'] for e in ensemble['methods']}
     blocks += [('h2', 'Ensembles'), ('table', header, rows),
@@ -237,8 +240,9 @@ def build(workdir: str) -> list[tuple]:
   overlap = _overlaps(entries)
   if compare:
     overlap.append(f'The study\'s test accuracies are shown with their Wilson score 95 % '
-                   f'interval for its {STUDY_TEST_EXAMPLES} test patches (its per-patch '
-                   f'predictions, hence patients, are not published).')
+                   f'interval for the test patches they were measured on ({STUDY_TEST_EXAMPLES}, '
+                   f'or as the note says); its per-patch predictions, hence patients, are not '
+                   f'published.')
   if overlap:
     blocks += [('h2', 'Intervals'), ('list', overlap)]
   blocks += _calibration(models)
