@@ -97,6 +97,12 @@ def check_training(config: ml_collections.ConfigDict) -> None:
   _number(config, 'log_every_steps', lambda v: v > 0 and v == int(v), 'integers > 0')
   _number(config, 'checkpoint_every_steps', lambda v: v >= 0 and v == int(v),
           'integers >= 0 (0: at every epoch end)')
+  check_evaluation(config)
+
+
+def check_evaluation(config: ml_collections.ConfigDict) -> None:
+  _number(config, 'evaluation.ci_resamples', lambda v: v >= 2000 and v == int(v),
+          'integers >= 2000 (a 95 % percentile interval needs thousands)')
 
 
 def check_lr_range(config: ml_collections.ConfigDict) -> None:
@@ -124,6 +130,7 @@ def check_ensemble(config: ml_collections.ConfigDict) -> None:
       check(member)
     except ConfigError as e:
       raise ConfigError(f'ensemble member {name} ({members[name].config}): {e}') from None
+  check_evaluation(config)
 
 
 def check_stages(config: ml_collections.ConfigDict) -> None:

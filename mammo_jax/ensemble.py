@@ -147,10 +147,12 @@ def predict(method: Method, weights: np.ndarray | None,
 
 def method_metrics(pred: np.ndarray, scores: np.ndarray | None, labels: np.ndarray,
                    class_names: Sequence[str],
-                   evaluator: evaluators.Evaluator | None = None) -> dict:
-  """The evaluator's metrics of hard predictions; AUC from the scores (NaN without)."""
+                   evaluator: evaluators.Evaluator | None = None,
+                   ids: np.ndarray | None = None, ci: tuple[int, int] | None = None) -> dict:
+  """The evaluator's metrics of hard predictions; AUC from the scores (NaN without); with the
+  examples' ids and ci (resamples, seed), their patient-bootstrap intervals."""
   return evaluators.evaluate_decisions(evaluator or evaluators.get_evaluator(), pred, scores,
-                                       labels, class_names)
+                                       labels, class_names, ids, ci)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,8 +239,10 @@ def _without_pretrained_weights(config: ml_collections.ConfigDict) -> bool:
 
 def evaluate_methods(methods: Sequence[Method], outputs: Mapping[str, SplitOutputs],
                      grid_step: float, workdir: str | None = None,
-                     evaluator: evaluators.Evaluator | None = None) -> list[dict]:
-  """Fits each method on validation, predicts both splits; writes plots under workdir."""
+                     evaluator: evaluators.Evaluator | None = None,
+                     ci: tuple[int, int] | None = None) -> list[dict]:
+  """Fits each method on validation, predicts both splits (with intervals when `ci`, the
+  bootstrap's (resamples, seed), is given); writes plots under workdir."""
   results = []
   for method in methods:
     task = method_task(method, outputs['validation'].tasks)
@@ -249,7 +253,8 @@ def evaluate_methods(methods: Sequence[Method], outputs: Mapping[str, SplitOutpu
     plot_dir = os.path.join('methods', method.name.replace(':', '_'))  # relative to workdir
     for split in SPLITS:
       pred, scores, labels = predict(method, weights, outputs[split])
-      entry[split] = method_metrics(pred, scores, labels, task.class_names, evaluator)
+      entry[split] = method_metrics(pred, scores, labels, task.class_names, evaluator,
+                                    outputs[split].ids, ci)
       if workdir:
         paths = _method_plots(os.path.join(workdir, plot_dir), split, pred, scores, labels,
                               task.class_names, method.name)
@@ -302,7 +307,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         'test': {k: results['test'][k] for k in ('accuracy', 'auc', 'loss')}}
   outputs = load_outputs(run_dirs)
   entries = evaluate_methods(methods, outputs, config.ensemble.grid_step, workdir,
-                             evaluators.of_config(config))
+                             evaluators.of_config(config), evaluators.ci_settings(config))
   published = config.get('published') or {}
   for e in entries:
     e['published'] = published[e['name']].to_dict() if e['name'] in published else None

@@ -2,7 +2,8 @@
 
 Evaluation is padded and masked: the last batch is padded to the batch size, its padding is
 masked out on the host, so every example counts exactly once whatever the device count.
-Metrics come from the run's evaluator (mammo_jax.evaluators).
+Metrics come from the run's evaluator (mammo_jax.evaluators); the final evaluation adds their
+patient-bootstrap intervals and the calibration numbers (config.evaluation).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 
 import numpy as np
 
+from mammo_jax import calibration
 from mammo_jax import evaluators
 from mammo_jax import input_pipeline
 from mammo_jax import parallel
@@ -45,6 +47,28 @@ def evaluate(p_eval_step, state, data: dict[str, np.ndarray], batch_size: int,
   return result, probs, labels
 
 
+def add_uncertainty(config, evaluator: evaluators.Evaluator, results: dict, outputs: dict,
+                    ids: dict, class_names) -> None:
+  """Adds to each split's metrics the headline metrics' bootstrap intervals (ci95, ...), the
+  ECE and NLL, and with config.evaluation.temperature_scaling, `temperature_scaled`: the
+  temperature fitted on validation and the ECE, NLL and AUC it gives (accuracy is unchanged)."""
+  ci = evaluators.ci_settings(config)
+  scaling = bool((config.get('evaluation') or {}).get('temperature_scaling', False))
+  temperature = calibration.fit_temperature(*outputs['validation']) if scaling else None
+  for split, (probs, labels) in outputs.items():
+    values = results[split]
+    values.update(evaluators.intervals(evaluator, probs.argmax(-1), probs, labels, ids[split],
+                                       len(class_names), *ci))
+    values['ece'] = calibration.ece(probs, labels)
+    values['nll'] = calibration.nll(probs, labels)
+    if temperature is not None:
+      scaled = calibration.scale(probs, temperature)
+      values['temperature_scaled'] = {
+          'temperature': temperature, 'ece': calibration.ece(scaled, labels),
+          'nll': calibration.nll(scaled, labels),
+          'auc': evaluator.evaluate(scaled, labels, class_names)['auc']}
+
+
 def final_evaluation(config, workdir, ckpt, state, loop, splits, p_eval_step, task, log, *,
                      synthetic: bool, steps_per_epoch: int, param_counts: tuple[int, int],
                      ids: dict[str, np.ndarray],
@@ -67,6 +91,7 @@ def final_evaluation(config, workdir, ckpt, state, loop, splits, p_eval_step, ta
                                      task, evaluator)
     results[split] = values
     outputs[split] = (probs, labels)
+  add_uncertainty(config, evaluator, results, outputs, ids, task.class_names)
   log.write(loop['best_step'], 'test', results['test'], epoch=loop['best_epoch'],
             checkpoint='best')
   summary = {
@@ -84,9 +109,15 @@ def final_evaluation(config, workdir, ckpt, state, loop, splits, p_eval_step, ta
                                 {s: splits[s]['label'] for s in workdir_lib.SPLITS})
   workdir_lib.write_results(workdir, summary)  # last: marks the run finished
   plots.write_run_plots(workdir, plots.read_metrics(log.path), outputs, task.class_names)
+  for split, (probs, labels) in outputs.items():
+    plots.reliability_plot(probs, labels, os.path.join(workdir, f'reliability_{split}.png'),
+                           title=f'{split} reliability (n={len(labels)})')
+  test_ci = results['test'].get('ci95', {}).get('accuracy')
   print(f'Best checkpoint: epoch {loop["best_epoch"]} (step {loop["best_step"]}); validation '
         f'acc {results["validation"]["accuracy"]:.4f}, test acc '
-        f'{results["test"]["accuracy"]:.4f}, test AUC {results["test"]["auc"]:.4f}'
+        f'{results["test"]["accuracy"]:.4f}'
+        + (f' (95 % interval {test_ci[0]:.4f}-{test_ci[1]:.4f})' if test_ci else '')
+        + f', test AUC {results["test"]["auc"]:.4f}'
         + (' [SYNTHETIC DATA]' if synthetic else ''), flush=True)
   print(f'Results in {os.path.join(workdir, workdir_lib.RESULTS_JSON)}', flush=True)
   return summary

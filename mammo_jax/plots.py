@@ -1,4 +1,4 @@
-"""PNG plots of a run: learning curves, confusion matrices and ROC curves.
+"""PNG plots of a run: learning curves, confusion matrices, ROC curves, reliability diagrams.
 
 Figures are drawn on `matplotlib.figure.Figure` with the Agg canvas, never through pyplot, so
 plotting keeps no global state and is safe inside tests and training processes.
@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 import numpy as np
 
+from mammo_jax import calibration
 from mammo_jax import metrics
 
 _DPI = 100
@@ -254,3 +255,34 @@ def write_run_plots(workdir: str | os.PathLike, records: Sequence[dict] | None,
     paths.append(roc_plot(probs, labels, class_names, os.path.join(workdir, f'roc_{split}.png'),
                           title=f'{split} ROC'))
   return paths
+
+
+def reliability_plot(probs, labels, out_path: str | os.PathLike, title: str = '',
+                     bins: int = calibration.BINS) -> str:
+  """Reliability diagram: accuracy against top-class confidence per equal-width bin (the gap
+  to the diagonal shaded), with the ECE and, below, how many examples each bin holds."""
+  probs, labels = _as_probs(probs), np.asarray(labels).ravel()
+  count, confidence, accuracy = calibration.reliability_bins(probs, labels, bins)
+  edges = np.linspace(0.0, 1.0, bins + 1)
+  centers, width = (edges[:-1] + edges[1:]) / 2, 1.0 / bins
+  fig = Figure(figsize=(5.5, 6.5), dpi=_DPI, layout='constrained')
+  FigureCanvasAgg(fig)
+  ax, hist = fig.subplots(2, 1, height_ratios=(3, 1), sharex=True)
+  ax.plot([0, 1], [0, 1], color='gray', linestyle=':', linewidth=1, label='perfect calibration')
+  used = count > 0
+  if used.any():
+    ax.bar(centers[used], accuracy[used], width=width, edgecolor='tab:blue', color='tab:blue',
+           alpha=0.7, label='accuracy')
+    ax.bar(centers[used], confidence[used] - accuracy[used], bottom=accuracy[used],
+           width=width, color='tab:red', alpha=0.25, hatch='//', label='gap to confidence')
+    ax.legend(loc='upper left', title=f'ECE = {calibration.ece(probs, labels, bins):.3f}')
+  else:
+    _no_data(ax)
+  ax.set_xlim(0, 1)
+  ax.set_ylim(0, 1)
+  ax.set_ylabel('accuracy')
+  ax.grid(True, alpha=0.3)
+  hist.bar(centers, count, width=width, color='gray')
+  hist.set_xlabel(f'top-class confidence ({bins} equal-width bins)')
+  hist.set_ylabel('examples')
+  return _save(fig, out_path, title)

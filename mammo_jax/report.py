@@ -9,6 +9,12 @@ the study's published numbers (docs/REFERENCE_STUDY.md §5) stand beside ours; o
 banner says that the numbers are synthetic and no comparison is made. Those numbers come from
 the configs (config.published): a run's config.json, or, for an ensemble, ensemble.json, which
 holds them per member and per method.
+
+Metrics with a 95 % interval in results.json / ensemble.json (ci95: patient-level percentile
+bootstrap, mammo_jax.bootstrap) are shown as `61.3 (56.0–66.4)`, and the report says which
+models' test-accuracy intervals overlap; workdirs written before intervals show the point
+estimate alone. The study's published test accuracies get the Wilson score interval for its
+STUDY_TEST_EXAMPLES test patches.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import sys
 from absl import app
 from absl import flags
 
+from mammo_jax import bootstrap
 from mammo_jax import evaluators
 from mammo_jax import metrics
 from mammo_jax import workdir as workdir_lib
@@ -32,6 +39,7 @@ SYNTHETIC_WARNING = ('SYNTHETIC DATA: every number in this report comes from the
 REPORT_MD, REPORT_HTML = 'report.md', 'report.html'
 # A run written before config.published existed: the field is absent, not None.
 _UNRECORDED = 'unrecorded'
+STUDY_TEST_EXAMPLES = 336  # the study's test patches (docs/REFERENCE_STUDY.md)
 
 
 def _models(workdir: str) -> tuple[list[dict], dict | None]:
@@ -69,6 +77,53 @@ def _metric(value, digits: int | None) -> str:
 
 def _study(value, digits=2) -> str:
   return '—' if value is None else f'{value:.{digits}f}'
+
+
+def _short(value, digits: int | None) -> str:
+  """A number inside an interval cell: percentages with one decimal."""
+  return _metric(value, digits) if digits is not None else (
+      'n/a' if value is None or not math.isfinite(value) else f'{100 * value:.1f}')
+
+
+def _with_ci(split_metrics: dict, key: str, digits: int | None) -> str:
+  """'61.3 (56.0–66.4)' where split_metrics has key's ci95, else the point estimate alone."""
+  ci = (split_metrics.get('ci95') or {}).get(key)
+  if not ci:
+    return _metric(split_metrics.get(key), digits)
+  lo, hi = (_short(v, digits) for v in ci)
+  return f'{_short(split_metrics.get(key), digits)} ({lo}–{hi})'
+
+
+def _study_test_accuracy(published: dict) -> str:
+  """A published test accuracy (percent) with its Wilson interval for the examples it was
+  measured on (published test_examples; the study's test set by default)."""
+  value = published.get('test_accuracy')
+  if value is None:
+    return '—'
+  n = published.get('test_examples', STUDY_TEST_EXAMPLES)
+  lo, hi = bootstrap.wilson_interval(value / 100, n)
+  return f'{value:.2f} ({100 * lo:.1f}–{100 * hi:.1f})'
+
+
+def _overlaps(entries: list[tuple[str, dict]], key: str = 'accuracy') -> list[str]:
+  """Sentences on which test intervals of `key` overlap, for the entries that have one."""
+  with_ci = [(n, m) for n, m in entries if (m.get('ci95') or {}).get(key)]
+  if len(with_ci) < 2:
+    return []
+  apart = [f'{a} vs {b}' for i, (a, ma) in enumerate(with_ci) for b, mb in with_ci[i + 1:]
+           if ma['ci95'][key][1] < mb['ci95'][key][0] or mb['ci95'][key][1] < ma['ci95'][key][0]]
+  first = with_ci[0][1]
+  how = (f'95 % intervals: {first.get("ci_method", bootstrap.METHOD)}, '
+         f'{first.get("ci_resamples")} resamples of the patients')
+  if not apart:
+    text = (f'The test {key} intervals of all {len(with_ci)} models and methods overlap one '
+            f'another ({how}).')
+  else:
+    text = (f'Test {key} intervals that do not overlap: {"; ".join(apart)}; every other pair '
+            f'overlaps ({how}).')
+  return [text + ' Overlapping intervals do not show two models equal, nor do separate ones '
+          'measure their difference: for that, compare two runs on the same examples with '
+          '`python -m mammo_jax.compare RUN_A RUN_B` (paired bootstrap, McNemar).']
 
 
 def _rule_notes(grid_step: float) -> list[tuple[str, str]]:
@@ -134,12 +189,13 @@ def build(workdir: str) -> list[tuple]:
     best = r.get('best_epoch')
     row = [m['name'], spec, r['task'],
            f'{"n/a" if best is None else best + 1} / {r.get("epochs_run")}'] + [
-               _metric(r[s].get(key), digits) for s in split_names
+               _with_ci(r[s], key, digits) for s in split_names
                for key, _, digits in evaluator.run_columns]
     if compare:
       published = m['published'] if isinstance(m['published'], dict) else {}
       row += [_study(published.get('validation_accuracy')),
-              _study(published.get('test_accuracy')), _study(published.get('test_auc'), 3)]
+              _study_test_accuracy(published),
+              _study(published.get('test_auc'), 3)]
     rows.append(row)
   blocks += [('h2', 'Models'), ('table', header, rows),
              ('p', 'Best epoch counts from 1: the epoch of the lowest validation loss, whose '
@@ -160,14 +216,14 @@ def build(workdir: str) -> list[tuple]:
     rows = []
     for e in ensemble['methods']:
       weights = ', '.join(f'{w:g}' for w in e['weights']) if e['weights'] else ''
-      val = _pct(e['validation']['accuracy'])
+      val = _with_ci(e['validation'], 'accuracy', None)
       if e['rule'] == 'weighted':
         val += ' (tuned here)'
       row = [e['name'], e['rule'], ' + '.join(e['members']), weights, val] + [
-          _metric(e['test'].get(key), digits) for key, _, digits in evaluator.method_columns]
+          _with_ci(e['test'], key, digits) for key, _, digits in evaluator.method_columns]
       if compare:
         published = e.get('published') or {}
-        row += [_study(published.get('test_accuracy')), published.get('note', '')]
+        row += [_study_test_accuracy(published), published.get('note', '')]
       rows.append(row)
     used = {e['rule'] for e in ensemble['methods']}
     blocks += [('h2', 'Ensembles'), ('table', header, rows),
@@ -179,16 +235,52 @@ def build(workdir: str) -> list[tuple]:
     if notes:
       blocks.append(('list', notes))
 
-  blocks.append(('h2', 'Confusion matrices and ROC curves (test split)'))
+  entries = [(m['name'], m['results']['test']) for m in models]
+  entries += [(e['name'], e['test']) for e in (ensemble or {}).get('methods', [])]
+  overlap = _overlaps(entries)
+  if compare:
+    overlap.append(f'The study\'s test accuracies are shown with their Wilson score 95 % '
+                   f'interval for the test patches they were measured on ({STUDY_TEST_EXAMPLES}, '
+                   f'or as the note says); its per-patch predictions, hence patients, are not '
+                   f'published.')
+  if overlap:
+    blocks += [('h2', 'Intervals'), ('list', overlap)]
+  blocks += _calibration(models)
+
+  blocks.append(('h2', 'Confusion matrices, ROC curves, reliability diagrams (test split)'))
   for m in models:
     figures = [(f'{m["name"]}: {kind}', os.path.join(m['run_dir'], f'{kind}_test.png'))
-               for kind in ('confusion', 'roc')]
+               for kind in ('confusion', 'roc', 'reliability')]
     blocks.append(('figures', [(c, p) for c, p in figures if os.path.exists(p)]))
   for e in (ensemble or {}).get('methods', []):
     paths = e.get('plots', {}).get('test', {})
     blocks.append(('figures', [(f'{e["name"]}: {kind}', os.path.join(workdir, paths[kind]))
                                for kind in ('confusion', 'roc') if kind in paths]))
   return blocks
+
+
+def _calibration(models: list[dict]) -> list[tuple]:
+  """A table of each model's ECE and NLL (and temperature-scaled ones) where runs have them."""
+  runs = [m for m in models if 'ece' in m['results']['test']]
+  if not runs:
+    return []
+  scaled = any('temperature_scaled' in m['results']['test'] for m in runs)
+  header = ['model', 'val ECE', 'test ECE', 'test NLL']
+  if scaled:
+    header += ['temperature (fitted on val)', 'test ECE scaled', 'test NLL scaled']
+  rows = []
+  for m in runs:
+    r = m['results']
+    row = [m['name'], _num(r['validation'].get('ece'), 3), _num(r['test']['ece'], 3),
+           _num(r['test'].get('nll'), 3)]
+    if scaled:
+      t = r['test'].get('temperature_scaled') or {}
+      row += [_num(t.get('temperature'), 3), _num(t.get('ece'), 3), _num(t.get('nll'), 3)]
+    rows.append(row)
+  return [('h2', 'Calibration'), ('table', header, rows),
+          ('p', 'ECE: expected calibration error of the top-class confidence in 15 equal-width '
+                'bins. Reliability diagrams: reliability_validation.png and '
+                'reliability_test.png in each run\'s folder.')]
 
 
 def _md_cell(text) -> str:

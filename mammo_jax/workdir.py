@@ -3,8 +3,9 @@
 A finished run's workdir holds (names below):
   config.json        the resolved config (written when the run starts);
   metrics.jsonl      one JSON object per logged step and split (MetricsLog);
-  results.json       the best checkpoint's validation and test metrics; written last, so its
-                     presence marks the run finished;
+  results.json       the best checkpoint's validation and test metrics (with their 95 %
+                     intervals, ci95, and calibration, ece); written last, so its presence
+                     marks the run finished;
   predictions.npz    per split: example ids, class probabilities, task and 4-class labels;
   dataset_report.json  what the dataset build kept, skipped and excluded, and its
                      `provenance` (a run on another dataset is refused: check_dataset);
@@ -52,9 +53,10 @@ RESUMABLE_FIELDS = ('log_every_steps', 'checkpoint_every_steps', 'data.num_worke
 # Fields added after runs were first written, left out of fingerprints (with everything
 # under them) so that those runs still resume and ensembles still find their members:
 # published numbers (read by the report), which weight-file entries are not loaded, the
-# evaluator, where an ensemble's member config files are resolved from, and the divergence
-# threshold (it only stops runs, it never changes what a finished one computed).
-ADDED_FIELDS = ('published', 'model.dont_load', 'evaluator', 'ensemble.root',
+# evaluator and what evaluation adds (intervals, calibration), where an ensemble's member config
+# files are resolved from, and the divergence threshold (it only stops runs, it never changes
+# what a finished one computed).
+ADDED_FIELDS = ('published', 'model.dont_load', 'evaluator', 'evaluation', 'ensemble.root',
                 'divergence_factor')
 
 SPLITS = ('validation', 'test')

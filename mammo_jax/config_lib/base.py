@@ -3,7 +3,7 @@
 Experiment configs start from `base_config()` and set what differs. Fields added after runs
 were first written stay out of the config fingerprint (resumption and ensemble member hashes;
 mammo_jax.workdir.ADDED_FIELDS): `published`, the study's published numbers where a config
-has them, `model.dont_load`, `evaluator` and `divergence_factor`.
+has them, `model.dont_load`, `evaluator`, `evaluation` and `divergence_factor`.
 """
 
 import ml_collections
@@ -26,6 +26,16 @@ STUDY_AUGMENT = {
 def augmentation(setting: str) -> dict:
   """The study's augmentation setting A-E as the values of config.augment."""
   return dict(STUDY_AUGMENT[setting])
+
+
+def evaluation() -> ml_collections.ConfigDict:
+  """config.evaluation: what the final evaluation adds to the metrics (mammo_jax.bootstrap,
+  mammo_jax.calibration): patient-bootstrap 95 % intervals from ci_resamples resamples drawn
+  with ci_seed (ensembles: for each method), and, when temperature_scaling is set, calibrated
+  numbers (a temperature fitted on validation only) beside the uncalibrated ones. Not part of
+  the fingerprint."""
+  return ml_collections.ConfigDict(
+      {'ci_resamples': 2000, 'ci_seed': 0, 'temperature_scaling': False})
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -57,6 +67,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.init_from = ''
   # How predictions become metrics: a key of mammo_jax.evaluators.EVALUATORS.
   config.evaluator = 'classification'
+  config.evaluation = evaluation()
   config.half_precision = False  # bfloat16 convolutions (GPU/TPU); params and loss in float32
 
   config.optimizer = opt = ml_collections.ConfigDict()

@@ -9,7 +9,8 @@
   config.ensemble.root      the project root that holds the ensemble's config file, so that
                             members resolve from any current directory;
   config.data               reaches every member, so all of them see one dataset;
-  config.published          the study's published numbers per method name, where it has them.
+  config.published          the study's published numbers per method name, where it has them;
+  config.evaluation         the methods' bootstrap intervals (ci_resamples, ci_seed).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def make_config(members: Mapping[str, tuple[str, str]], methods: Sequence[str],
   config.ensemble.methods = ','.join(methods)
   config.ensemble.grid_step = grid_step
   config.ensemble.root = root
+  config.evaluation = base.evaluation()  # the methods' intervals (members use their own)
   config.data = ml_collections.ConfigDict(data.to_dict())
   if published:
     config.published = ml_collections.ConfigDict({m: dict(p) for m, p in published.items()})

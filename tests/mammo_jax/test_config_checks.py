@@ -48,11 +48,18 @@ def test_every_study_config_passes(config_file, arg, runner):
     ('patience', -1, 'integers >= 0'),
     ('log_every_steps', 0, 'integers > 0'),
     ('checkpoint_every_steps', -1, 'integers >= 0'),
+    ('evaluation.ci_resamples', 1000, 'integers >= 2000'),
 ])
 def test_bad_numbers_name_the_field_and_the_accepted_values(field, value, accepted):
   with pytest.raises(config_checks.ConfigError,
                      match=rf'^config\.{field}={value!r}: accepted values are {accepted}'):
     config_checks.check(_with('scratch2', 'smoke', **{field: value}))
+
+
+def test_ensembles_check_their_resample_count():
+  with pytest.raises(config_checks.ConfigError,
+                     match=r'^config\.evaluation\.ci_resamples=100: accepted values are integers'):
+    config_checks.check(_with('ensemble2', 'smoke', **{'evaluation.ci_resamples': 100}))
 
 
 @pytest.mark.parametrize('field', sorted(config_checks.enum_fields()))

@@ -155,10 +155,12 @@ def test_bookkeeping_fields_leave_fingerprints_and_member_hashes_unchanged(spec)
   del without['model']['dont_load']
   del without['evaluator']
   del without['divergence_factor']
+  del without['evaluation']
   assert workdir.config_fingerprint(as_json) == workdir.config_fingerprint(without)
   as_json['model']['dont_load'] = 'anything'
   as_json['published'] = {'test_accuracy': 1.0}
   as_json['divergence_factor'] = 0.0
+  as_json['evaluation'] = {'ci_resamples': 5000, 'temperature_scaling': True}
   assert workdir.config_fingerprint(as_json) == workdir.config_fingerprint(without)
   without['seed'] = 99  # a real field still counts
   assert workdir.config_fingerprint(as_json) != workdir.config_fingerprint(without)

@@ -289,8 +289,8 @@ def fake_train_and_evaluate(calls, synthetic=True):
   def fake(config, workdir):
     calls.append(workdir)
     rng = np.random.default_rng(config.seed + 10 * len(config.task))
-    ids = {'validation': np.array([f'v{i:02d}' for i in range(30)]),
-           'test': np.array([f't{i:02d}' for i in range(40)])}
+    ids = {s: np.array([f'Mass-{s}_P_{i // 2:05d}_LEFT_CC/abnorm_{i % 2}' for i in range(n)])
+           for s, n in (('validation', 30), ('test', 40))}  # two examples a patient
     label4 = {s: np.arange(len(v)) % 4 for s, v in ids.items()}
     k = 4 if config.task == 'four_class' else 2
     target = {'four_class': lambda y: y, 'mass_vs_calc': lambda y: y // 2,
@@ -316,6 +316,10 @@ def test_composite_config_runs_and_a_second_run_trains_nothing(tmp_path, monkeyp
   assert threshold['task'] == 'four_class' and threshold['test']['count'] == 40
   assert threshold['test']['accuracy'] == product['test']['accuracy']
   assert np.isnan(threshold['test']['auc']) and 0 <= product['test']['auc'] <= 1
+  # Intervals per method (patient bootstrap); the threshold rule has no scores, so no AUC.
+  lo, hi = product['test']['ci95']['accuracy']
+  assert lo <= product['test']['accuracy'] <= hi and product['test']['ci_resamples'] == 2000
+  assert threshold['test']['ci95']['auc'] is None and threshold['test']['ci_auc_skipped'] == 2000
   assert os.path.exists(tmp_path / 'c' / 'report.html')
   ensemble.run(config, str(tmp_path / 'c'))
   assert len(calls) == 3

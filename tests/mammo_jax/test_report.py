@@ -57,6 +57,11 @@ def test_real_data_report_puts_the_studys_numbers_beside_ours(tmp_path, monkeypa
   assert '57.74' in rows['m1'] and '61.01' in rows['m3'] and '59.23' in rows['vgg']
   assert '59.82' in rows['vote:m1+m2+m3'] and '61.31' in rows['average:m1+m2+m3+vgg']
   assert '62.50' in rows['weighted:m1+m2+m3+vgg'] and 'D3' in rows['weighted:m1+m2+m3+vgg']
+  # The study's accuracies with their Wilson intervals: n = 336, the weighted one's 168.
+  assert '61.31 (56.0–66.4)' in rows['m2']
+  assert '62.50 (55.0–69.5)' in rows['weighted:m1+m2+m3+vgg']
+  # Ours with their bootstrap intervals: 'acc % (lo–hi)'.
+  assert re.search(r' \| \d+\.\d \(\d+\.\d–\d+\.\d\) \| ', rows['vote:m1+m2+m3'])
 
 
 def test_report_of_a_single_run_and_of_nothing(tmp_path):

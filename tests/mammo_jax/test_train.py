@@ -39,8 +39,14 @@ def test_smoke_run_per_family_writes_every_output(tmp_path, data_cache, name, ar
   assert summary['test']['count'] == summary['examples']['test'] > 0  # every example, once
   assert np.array(summary['test']['confusion_matrix']).shape == (outputs, outputs)
   for f in ('config.json', 'metrics.jsonl', 'results.json', 'predictions.npz',
-            'learning_curves.png', 'confusion_test.png', 'roc_test.png'):
+            'learning_curves.png', 'confusion_test.png', 'roc_test.png',
+            'reliability_validation.png', 'reliability_test.png'):
     assert os.path.getsize(os.path.join(workdir, f)) > 0, f
+  for split in ('validation', 'test'):  # intervals and calibration (mammo_jax.bootstrap)
+    assert set(summary[split]['ci95']) == {'accuracy', 'balanced_accuracy', 'macro_f1', 'auc'}
+    lo, hi = summary[split]['ci95']['accuracy']
+    assert lo <= summary[split]['accuracy'] <= hi and summary[split]['ci_resamples'] == 2000
+    assert 0 <= summary[split]['ece'] <= 1 and 'temperature_scaled' not in summary[split]
   assert any(n.startswith('events.out.tfevents') for n in os.listdir(workdir + '/tensorboard'))
   records = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
   assert {r['split'] for r in records} == {'train', 'validation', 'test'}
