@@ -117,6 +117,12 @@ def describe(builder: tfds.core.DatasetBuilder) -> str:
                  f'(also in the official test CSVs): {len(report.get("excluded_patients", []))}')
     lines.append(f'  skipped: {report.get("skip_counts") or "nothing"} '
                  f'(details in {cbis_report.REPORT_NAME})')
+    if report.get('duplicate_series_count') or report.get('unused_series_count'):
+      lines.append(f'  DICOM series in several copies: {report["duplicate_series_count"]}; '
+                   f'used by no CSV row: {report["unused_series_count"]} (listed in '
+                   f'{cbis_report.REPORT_NAME})')
+    if report.get('csv_dirs'):
+      lines.append(f'  CSVs from: {", ".join(report["csv_dirs"])}')
   return '\n'.join(lines)
 
 
