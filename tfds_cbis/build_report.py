@@ -8,6 +8,7 @@ gathers the per-split counts while examples are generated; `finish_report` adds 
 from __future__ import annotations
 
 import collections
+import json
 import os
 
 from absl import logging
@@ -17,6 +18,12 @@ from tfds_cbis import strict_json
 
 REPORT_NAME = 'build_report.json'
 _LISTED = 3  # series named on the console per check; the report lists all
+
+
+def read_report(data_dir: str | os.PathLike[str]) -> dict | None:
+  """The report of the build in data_dir (local or e.g. gs://); None when there is none."""
+  path = epath.Path(data_dir) / REPORT_NAME
+  return json.loads(path.read_text()) if path.exists() else None
 
 
 def finish_report(report: dict) -> dict:
