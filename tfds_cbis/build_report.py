@@ -56,7 +56,10 @@ def log_inputs(report: dict) -> None:
                     'folder as manual_dir', dirs, manual_dir)
   else:
     logging.info('cbis_ddsm: description CSVs taken from %s', dirs)
-  rel = lambda path: os.path.relpath(path, manual_dir)  # noqa: E731
+
+  def rel(path: str) -> str:
+    return os.path.relpath(path, manual_dir)
+
   # Series with a damaged copy first: they are the ones where the choice mattered.
   duplicates = sorted(report['duplicate_series'], key=lambda d: not any(
       r['reason'].startswith('damaged') for r in d['rejected']))

@@ -33,6 +33,9 @@ def test_smoke_run_builds_synthetic_data_and_says_so(smoke_run):
   results = json.loads((tmp / 'run1' / 'results.json').read_text())
   assert results['synthetic_data'] and results['test']['count'] == results['examples']['test']
   assert 'cbis_ddsm/roi150/1.0.0' in done.stdout and 'train ' in done.stdout
+  tree = next((tmp / 'cache' / 'synthetic').iterdir()) / 'cbis_ddsm'
+  assert f'  CSVs from: {tree}\n' in done.stdout
+  assert 'DICOM series in several copies' not in done.stdout  # none in a fresh tree
   report = json.loads((tmp / 'run1' / 'dataset_report.json').read_text())
   assert sum(report['examples'].values()) > 0
   config = json.loads((tmp / 'run1' / 'config.json').read_text())

@@ -58,7 +58,7 @@ def test_pixel_data_problem_tells_intact_from_truncated(tmp_path):
   assert 'pixel data' in dicom.pixel_data_problem(rle)
 
 
-def test_an_intact_copy_wins_over_a_truncated_one(tree, tmp_path):
+def test_an_intact_copy_wins_over_a_truncated_one(tree, tmp_path, monkeypatch):
   intact, intact_report = _build(tree, tmp_path / 'tfds_intact')
   manual_dir = tmp_path / 'two_trees'
   shutil.copytree(tree, manual_dir / 'a')
@@ -73,6 +73,9 @@ def test_an_intact_copy_wins_over_a_truncated_one(tree, tmp_path):
   _truncate(manual_dir / 'b' / first['path'], 1000)
   _truncate(manual_dir / 'a' / second['path'], 1000)
 
+  warnings = []  # read from absl's call: its handler may not reach pytest's capture
+  monkeypatch.setattr(build_report.logging, 'warning',
+                      lambda fmt, *args: warnings.append(fmt % args))
   doubled, report = _build(manual_dir, tmp_path / 'tfds_doubled')
   assert doubled.keys() == intact.keys()
   for key, ex in intact.items():
@@ -94,6 +97,16 @@ def test_an_intact_copy_wins_over_a_truncated_one(tree, tmp_path):
                      if k not in (first['series_uid'], second['series_uid']))
   assert all(p.startswith(str(manual_dir / 'a')) for p in intact_pair['chosen'])
   assert all(r['reason'].startswith('intact too') for r in intact_pair['rejected'])
+  # On the console: the count, and the series whose damaged copy was passed over first.
+  [line] = [w for w in warnings if 'more than one copy' in w]
+  assert line.startswith(f'cbis_ddsm: {len(series)} DICOM series are in more than one copy '
+                         f'under {manual_dir}')
+  listed = line.split(' then the shortest path: ')[1]
+  for img, kept, damaged in ((first, 'a', 'b'), (second, 'b', 'a')):
+    assert (f'{kept}/{img["path"]} used, not {damaged}/{img["path"]} (damaged: truncated pixel '
+            'data') in listed
+  assert listed.count('used, not') == 3 and listed.endswith(
+      f'; and {len(series) - 3} more (all in build_report.json, "duplicate_series")')
   # The CSVs came from the first tree's folder, and the report says so.
   assert report['csv_dirs'] == [str(manual_dir / 'a')]
   assert intact_report['csv_dirs'] == [str(tree)]
