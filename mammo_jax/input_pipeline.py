@@ -8,20 +8,17 @@ can never be mistaken for a real one.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Iterator
 
 from absl import logging
-from etils import epath
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
 import tfds_cbis  # noqa: F401  (registers cbis_ddsm)
 from tfds_cbis import build_report as cbis_report
-from tfds_cbis import provenance as provenance_lib
 from tfds_cbis import synthetic
 
 SYNTHETIC_BANNER = """
@@ -65,39 +62,15 @@ def prepare_builder(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder
     data_dir = os.path.join(os.path.dirname(manual_dir), 'tensorflow_datasets')
   builder = tfds.builder(data.name, data_dir=data_dir,
                          num_workers=data.num_workers or None)
-  check_reuse(builder, manual_dir)
+  # The builder refuses a build in data_dir made from another source (provenance.check_reuse).
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   return builder
 
 
-def check_reuse(builder: tfds.core.DatasetBuilder, manual_dir: str) -> None:
-  """Refuses to reuse a prepared build whose source is not manual_dir (another download, or
-  a synthetic tree), so one dataset's numbers never appear under another's name."""
-  if not builder.data_path.exists():
-    return
-  report = build_report(builder) or {}
-  built = provenance_lib.of_report(report)
-  if built is not None:
-    built_source = built['source']
-  elif report.get('manual_dir'):  # a build from before provenance: its manual_dir
-    built_source = provenance_lib.source_of(report['manual_dir'])
-  else:
-    return  # nothing recorded to compare with
-  asked = provenance_lib.source_of(manual_dir)
-  if built_source != asked:
-    raise ValueError(
-        f'{builder.data_dir} holds a build of {provenance_lib.describe_source(built_source)}, '
-        f'not of {provenance_lib.describe_source(asked)}; set another --config.data.data_dir '
-        f'or delete {builder.data_dir} to build it again')
-
-
 def build_report(builder: tfds.core.DatasetBuilder) -> dict | None:
   """The JSON report the cbis_ddsm builder writes beside the prepared dataset."""
-  path = epath.Path(builder.data_dir) / cbis_report.REPORT_NAME  # local or gs://
-  if not path.exists():
-    return None
-  return json.loads(path.read_text())
+  return cbis_report.read_report(builder.data_dir)
 
 
 def describe(builder: tfds.core.DatasetBuilder) -> str:
@@ -117,6 +90,12 @@ def describe(builder: tfds.core.DatasetBuilder) -> str:
                  f'(also in the official test CSVs): {len(report.get("excluded_patients", []))}')
     lines.append(f'  skipped: {report.get("skip_counts") or "nothing"} '
                  f'(details in {cbis_report.REPORT_NAME})')
+    if report.get('duplicate_series_count') or report.get('unused_series_count'):
+      lines.append(f'  DICOM series in several copies: {report["duplicate_series_count"]}; '
+                   f'used by no CSV row: {report["unused_series_count"]} (listed in '
+                   f'{cbis_report.REPORT_NAME})')
+    if report.get('csv_dirs'):
+      lines.append(f'  CSVs from: {", ".join(report["csv_dirs"])}')
   return '\n'.join(lines)
 
 

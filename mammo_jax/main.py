@@ -4,8 +4,13 @@ This file is intentionally thin: it parses flags and hands the config to the run
 names (mammo_jax.runners: train, stages, ensemble, lr_range). Re-running the same command on
 the same workdir resumes an interrupted run exactly. A failure ends with one line,
 `mammo_jax: error: ...`, naming the log file that holds its traceback.
+
+The console shows the run's own output (stdout) and log warnings and errors; INFO log lines
+(TFDS, JAX, the build's progress notes) are kept in memory and written into that log file
+before the traceback, so a failure ends with what a person needs and loses nothing.
 """
 
+import collections
 import errno
 import logging as std_logging
 import os
@@ -43,6 +48,33 @@ def _orbax_info_filter(record) -> bool:
   return record.levelno >= std_logging.WARNING or f'{os.sep}orbax{os.sep}' not in record.pathname
 
 
+class _RecentRecords(std_logging.Handler):
+  """The last `capacity` log lines of every level, formatted as absl does, for error.log."""
+
+  def __init__(self, capacity: int = 2000):
+    super().__init__(std_logging.INFO)
+    self.lines = collections.deque(maxlen=capacity)
+    self.setFormatter(logging.PythonFormatter())
+
+  def emit(self, record) -> None:
+    try:
+      self.lines.append(self.format(record))
+    except Exception:  # pylint: disable=broad-except  (as logging.Handler.handleError)
+      self.handleError(record)
+
+
+_RECENT = _RecentRecords()
+
+
+def _quiet_console() -> None:
+  """INFO off the console, kept in _RECENT; Orbax's INFO dropped from both."""
+  console = logging.get_absl_handler()
+  console.addFilter(_orbax_info_filter)
+  console.setLevel(std_logging.WARNING)
+  _RECENT.addFilter(_orbax_info_filter)
+  std_logging.getLogger().addHandler(_RECENT)
+
+
 def _one_line(e: BaseException) -> str:
   """An exception as one line: its message, named by its type where the message alone is not
   enough (KeyError's is just the key, AssertionError's may be empty)."""
@@ -53,9 +85,11 @@ def _one_line(e: BaseException) -> str:
 
 
 def _write_traceback(workdir: str) -> str:
-  """The current exception's traceback in WORKDIR/error.log (a temporary file when the
-  workdir cannot take it: absent, or the disk is full); returns the path."""
-  text = f'{time.strftime("%Y-%m-%d %H:%M:%S %Z")} {" ".join(sys.argv)}\n{traceback.format_exc()}'
+  """The run's recent log lines and the current exception's traceback in WORKDIR/error.log (a
+  temporary file when the workdir cannot take it: absent, or the disk is full); returns the
+  path."""
+  text = (f'{time.strftime("%Y-%m-%d %H:%M:%S %Z")} {" ".join(sys.argv)}\n'
+          + ''.join(line + '\n' for line in _RECENT.lines) + traceback.format_exc())
   if os.path.isdir(workdir):
     path = os.path.join(workdir, workdir_lib.ERROR_LOG)
     try:
@@ -81,8 +115,8 @@ def _fail(message: str) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().addFilter(_orbax_info_filter)
-  logging.info('JAX devices: %s', jax.local_devices())
+  _quiet_console()
+  print(f'JAX devices: {jax.local_devices()}', flush=True)  # on the console, not the log
   try:
     runners.run(FLAGS.config, FLAGS.workdir)
   except workdir_lock.WorkdirError as e:  # the line says it all; the folder is not ours

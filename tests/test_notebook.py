@@ -43,7 +43,7 @@ def test_colab_notebook_runs_an_ensemble_and_shows_the_report(tmp_path, monkeypa
   # It arrived in pieces while the run went on (about 200), not as one text at its end.
   assert len([o for o in run_cell.outputs if o.output_type == 'stream']) > 10
   assert 'mammo_jax.main' in run_text
-  assert 'JAX devices:' in run_text  # the run's stderr (its log lines) too
+  assert 'JAX devices:' in run_text
   assert any(line.startswith('step ') for line in run_text.splitlines()), run_text[-2000:]
   assert 'Report: ' in run_text
   html = [o for o in outputs if o.output_type == 'display_data' and 'text/html' in o.data]

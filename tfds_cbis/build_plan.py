@@ -2,7 +2,8 @@
 
 Driver side, headers only: reads the CSVs and indexes the DICOM headers under manual_dir,
 assigns patient-level splits and resolves each image to an `ImageTask`. The report it starts
-(`build_report`) records the inputs, exclusions and skips. No TensorFlow here.
+(`build_report`) records the inputs (where the CSVs were taken from, series in several copies
+and the copy used, series no CSV row uses), exclusions and skips. No TensorFlow here.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 from absl import logging
 
+from tfds_cbis import build_report
 from tfds_cbis import cases as cases_lib
 from tfds_cbis import csv_check
 from tfds_cbis import index as index_lib
@@ -45,6 +47,7 @@ def plan_build(manual_dir: str, config: Any, instructions: str = '') -> tuple[di
   check = csv_check.check_csvs(csv_paths, csv_source)
   csv_sha256 = {name: f['sha256'] for name, f in check['files'].items()}
   csv_check.log_check(check)
+  csv_dirs = sorted({os.path.dirname(os.path.abspath(p)) for p in csv_paths.values()})
   all_cases = cases_lib.load_cases(csv_paths)
   plan = splits_lib.plan_splits(all_cases, config.validation_fraction)
   tasks = {s: [] for s in SPLITS}
@@ -71,10 +74,13 @@ def plan_build(manual_dir: str, config: Any, instructions: str = '') -> tuple[di
       'manual_dir': manual_dir,
       'config': config.name,
       'csv_source': csv_source,
+      'csv_dirs': csv_dirs,
       'csv_check': check,
       'csv_sha256': csv_sha256,
       'dicom_files': index.num_files,
       'unreadable_files': index.unreadable,
+      'duplicate_series': index.duplicates,
+      'unused_series': index.unused(_used_series(all_cases)),
       'images_in_csvs': len(all_cases),
       'abnormalities_in_csvs': sum(len(c.abnormalities) for c in all_cases),
       'excluded_patients': plan.excluded_patients,
@@ -84,11 +90,18 @@ def plan_build(manual_dir: str, config: Any, instructions: str = '') -> tuple[di
       'counts': {},
       'provenance': provenance_lib.provenance(manual_dir, csv_sha256, _matched_series(tasks)),
   }
+  build_report.log_inputs(report)
   logging.info('cbis_ddsm: %d images planned (%s); %d patients of the official test CSVs '
                'excluded from train/validation', sum(len(t) for t in tasks.values()),
                ', '.join(f'{s} {len(t)}' for s, t in tasks.items()),
                len(plan.excluded_patients))
   return tasks, report
+
+
+def _used_series(all_cases: list[cases_lib.Case]) -> set[tuple[str, str]]:
+  """(study, series) UIDs that some CSV row names: images, crops and masks, every split."""
+  return {ref.series_key for case in all_cases
+          for ref in (case.image, *(r for a in case.abnormalities for r in (a.crop, a.roi)))}
 
 
 def _matched_series(tasks: dict) -> set[str]:

@@ -176,8 +176,9 @@ def _check_greyscale(path, ds: pydicom.Dataset) -> None:
     raise DicomReadError(path, problem)
 
 
-def _native_pixels(path, fh, ds: pydicom.Dataset) -> np.ndarray | None:
-  """Reads uncompressed little-endian pixel data at the file position after the header.
+def _native_layout(path, fh, ds: pydicom.Dataset) -> tuple[np.dtype, int] | None:
+  """The dtype and pixel count of uncompressed little-endian pixel data, leaving fh at its
+  first byte (right after the header read with stop_before_pixels).
 
   Returns None when the file needs pydicom's decoders (other syntaxes, unusual elements).
   """
@@ -203,12 +204,43 @@ def _native_pixels(path, fh, ds: pydicom.Dataset) -> np.ndarray | None:
   if length == 0xFFFFFFFF:
     return None  # encapsulated: leave it to pydicom
   dtype = np.dtype(f'<{"i" if ds.get("PixelRepresentation", 0) else "u"}{bits // 8}')
-  count = int(ds.Rows) * int(ds.Columns)
+  return dtype, int(ds.Rows) * int(ds.Columns)
+
+
+def _native_pixels(path, fh, ds: pydicom.Dataset) -> np.ndarray | None:
+  """Reads uncompressed little-endian pixel data (see _native_layout); None: use pydicom."""
+  layout = _native_layout(path, fh, ds)
+  if layout is None:
+    return None
+  dtype, count = layout
   arr = np.fromfile(fh, dtype=dtype, count=count)
   if arr.size < count:
     raise DicomReadError(path, f'truncated pixel data ({arr.size * dtype.itemsize} of '
                          f'{count * dtype.itemsize} bytes)')
   return arr.reshape(int(ds.Rows), int(ds.Columns)).astype(dtype.newbyteorder('='), copy=False)
+
+
+def pixel_data_problem(path: str | os.PathLike[str]) -> str | None:
+  """Why `read_image` would fail on this file (e.g. pixel data shorter than the header says),
+  or None. Uncompressed files, all of CBIS-DDSM, are judged by their size without reading the
+  pixels; others are decoded."""
+  try:
+    with open(os.fspath(path), 'rb') as fh:
+      ds = _dcmread(path, fh, stop_before_pixels=True)
+      _check_greyscale(path, ds)
+      layout = _native_layout(path, fh, ds)
+      if layout is not None:
+        dtype, count = layout
+        have = os.fstat(fh.fileno()).st_size - fh.tell()
+        if have < count * dtype.itemsize:
+          return f'truncated pixel data ({have} of {count * dtype.itemsize} bytes)'
+        return None
+    read_pixels(path)
+  except DicomReadError as e:
+    return e.reason
+  except OSError as e:
+    return f'cannot open ({e})'
+  return None
 
 
 def _decoded_pixels(path, ds: pydicom.Dataset) -> np.ndarray:

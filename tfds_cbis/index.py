@@ -4,7 +4,10 @@ The classic tree (`<Subject>/<StudyUID>/<SeriesUID>/000000.dcm`) and the NBIA Da
 tree (`<Subject>/<date>-DDSM-NA-<5 digits>/1.000000-<description>-<5 digits>/1-1.dcm`) name
 folders differently, but every file's header carries its StudyInstanceUID and
 SeriesInstanceUID, which are exactly the UIDs in the CSV paths. So the index is keyed by
-(study UID, series UID) and the layout does not matter. Only headers are read.
+(study UID, series UID) and the layout does not matter. Only headers are read, except for
+the copies of one file (the same SOPInstanceUID in several files, e.g. two copies of the tree
+under one manual_dir): one copy is kept, an intact one before a truncated or undecodable one,
+then the shortest path, and the choice is recorded in `duplicates`.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ class DicomIndex:
   unreadable: dict[str, str]  # path -> reason
   other_files: list[str]  # non-DICOM files seen on the walk (CSV lookup uses them)
   unreadable_dirs: dict[str, str] = dataclasses.field(default_factory=dict)  # path -> reason
+  # Series with a file in several copies: {'study_uid', 'series_uid', 'files' (every path),
+  # 'chosen' (the copies kept), 'rejected' ([{'path', 'reason'}])}, by series.
+  duplicates: list[dict] = dataclasses.field(default_factory=list)
 
   @property
   def num_files(self) -> int:
@@ -37,6 +43,11 @@ class DicomIndex:
 
   def files(self, key: tuple[str, str]) -> list[dicom.DicomHeader]:
     return self.series.get(key, [])
+
+  def unused(self, used: set[tuple[str, str]]) -> list[dict]:
+    """The series whose (study, series) UIDs are not in `used`, with their files."""
+    return [{'study_uid': key[0], 'series_uid': key[1], 'files': [h.path for h in headers]}
+            for key, headers in sorted(self.series.items()) if key not in used]
 
   def unreadable_under(self, subject: str) -> dict[str, str]:
     """Unreadable files inside a folder named `subject` (both layouts keep subject folders),
@@ -102,6 +113,38 @@ def build_index(root: str | os.PathLike[str], threads: int = 8) -> DicomIndex:
         unreadable[path] = result.reason
       else:
         series[(result.study_uid, result.series_uid)].append(result)
-  for headers in series.values():
-    headers.sort(key=lambda h: (h.instance_number or 0, h.path))
-  return DicomIndex(os.fspath(root), dict(series), unreadable, other, unlisted)
+  duplicates = []
+  for key, headers in sorted(series.items()):
+    series[key], record = _without_copies(headers)
+    if record:
+      duplicates.append({'study_uid': key[0], 'series_uid': key[1], **record})
+    series[key].sort(key=lambda h: (h.instance_number or 0, h.path))
+  return DicomIndex(os.fspath(root), dict(series), unreadable, other, unlisted, duplicates)
+
+
+def _without_copies(headers: list[dicom.DicomHeader]) -> tuple[list[dicom.DicomHeader], dict]:
+  """One file per SOPInstanceUID of a series, and the record of the choice ({} if no copies).
+
+  Files without a SOPInstanceUID cannot be told to be copies and are all kept.
+  """
+  by_instance = collections.defaultdict(list)
+  for header in headers:
+    by_instance[header.sop_uid or header.path].append(header)
+  kept, chosen, rejected = [], [], []
+  for copies in by_instance.values():
+    if len(copies) == 1:
+      kept.append(copies[0])
+      continue
+    problems = {h.path: dicom.pixel_data_problem(h.path) for h in copies}
+    ranked = sorted(copies, key=lambda h: (problems[h.path] is not None, len(h.path), h.path))
+    kept.append(ranked[0])
+    chosen.append(ranked[0].path)
+    for header in ranked[1:]:
+      problem = problems[header.path]
+      reason = (f'damaged: {problem}' if problem else
+                'intact too; the chosen copy has the shorter (or alphabetically first) path')
+      rejected.append({'path': header.path, 'reason': reason})
+  if not chosen:
+    return kept, {}
+  return kept, {'files': sorted(h.path for h in headers), 'chosen': sorted(chosen),
+                'rejected': sorted(rejected, key=lambda r: r['path'])}

@@ -4,7 +4,8 @@ A build's provenance is its source (the resolved manual_dir, or for a synthetic 
 generator's parameters from its manifest, so a cached tree that moves keeps its identity), the
 four CSVs' SHA-256 and whether each is the official release's, and a digest of the matched
 DICOM series' SeriesInstanceUIDs. `provenance_id` digests all of it: two builds with the same
-id hold the same data. mammo_jax compares ids (runs) and sources (reused builds).
+id hold the same data. mammo_jax compares ids (runs); the builder compares sources before it
+reuses a build (`check_reuse`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import os
 from collections.abc import Iterable, Mapping
 
+from tfds_cbis import build_report
 from tfds_cbis import cases as cases_lib
 
 SYNTHETIC_MANIFEST = 'synthetic_manifest.json'
@@ -62,3 +64,28 @@ def provenance(manual_dir: str, csv_sha256: Mapping[str, str],
 def of_report(report: Mapping | None) -> dict | None:
   """A build report's provenance; None for a build written before provenance existed."""
   return (report or {}).get('provenance')
+
+
+def check_reuse(data_dir: str | os.PathLike[str], manual_dir: str | os.PathLike[str]) -> None:
+  """Refuses to reuse the build in data_dir when its source is not manual_dir (another
+  download, or a synthetic tree), so one dataset's numbers never appear under another's name.
+
+  A build that recorded no source (none from before build reports) is reused as is.
+
+  Raises:
+    ValueError: one line naming both sources and the fix.
+  """
+  report = build_report.read_report(data_dir) or {}
+  built = of_report(report)
+  if built is not None:
+    built_source = built['source']
+  elif report.get('manual_dir'):  # a build from before provenance: its manual_dir
+    built_source = source_of(report['manual_dir'])
+  else:
+    return
+  asked = source_of(manual_dir)
+  if built_source != asked:
+    raise ValueError(
+        f'{data_dir} holds a build of {describe_source(built_source)}, not of '
+        f'{describe_source(asked)}; use another data_dir (tfds build --data_dir, mammo_jax '
+        f'--config.data.data_dir) or delete {data_dir} to build it again')

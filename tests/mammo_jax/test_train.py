@@ -350,5 +350,6 @@ def test_a_build_of_another_source_in_data_dir_is_not_reused(data_cache, tmp_pat
   other.mkdir()
   config.data.manual_dir = str(other)
   with pytest.raises(ValueError, match=rf'{data_dir}.* holds a build of synthetic data \(.*\), '
-                     rf'not of manual_dir {other}; set another --config.data.data_dir or delete'):
+                     rf'not of manual_dir {other}; use another data_dir \(tfds build --data_dir, '
+                     rf'mammo_jax --config.data.data_dir\) or delete'):
     input_pipeline.prepare_builder(config.data)

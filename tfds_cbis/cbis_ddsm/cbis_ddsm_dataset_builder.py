@@ -25,6 +25,7 @@ from tfds_cbis import build_report
 from tfds_cbis import cases as cases_lib
 from tfds_cbis import patches
 from tfds_cbis import pool as pool_lib
+from tfds_cbis import provenance as provenance_lib
 from tfds_cbis import strict_json
 
 _HOMEPAGE = 'https://www.cancerimagingarchive.net/collection/cbis-ddsm/'
@@ -168,10 +169,17 @@ manual_dir when all four are there, else from the official copies shipped with t
 
   def download_and_prepare(self, *, download_config=None, **kwargs):
     """TFDS's, holding the build lock of this dataset version while it builds (see
-    build_lock: one build at a time, and a killed build's incomplete folder is removed)."""
+    build_lock: one build at a time, and a killed build's incomplete folder is removed).
+
+    A prepared build is reused only for the manual_dir it was built from (when one is given:
+    without one, e.g. to read a build, it is reused as is); see provenance.check_reuse.
+    """
     self._final_data_dir = os.fspath(self.data_dir)  # TFDS builds in a temporary folder
-    mode = (download_config or tfds.download.DownloadConfig()).download_mode
-    if mode == tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS and self.data_path.exists():
+    config = download_config or tfds.download.DownloadConfig()
+    if (config.download_mode == tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
+        and self.data_path.exists()):
+      if config.manual_dir:
+        provenance_lib.check_reuse(self.data_dir, config.manual_dir)
       # Reused as is: nothing is written, so a read-only data_dir still works.
       return super().download_and_prepare(download_config=download_config, **kwargs)
     with build_lock.hold(os.fspath(self.data_dir)):
