@@ -25,6 +25,7 @@ from mammo_jax import parallel
 from mammo_jax import preprocessing
 from mammo_jax import tasks
 from mammo_jax.models import layers
+from tfds_cbis import splits
 from tfds_cbis.synthetic import naming as synthetic_naming
 
 
@@ -97,6 +98,18 @@ def check_training(config: ml_collections.ConfigDict) -> None:
   _number(config, 'log_every_steps', lambda v: v > 0 and v == int(v), 'integers > 0')
   _number(config, 'checkpoint_every_steps', lambda v: v >= 0 and v == int(v),
           'integers >= 0 (0: at every epoch end)')
+  check_protocol(config)
+
+
+def check_protocol(config: ml_collections.ConfigDict) -> None:
+  """data.protocol names a split protocol and data.fold one of its folds."""
+  try:
+    k = splits.parse_protocol(config.data.protocol)
+  except ValueError as e:
+    raise ConfigError(f'config.data.protocol: {e}') from None
+  _number(config, 'data.fold', lambda v: v == int(v) and 0 <= v < (k or 1),
+          f'integers 0..{k - 1} (the test fold)' if k else f'0 (protocol {config.data.protocol} '
+          'has no folds)')
 
 
 def check_lr_range(config: ml_collections.ConfigDict) -> None:
