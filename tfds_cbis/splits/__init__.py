@@ -14,19 +14,15 @@ Three named protocols, each a pure function of the four description CSVs:
             the test split; validation is a stratified share of the other folds' patients.
 
 `python -m tfds_cbis.splits --protocol official|tfds|kfold5 --csv_dir DIR --out FILE.csv`
-writes a protocol's patient list (`patient_id,split`, or `patient_id,fold` for k-fold).
+writes a protocol's patient list (`patient_id,split`, or `patient_id,fold` for k-fold; cli.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
-import csv
 import dataclasses
 import hashlib
-import os
 import re
-import sys
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -191,45 +187,3 @@ def patient_list(protocol: str, all_cases: Sequence[cases_lib.Case]) -> tuple[st
   if k is not None:
     return 'fold', kfold_patients(all_cases, k)
   return 'split', assign_patients(protocol, all_cases)
-
-
-# ---------------------------------------------------------------------------------------------
-# The command line.
-
-def write_patient_list(protocol: str, csv_dir: str, out: str) -> int:
-  """Writes the patient list of `protocol` for the four CSVs in csv_dir; returns its rows."""
-  if not os.path.isdir(csv_dir):
-    raise ValueError(f'--csv_dir {csv_dir} is not a folder; give the folder holding the four '
-                     'CBIS-DDSM description CSVs')
-  names = {os.path.join(csv_dir, n) for n in os.listdir(csv_dir)}
-  paths, _ = cases_lib.find_csvs(csv_dir, names)
-  if not any(p in names for p in paths.values()):
-    raise ValueError(f'--csv_dir {csv_dir} holds none of the CBIS-DDSM description CSVs '
-                     f'({", ".join(sorted(cases_lib.CSV_FILES.values()))})')
-  column, values = patient_list(protocol, cases_lib.load_cases(paths))
-  with open(out, 'w', newline='') as f:
-    writer = csv.writer(f, lineterminator='\n')
-    writer.writerow(['patient_id', column])
-    writer.writerows(sorted(values.items()))
-  return len(values)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
-      prog='python -m tfds_cbis.splits', description='Writes the patient list of a split '
-      'protocol: patient_id,split (official, tfds) or patient_id,fold (kfoldK).')
-  parser.add_argument('--protocol', required=True, help='official, tfds or kfoldK (kfold5)')
-  parser.add_argument('--csv_dir', required=True, help='folder with the four description CSVs')
-  parser.add_argument('--out', required=True, help='the CSV file to write')
-  args = parser.parse_args(argv)
-  try:
-    rows = write_patient_list(args.protocol, args.csv_dir, args.out)
-  except (ValueError, OSError) as e:  # CsvFormatError is a ValueError
-    print(f'error: {e}', file=sys.stderr)
-    return 1
-  print(f'{args.out}: {rows} patients ({args.protocol})')
-  return 0
-
-
-if __name__ == '__main__':
-  sys.exit(main())
