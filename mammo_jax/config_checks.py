@@ -148,8 +148,25 @@ def check_stages(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f'stage {name}: {e}') from None
 
 
+def check_repeats(config: ml_collections.ConfigDict) -> None:
+  """A cv or repeat config: its count, then every member's config."""
+  from mammo_jax.config_lib import repeats  # pylint: disable=g-import-not-at-top
+  if config.runner == 'cv':
+    _number(config, 'cv.folds', lambda v: v >= 2 and v == int(v), 'integers >= 2')
+    if config.data.protocol != 'official':
+      raise ConfigError(f'config.data.protocol={config.data.protocol!r}: the cv runner sets '
+                        'it to kfoldK per fold itself (K = config.cv.folds); leave it official')
+  else:
+    _number(config, 'repeat.seeds', lambda v: v >= 1 and v == int(v), 'integers >= 1')
+  for name, member in repeats.member_configs(config):
+    try:
+      check(member)
+    except ConfigError as e:
+      raise ConfigError(f'{config.runner} member {name}: {e}') from None
+
+
 CHECKS = {'train': check_training, 'stages': check_stages, 'ensemble': check_ensemble,
-          'lr_range': check_lr_range}
+          'lr_range': check_lr_range, 'cv': check_repeats, 'repeat': check_repeats}
 
 
 def check(config: ml_collections.ConfigDict) -> None:
