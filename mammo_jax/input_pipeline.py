@@ -220,6 +220,10 @@ def load_splits(builder: tfds.core.DatasetBuilder, data: ml_collections.ConfigDi
       keep = keep[np.argsort(merged['id'][keep], kind='stable')]
       loaded[s] = _as_inputs({k: v[keep] for k, v in merged.items()}, data.inputs,
                              f'the {s} split of protocol {data.protocol}')
+    fold = f', fold {data.fold}' if splits_lib.parse_protocol(data.protocol) else ''
+    print(f'Split protocol {data.protocol}{fold}: '
+          + ', '.join(f'{s} {len(d["label"])}' for s, (d, _) in loaded.items()) + ' examples',
+          flush=True)
   return {s: d for s, (d, _) in loaded.items()}, {s: n for s, (_, n) in loaded.items()}
 
 

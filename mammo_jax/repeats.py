@@ -67,9 +67,10 @@ def pool_test_predictions(run_dirs: Mapping[str, str], disjoint: bool) -> dict[s
 def summarise(runner: str, workdir: str, run_dirs: Mapping[str, str],
               trained: Mapping[str, bool], evaluator: evaluators.Evaluator) -> dict:
   """cv.json's / repeat.json's content; writes POOLED_NPZ."""
-  members = {}
+  members, synthetic = {}, False
   for name, d in run_dirs.items():
     results = workdir_lib.read_results(d)
+    synthetic |= bool(results['synthetic_data'])
     members[name] = {'run_dir': os.path.relpath(d, workdir), 'trained_now': trained[name],
                      'best_step': results['best_step'],
                      **{s: results[s] for s in SPLITS}}
@@ -81,7 +82,6 @@ def summarise(runner: str, workdir: str, run_dirs: Mapping[str, str],
   np.savez(os.path.join(workdir, POOLED_NPZ), **pooled)
   pooled_metrics = evaluator.evaluate(pooled['test_probs'], pooled['test_labels'],
                                       task.class_names)
-  synthetic = any(workdir_lib.read_results(d)['synthetic_data'] for d in run_dirs.values())
   return {'runner': runner, 'task': task.name, 'synthetic_data': synthetic,
           'members': members, 'mean_sd': spread,
           'pooled': {'test': pooled_metrics, 'examples': int(len(pooled['test_ids'])),

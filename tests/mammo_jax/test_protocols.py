@@ -1,7 +1,9 @@
 """Split protocols when loading (input_pipeline.load_splits): one build serves every protocol and
 fold; the official protocol is the build's own splits; protocol and fold are a run's identity."""
 
+import json
 import os
+import types
 
 import numpy as np
 import pytest
@@ -10,6 +12,9 @@ from mammo_jax import config_checks
 from mammo_jax import input_pipeline
 from mammo_jax import workdir
 from tests.conftest import load_config
+from tfds_cbis import build_report
+from tfds_cbis import cases
+from tfds_cbis import csv_check
 from tfds_cbis import splits
 
 
@@ -99,3 +104,27 @@ def test_config_check_names_a_bad_protocol_or_fold(protocol, fold, message):
   config.data.protocol, config.data.fold = protocol, fold
   with pytest.raises(config_checks.ConfigError, match=message):
     config_checks.check(config)
+
+
+def _builder_with_report(tmp_path, report):
+  (tmp_path / build_report.REPORT_NAME).write_text(json.dumps(report))
+  return types.SimpleNamespace(data_dir=str(tmp_path))
+
+
+def test_build_cases_are_the_csvs_the_build_read(tmp_path):
+  with pytest.raises(ValueError, match='the build records no description CSVs .it predates '
+                                       'csv_check.; delete it to build it again'):
+    input_pipeline.build_cases(_builder_with_report(tmp_path, {}))
+  packaged = cases.find_csvs(None)[0]
+  check = csv_check.check_csvs(packaged, 'packaged')
+  moved = {name: dict(f, path=str(tmp_path / 'gone' / name)) for name, f in check['files'].items()}
+  builder = _builder_with_report(tmp_path, {'csv_check': {'files': moved}})
+  assert input_pipeline.build_cases(builder) == cases.load_cases(packaged)  # official: packaged
+  own = tmp_path / 'own.csv'  # a CSV of the user's own, edited since the build
+  own.write_text('edited')
+  name = 'mass_case_description_test_set.csv'
+  moved[name] = dict(moved[name], path=str(own), sha256='0' * 64)
+  builder = _builder_with_report(tmp_path, {'csv_check': {'files': moved}})
+  with pytest.raises(ValueError, match=f'^{own}, the CSV {tmp_path} was built from, is missing '
+                                       'or changed'):
+    input_pipeline.build_cases(builder)
