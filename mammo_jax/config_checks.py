@@ -25,6 +25,7 @@ from mammo_jax import parallel
 from mammo_jax import preprocessing
 from mammo_jax import tasks
 from mammo_jax.models import layers
+from tfds_cbis import splits
 from tfds_cbis.synthetic import naming as synthetic_naming
 
 
@@ -98,11 +99,23 @@ def check_training(config: ml_collections.ConfigDict) -> None:
   _number(config, 'checkpoint_every_steps', lambda v: v >= 0 and v == int(v),
           'integers >= 0 (0: at every epoch end)')
   check_evaluation(config)
+  check_protocol(config)
 
 
 def check_evaluation(config: ml_collections.ConfigDict) -> None:
   _number(config, 'evaluation.ci_resamples', lambda v: v >= 2000 and v == int(v),
           'integers >= 2000 (a 95 % percentile interval needs thousands)')
+
+
+def check_protocol(config: ml_collections.ConfigDict) -> None:
+  """data.protocol names a split protocol and data.fold one of its folds."""
+  try:
+    k = splits.parse_protocol(config.data.protocol)
+  except ValueError as e:
+    raise ConfigError(f'config.data.protocol: {e}') from None
+  _number(config, 'data.fold', lambda v: v == int(v) and 0 <= v < (k or 1),
+          f'integers 0..{k - 1} (the test fold)' if k else f'0 (protocol {config.data.protocol} '
+          'has no folds)')
 
 
 def check_lr_range(config: ml_collections.ConfigDict) -> None:
@@ -142,8 +155,25 @@ def check_stages(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f'stage {name}: {e}') from None
 
 
+def check_repeats(config: ml_collections.ConfigDict) -> None:
+  """A cv or repeat config: its count, then every member's config."""
+  from mammo_jax.config_lib import repeats  # pylint: disable=g-import-not-at-top
+  if config.runner == 'cv':
+    _number(config, 'cv.folds', lambda v: v >= 2 and v == int(v), 'integers >= 2')
+    if config.data.protocol != 'official':
+      raise ConfigError(f'config.data.protocol={config.data.protocol!r}: the cv runner sets '
+                        'it to kfoldK per fold itself (K = config.cv.folds); leave it official')
+  else:
+    _number(config, 'repeat.seeds', lambda v: v >= 1 and v == int(v), 'integers >= 1')
+  for name, member in repeats.member_configs(config):
+    try:
+      check(member)
+    except ConfigError as e:
+      raise ConfigError(f'{config.runner} member {name}: {e}') from None
+
+
 CHECKS = {'train': check_training, 'stages': check_stages, 'ensemble': check_ensemble,
-          'lr_range': check_lr_range}
+          'lr_range': check_lr_range, 'cv': check_repeats, 'repeat': check_repeats}
 
 
 def check(config: ml_collections.ConfigDict) -> None:

@@ -19,6 +19,8 @@ import tensorflow_datasets as tfds
 
 import tfds_cbis  # noqa: F401  (registers cbis_ddsm)
 from tfds_cbis import build_report as cbis_report
+from tfds_cbis import cases as cases_lib
+from tfds_cbis import splits as splits_lib
 from tfds_cbis import synthetic
 
 SYNTHETIC_BANNER = """
@@ -139,22 +141,90 @@ def load_split(builder: tfds.core.DatasetBuilder, split: str,
 # baseline), for the pair models (docs/REFERENCE_STUDY.md §1.8); one array keeps batching,
 # preprocessing and augmentation those of single images.
 INPUTS = ('image', 'image+baseline')
+_FEATURES = {'image': ('image', 'label', 'id'),
+             'image+baseline': ('image', 'baseline', 'has_baseline', 'label', 'id')}
+SPLITS = ('train', 'validation', 'test')
 
 
 def load_inputs(builder: tfds.core.DatasetBuilder, split: str,
                 inputs: str = 'image') -> tuple[dict[str, np.ndarray], int]:
   """A split's `image` (as `inputs` asks), `label` and `id` arrays, and how many examples
   were left out for lacking a baseline (always 0 for 'image')."""
+  if inputs not in _FEATURES:
+    raise ValueError(f'unknown data.inputs {inputs!r}; known: {", ".join(INPUTS)}')
+  return _as_inputs(load_split(builder, split, _FEATURES[inputs]), inputs,
+                    f'split {split!r} of {builder.info.full_name}')
+
+
+def _as_inputs(data: dict[str, np.ndarray], inputs: str,
+               what: str) -> tuple[dict[str, np.ndarray], int]:
   if inputs == 'image':
-    return load_split(builder, split, ('image', 'label', 'id')), 0
-  if inputs == 'image+baseline':
-    data, without = stack_pairs(load_split(
-        builder, split, ('image', 'baseline', 'has_baseline', 'label', 'id')))
-    if not len(data['label']):
-      raise ValueError(f'no example of split {split!r} of {builder.info.full_name} has a '
-                       f'baseline patch, so data.inputs={inputs!r} leaves it empty')
-    return data, without
-  raise ValueError(f'unknown data.inputs {inputs!r}; known: {", ".join(INPUTS)}')
+    return data, 0
+  data, without = stack_pairs(data)
+  if not len(data['label']):
+    raise ValueError(f'no example of {what} has a baseline patch, so data.inputs={inputs!r} '
+                     'leaves it empty')
+  return data, without
+
+
+def load_splits(builder: tfds.core.DatasetBuilder, data: ml_collections.ConfigDict
+                ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, int]]:
+  """The train, validation and test arrays of `data.inputs` under `data.protocol` (fold
+  `data.fold`; tfds_cbis.splits), and per split how many lacked a baseline.
+
+  'official' is the build's own splits. Another protocol re-partitions every built example by
+  its patient, so switching protocol or fold never rebuilds. The build holds no official-train
+  image of the patients the official split leaks into test, so no protocol sees those images.
+  """
+  if data.protocol == 'official':
+    loaded = {s: load_inputs(builder, s, data.inputs) for s in SPLITS}
+  else:
+    if data.inputs not in _FEATURES:
+      raise ValueError(f'unknown data.inputs {data.inputs!r}; known: {", ".join(INPUTS)}')
+    patients = splits_lib.assign_patients(data.protocol, build_cases(builder), data.fold,
+                                          builder.builder_config.validation_fraction)
+    parts = [load_split(builder, s, (*_FEATURES[data.inputs], 'patient_id'))
+             for s in builder.info.splits]
+    merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    split_of = np.array([patients.get(p.decode(), '') for p in merged.pop('patient_id')])
+    if not split_of.all():
+      raise ValueError(f'{builder.data_dir} holds examples of patients that the CSVs of its '
+                       'build do not list; delete it to build it again')
+    loaded = {}
+    for s in SPLITS:
+      keep = np.flatnonzero(split_of == s)
+      if not len(keep):
+        raise ValueError(f'data.protocol={data.protocol} (fold {data.fold}) leaves the {s} '
+                         f'split of {builder.info.full_name} empty; use more patients')
+      keep = keep[np.argsort(merged['id'][keep], kind='stable')]
+      loaded[s] = _as_inputs({k: v[keep] for k, v in merged.items()}, data.inputs,
+                             f'the {s} split of protocol {data.protocol}')
+    fold = f', fold {data.fold}' if splits_lib.parse_protocol(data.protocol) else ''
+    print(f'Split protocol {data.protocol}{fold}: '
+          + ', '.join(f'{s} {len(d["label"])}' for s, (d, _) in loaded.items()) + ' examples',
+          flush=True)
+  return {s: d for s, (d, _) in loaded.items()}, {s: n for s, (_, n) in loaded.items()}
+
+
+def build_cases(builder: tfds.core.DatasetBuilder) -> list[cases_lib.Case]:
+  """The cases of the description CSVs a build read (its report's csv_check), checked by
+  digest; the packaged copy stands in for an official file that has moved."""
+  report = build_report(builder) or {}
+  files = report.get('csv_check', {}).get('files')
+  if not files:
+    raise ValueError(f'{builder.data_dir}: the build records no description CSVs (it predates '
+                     'csv_check); delete it to build it again')
+  by_name = {name: key for key, name in cases_lib.CSV_FILES.items()}
+  paths = {}
+  for name, f in files.items():
+    if os.path.exists(f['path']) and cases_lib.sha256_of(f['path']) == f['sha256']:
+      paths[by_name[name]] = f['path']
+    elif f['sha256'] == cases_lib.OFFICIAL_SHA256[name]:
+      paths[by_name[name]] = os.path.join(cases_lib.PACKAGED_CSV_DIR, name)
+    else:
+      raise ValueError(f'{f["path"]}, the CSV {builder.data_dir} was built from, is missing or '
+                       'changed; restore it or delete the build to build it again')
+  return cases_lib.load_cases(paths)
 
 
 def stack_pairs(data: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:

@@ -4,7 +4,9 @@
   stages    pipeline.run: a chain of stages (feature extraction -> fine-tuning ...), each in
             WORKDIR/STAGE; chosen by a config with `pipeline` set;
   ensemble  ensemble.run: members trained or reused, then combined;
-  lr_range  lr_range.run: the learning-rate range test.
+  lr_range  lr_range.run: the learning-rate range test;
+  cv, repeat  repeats.run: a training config per fold of kfoldK or per seed, with mean ± SD
+            and pooled metrics.
 Each maps to `run(config, workdir)`; modules are imported when their runner is asked for, so a
 config names a runner without importing the others. A new runner is one line here.
 
@@ -27,6 +29,8 @@ RUNNERS = {
     'stages': ('mammo_jax.pipeline', 'run'),
     'ensemble': ('mammo_jax.ensemble', 'run'),
     'lr_range': ('mammo_jax.lr_range', 'run'),
+    'cv': ('mammo_jax.repeats', 'run'),
+    'repeat': ('mammo_jax.repeats', 'run'),
 }
 
 

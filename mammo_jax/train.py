@@ -230,9 +230,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     workdir_lib.write_json(os.path.join(workdir, workdir_lib.DATASET_REPORT_JSON), report)
   data_provenance = (report or {}).get('provenance', {}).get('provenance_id')
   synthetic = not config.data.manual_dir
-  splits, without = {}, {}
-  for s in ('train', 'validation', 'test'):
-    splits[s], without[s] = input_pipeline.load_inputs(builder, s, config.data.inputs)
+  splits, without = input_pipeline.load_splits(builder, config.data)
   without_baseline = None
   if config.data.inputs == 'image+baseline':  # pairs need a baseline: say how many had none
     without_baseline = without

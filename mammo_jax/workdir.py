@@ -59,6 +59,11 @@ RESUMABLE_FIELDS = ('log_every_steps', 'checkpoint_every_steps', 'data.num_worke
 ADDED_FIELDS = ('published', 'model.dont_load', 'evaluator', 'evaluation', 'ensemble.root',
                 'divergence_factor')
 
+# Fields added later that do change what a run computes: left out of the fingerprint only
+# while they hold these values (what every earlier run used), so earlier runs still resume
+# while a run on fold 1 never resumes as fold 2.
+DEFAULT_FIELDS = {'data.protocol': 'official', 'data.fold': 0}
+
 SPLITS = ('validation', 'test')
 
 
@@ -87,9 +92,11 @@ def _excluded(key: str) -> bool:
 
 
 def config_fingerprint(config_dict: dict) -> dict:
-  """The config fields that must not change when a run resumes, flattened."""
+  """The config fields that must not change when a run resumes, flattened (DEFAULT_FIELDS
+  at their defaults left out)."""
   flat = traverse_util.flatten_dict(config_dict, sep='.')
-  return {k: v for k, v in flat.items() if not _excluded(k)}
+  return {k: v for k, v in flat.items()
+          if not _excluded(k) and not (k in DEFAULT_FIELDS and v == DEFAULT_FIELDS[k])}
 
 
 def config_dict(config: ml_collections.ConfigDict) -> dict:

@@ -104,6 +104,11 @@ def base_config() -> ml_collections.ConfigDict:
   data.data_dir = ''  # where real builds live: a path or gs:// bucket; '' = TFDS default
   data.cache_dir = ''  # synthetic trees and builds; '' = $MAMMO_JAX_CACHE or ~/.cache/mammo_jax
   data.num_workers = 0  # build processes; 0 = all cores
+  # Which patients are train, validation and test (tfds_cbis.splits): 'official', 'tfds' or
+  # 'kfoldK' (e.g. kfold5, with data.fold in 0..K-1 the test fold). Applied when loading, so
+  # switching never rebuilds. Part of a run's identity unless default (workdir.DEFAULT_FIELDS).
+  data.protocol = 'official'
+  data.fold = 0
 
   data.synthetic = synthetic = ml_collections.ConfigDict()
   synthetic.patients = 160

@@ -23,6 +23,7 @@ CONFIGS = [  # one config file of each runner (and family)
     ('vgg16_2', 'pipeline,smoke', 'stages'), ('vgg16_2', 'fe,smoke', 'train'),
     ('ensemble4', 'smoke', 'ensemble'), ('composite4', 'smoke', 'ensemble'),
     ('lr_range', 'smoke', 'lr_range'),
+    ('cv', 'configs/scratch2.py:smoke', 'cv'), ('repeat', 'configs/benmal.py:smoke', 'repeat'),
 ]
 
 
