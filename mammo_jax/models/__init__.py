@@ -20,7 +20,8 @@ M1-M3) and §2.3 (benign vs malignant); optimiser, L2 and augmentation differenc
 experiments (Exp 5's LR decay, Exp 8's Adam, Exp 9's L2) are config, not architecture. The
 pair models (§2.6 Dual CNN, §2.7 Siamese; models/pairs.py) take (abnormality, baseline) pairs
 stacked as two channels. VGG16 (§2.4; models/vgg16.py) is the ImageNet base with the study's
-head.
+head; ResNet50 (§2.5; models/resnet.py) the report's feature extractor, in Keras's and
+torchvision's variants.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from collections.abc import Callable
 import flax.linen as nn
 
 from mammo_jax.models.pairs import DualCNN, SiameseCNN
+from mammo_jax.models.resnet import ResNet50, ResNet50Classifier
 from mammo_jax.models.scratch import ScratchCNN
 from mammo_jax.models.vgg16 import VGG16, VGG16Classifier
 
@@ -56,6 +58,12 @@ _exp = functools.partial(ScratchCNN, num_outputs=1)
 _stem5 = dict(first_kernel=5, first_stride=2)
 # 'caffe' / 'torch' turn one grey channel into RGB; a pair's two channels are two images.
 _pair = functools.partial(ModelEntry, inputs='image+baseline', preprocess=('unit',))
+
+
+def _resnet_head(model_config) -> dict:
+  """The report's ResNet50 head has no FC layer and no dropout unless a config adds them."""
+  return {'fc': model_config.get('fc', 0), 'dropout': model_config.get('dropout', 0.0)}
+
 
 REGISTRY: dict[str, ModelEntry] = {
     'scratch2_exp0': ModelEntry(_exp(filters=_C2, dense=16, dropout=0.0)),
@@ -82,6 +90,12 @@ REGISTRY: dict[str, ModelEntry] = {
         from_config=lambda m: {'fc': m.fc, 'dropout': m.dropout},
         head_follows_task=True, preprocess=('caffe', 'torch'),
         family='mammo_jax.models.vgg16'),
+    'resnet50': ModelEntry(
+        ResNet50Classifier(num_outputs=1, variant='keras'), from_config=_resnet_head,
+        head_follows_task=True, preprocess=('caffe',), family='mammo_jax.models.resnet'),
+    'resnet50_torchvision': ModelEntry(
+        ResNet50Classifier(num_outputs=1, variant='torchvision'), from_config=_resnet_head,
+        head_follows_task=True, preprocess=('torch',), family='mammo_jax.models.resnet'),
 }
 
 
@@ -138,4 +152,5 @@ def family_of(name: str):
 
 
 __all__ = ['REGISTRY', 'ModelEntry', 'get_entry', 'get_model', 'create_model', 'inputs_of',
-           'family_of', 'ScratchCNN', 'DualCNN', 'SiameseCNN', 'VGG16', 'VGG16Classifier']
+           'family_of', 'ScratchCNN', 'DualCNN', 'SiameseCNN', 'VGG16', 'VGG16Classifier', 'ResNet50',
+           'ResNet50Classifier']
