@@ -10,7 +10,7 @@ says:
   inputs       the config.data.inputs it is fed (pair models: 'image+baseline');
   preprocess   the model.preprocess values it accepts;
   family       the module that owns the family's pretrained weights: its `check_pretrained(spec)`
-               and `load(params, spec, ...)` serve config.model.pretrained (big_vision's
+               and `load(variables, spec, ...)` serve config.model.pretrained (big_vision's
                `model_mod.load`); None when the family has no weights to load.
 
 Adding a model family: a module in models/, a converter in mammo_jax/weights/, one entry here.
@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+import os
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -145,6 +146,42 @@ def inputs_of(name: str) -> str:
   return get_entry(name).inputs
 
 
+# A ported file's sidecar `architecture` -> (its models module, its weights module). Each
+# models module has `backbone(metadata)`, each weights module `load_params(path)`.
+BACKBONES = {
+    'vgg16': ('mammo_jax.models.vgg16', 'mammo_jax.weights.vgg16'),
+    'resnet50': ('mammo_jax.models.resnet', 'mammo_jax.weights.resnet50'),
+}
+
+
+def pretrained(path: str) -> tuple[nn.Module, dict]:
+  """(module, variables) of a ported weights file's backbone, for use outside the trainer.
+
+  `module.apply(variables, x)` on NHWC float32 inputs, preprocessed as the sidecar's
+  `preprocess` says, returns the backbone's last feature map (no pooling, no top) in
+  inference mode. The architecture is the sidecar's (files without one are VGG16 ports).
+  """
+  import json  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  sidecar = path + '.json'
+  architecture = 'vgg16'
+  if os.path.isfile(sidecar):
+    with open(sidecar) as f:
+      architecture = json.load(f).get('architecture', 'vgg16')
+  if architecture not in BACKBONES:
+    raise ValueError(f'{path}: architecture {architecture!r} (from {sidecar}) is not one of '
+                     f'{", ".join(BACKBONES)}; port the file again with this version')
+  model_module, weights_module = (importlib.import_module(m) for m in BACKBONES[architecture])
+  loaded, metadata = weights_module.load_params(path)
+  variables = loaded if 'params' in loaded else {'params': loaded}  # VGG16 ports: params only
+  module = model_module.backbone(metadata)
+  # The backbone's own layers: a file's ImageNet top is left out.
+  shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+  variables = {c: {k: v for k, v in variables[c].items() if k in shapes[c]} for c in shapes}
+  return module, jax.tree.map(jnp.asarray, variables)
+
+
 def family_of(name: str):
   """The module owning model `name`'s pretrained weights (load, check_pretrained), or None."""
   family = get_entry(name).family
@@ -152,5 +189,5 @@ def family_of(name: str):
 
 
 __all__ = ['REGISTRY', 'ModelEntry', 'get_entry', 'get_model', 'create_model', 'inputs_of',
-           'family_of', 'ScratchCNN', 'DualCNN', 'SiameseCNN', 'VGG16', 'VGG16Classifier', 'ResNet50',
-           'ResNet50Classifier']
+           'family_of', 'pretrained', 'ScratchCNN', 'DualCNN', 'SiameseCNN', 'VGG16', 'VGG16Classifier',
+           'ResNet50', 'ResNet50Classifier']
