@@ -33,7 +33,8 @@ def test_cli_writes_params_and_sidecar(notop_h5, tmp_path, capsys):
   assert f'{NOTOP_PARAMS:,}' in stdout and sha256 in stdout and 'keras_h5' in stdout
   metadata = json.loads((tmp_path / 'vgg16_notop.msgpack.json').read_text())
   assert metadata == {
-      'format': 'keras_h5', 'source': os.path.basename(src), 'source_sha256': sha256,
+      'architecture': 'vgg16', 'format': 'keras_h5', 'source': os.path.basename(src),
+      'source_sha256': sha256,
       'source_md5': hashlib.md5(open(src, 'rb').read()).hexdigest(), 'include_top': False,
       'preprocess': 'caffe', 'top_pool': None, 'fc_units': None, 'num_classes': None,
       'num_params': NOTOP_PARAMS, 'port_version': vw.PORT_VERSION,
