@@ -28,6 +28,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mammo_jax import freezing
+from mammo_jax.config_lib.resnet50 import IMAGENET_TOP
 
 # (stage, bottleneck width, blocks); a block's output is 4x its width.
 STAGES = ((2, 64, 3), (3, 128, 4), (4, 256, 6), (5, 512, 3))
@@ -41,8 +42,9 @@ VARIANTS = {
 PREPROCESS = {'keras': 'caffe', 'torchvision': 'torch'}
 FEATURES = 2048
 TOP_NAME = 'predictions'
-# The ImageNet top of a with-top weight file: the classifier's head replaces it.
-TOP_PATTERN = r'^predictions(/|$)'
+# The ImageNet top of a with-top weight file, which the classifier's head replaces (the configs'
+# model.dont_load, defined with them so that configs need not import this module).
+TOP_PATTERN = IMAGENET_TOP
 
 
 def block_names(stage: int, block: int) -> tuple[str, ...]:
