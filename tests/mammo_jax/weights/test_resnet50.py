@@ -229,3 +229,17 @@ def test_pretrained_refuses_an_unknown_architecture(tmp_path):
   (tmp_path / 'x.msgpack.json').write_text('{"architecture": "alexnet"}')
   with pytest.raises(ValueError, match="architecture 'alexnet'"):
     models.pretrained(str(path))
+
+
+def test_warm_start_loads_params_and_batch_stats_into_the_train_state(sources, tmp_path):
+  from mammo_jax import tasks, train, warm_start  # pylint: disable=g-import-not-at-top
+  from tests.conftest import load_config  # pylint: disable=g-import-not-at-top
+  _, files = sources.keras(include_top=True)
+  config = load_config('resnet50_2', 'fe,smoke')
+  config.model.pretrained = files['tf_keras']  # with its top, which model.dont_load skips
+  model = train.create_model(config, tasks.get_task(config.task))
+  state = train.create_train_state(jax.random.key(0), config, model, (32, 32, 1))
+  state = warm_start.warm_start(config, str(tmp_path), state)
+  source, _ = rw.port_file(files['tf_keras'], include_top=False)
+  for collection, got in (('params', state.params), ('batch_stats', state.batch_stats)):
+    jax.tree.map(np.testing.assert_array_equal, dict(got['resnet50']), source[collection])
