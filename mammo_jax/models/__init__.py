@@ -189,5 +189,5 @@ def family_of(name: str):
 
 
 __all__ = ['REGISTRY', 'ModelEntry', 'get_entry', 'get_model', 'create_model', 'inputs_of',
-           'family_of', 'pretrained', 'ScratchCNN', 'DualCNN', 'SiameseCNN', 'VGG16', 'VGG16Classifier',
-           'ResNet50', 'ResNet50Classifier']
+           'family_of', 'pretrained', 'ScratchCNN', 'DualCNN', 'SiameseCNN', 'VGG16',
+           'VGG16Classifier', 'ResNet50', 'ResNet50Classifier']

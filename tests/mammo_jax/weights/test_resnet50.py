@@ -3,7 +3,8 @@ torch, the family's loader (models.resnet.load) and models.pretrained.
 
 Equivalence: a source model with random weights and random BatchNorm statistics is written in
 each published layout, ported by the CLI, loaded with models.pretrained and run on random
-inputs at 64 and 80 pixels; max |ours - source| / max |source| <= 1e-4.
+inputs at 64 and 80 pixels; max |ours - source| / max |source| <= 1e-4. The .keras archive
+and torch's legacy serialization are `slow` (the readers' own tests cover those containers).
 """
 
 import json
@@ -23,7 +24,8 @@ from mammo_jax.weights import vgg16 as vw
 from tests.mammo_jax.weights import resnet50_sources
 
 TOLERANCE = 1e-4
-KERAS_FILES = ('tf_keras', 'old', 'keras3', 'keras_archive')
+# The .keras archive holds the .weights.h5 file; torch's legacy format the zip's tensors.
+KERAS_FILES = ('tf_keras', 'old', 'keras3', pytest.param('keras_archive', marks=pytest.mark.slow))
 NOTOP_VARIABLES = 23_587_712  # keras.applications.ResNet50(include_top=False).count_params()
 
 pytestmark = pytest.mark.filterwarnings('ignore:__array__ implementation:DeprecationWarning')
@@ -79,7 +81,7 @@ def test_keras_top_is_ported_and_matches_keras_logits(sources, tmp_path):
   assert not metadata['include_top'] and metadata['num_params'] == NOTOP_VARIABLES
 
 
-@pytest.mark.parametrize('kind', ['zip', 'legacy'])
+@pytest.mark.parametrize('kind', ['zip', pytest.param('legacy', marks=pytest.mark.slow)])
 def test_torchvision_port_matches_torch_at_two_sizes(sources, kind, tmp_path):
   import torch  # pylint: disable=g-import-not-at-top
   model, files = sources.torch()
