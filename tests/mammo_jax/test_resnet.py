@@ -114,3 +114,30 @@ def test_registry_builds_the_report_head_from_config():
   with pytest.raises(ValueError, match="model resnet50 needs model.preprocess='caffe'"):
     models.create_model(ml_collections.ConfigDict({'name': 'resnet50', 'preprocess': 'torch'}),
                         1)
+
+
+@pytest.mark.parametrize('trainable', ['logits', 'all'])
+def test_train_step_of_the_fe_config_moves_only_what_trains(trainable):
+  """resnet50_2's feature extraction through the trainer: the head moves, the base and its
+  batch statistics do not; with everything trainable both move."""
+  from mammo_jax import parallel, tasks, train  # pylint: disable=g-import-not-at-top
+  from tests.conftest import load_config  # pylint: disable=g-import-not-at-top
+  config = load_config('resnet50_2', 'fe,smoke')
+  config.model.trainable = trainable
+  config.augment.rotation = 0.0  # keep the step cheap; augmentation is tested elsewhere
+  task = tasks.get_task(config.task)
+  state = train.create_train_state(jax.random.key(0), config, train.create_model(config, task),
+                                   (32, 32, 1))
+  rng = np.random.default_rng(0)
+  batch = {'image': rng.integers(0, 65536, (4, 32, 32, 1), dtype=np.uint16),
+           'label': rng.integers(0, 4, (4,), dtype=np.int32)}
+  new, _ = train.make_train_step(config, task)(state, parallel.shard(batch), jax.random.key(1))
+  base_moved = [not np.array_equal(a, b) for a, b in zip(
+      jax.tree.leaves(state.params['resnet50']), jax.tree.leaves(new.params['resnet50']))]
+  stats_moved = [not np.array_equal(a, b) for a, b in zip(
+      jax.tree.leaves(state.batch_stats), jax.tree.leaves(new.batch_stats))]
+  assert not np.array_equal(state.params['logits']['kernel'], new.params['logits']['kernel'])
+  if trainable == 'logits':
+    assert not any(base_moved) and not any(stats_moved)
+  else:
+    assert all(stats_moved) and sum(base_moved) > len(base_moved) // 2
