@@ -5,12 +5,14 @@ they are published as.
   biases, betas and moving statistics at 0/1, which would not test their mapping), written in
   the legacy HDF5 layout with tf.keras names (`conv2_block1_1_conv/kernel:0`) or with the old
   keras-applications names and Keras 1 weight names (`res2a_branch2a_W:0`,
-  `bn2a_branch2a_running_std:0`), and by Keras 3's `save_weights` / `save`.
+  `bn2a_branch2a_running_std:0`), by Keras 3's `save_weights` / `save`, and by Keras's own
+  legacy full-model `.h5` save.
 - torch: torchvision's resnet50 layout (v1.5: stride on the 3x3) rebuilt from `torch.nn`
   (torchvision is not installable here), `torch.save(model.state_dict())`.
 """
 
 import os
+import warnings
 
 import h5py
 import numpy as np
@@ -158,6 +160,10 @@ class Sources:
       model.save_weights(files['keras3'])
       files['keras_archive'] = f'{stem}.keras'
       model.save(files['keras_archive'])
+      files['keras_full_h5'] = f'{stem}_full.h5'  # Keras's own legacy full-model save
+      with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # "legacy format" advice
+        model.save(files['keras_full_h5'])
       self._cache[key] = model, files
     return self._cache[key]
 

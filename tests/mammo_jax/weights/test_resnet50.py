@@ -3,8 +3,8 @@ torch, the family's loader (models.resnet.load) and models.pretrained.
 
 Equivalence: a source model with random weights and random BatchNorm statistics is written in
 each published layout, ported by the CLI, loaded with models.pretrained and run on random
-inputs at 64 and 80 pixels; max |ours - source| / max |source| <= 1e-4. The .keras archive
-and torch's legacy serialization are `slow` (the readers' own tests cover those containers).
+inputs at 64 and 80 pixels; max |ours - source| / max |source| <= 1e-4. The .keras archive,
+Keras's full-model .h5 save and torch's legacy serialization are `slow` (the readers' own tests cover those containers).
 """
 
 import json
@@ -25,7 +25,8 @@ from tests.mammo_jax.weights import resnet50_sources
 
 TOLERANCE = 1e-4
 # The .keras archive holds the .weights.h5 file; torch's legacy format the zip's tensors.
-KERAS_FILES = ('tf_keras', 'old', 'keras3', pytest.param('keras_archive', marks=pytest.mark.slow))
+KERAS_FILES = ('tf_keras', 'old', 'keras3', *(pytest.param(k, marks=pytest.mark.slow)
+                                              for k in ('keras_archive', 'keras_full_h5')))
 NOTOP_VARIABLES = 23_587_712  # keras.applications.ResNet50(include_top=False).count_params()
 
 pytestmark = pytest.mark.filterwarnings('ignore:__array__ implementation:DeprecationWarning')
@@ -63,7 +64,7 @@ def test_keras_port_matches_keras_at_two_sizes(sources, kind, tmp_path):
   metadata = _port(files[kind], tmp_path / 'r.msgpack')
   assert (metadata['architecture'], metadata['variant'], metadata['preprocess']) == (
       'resnet50', 'keras', 'caffe')
-  assert metadata['format'] == ('keras3' if kind.startswith('keras') else 'keras_h5')
+  assert metadata['format'] == ('keras3' if kind in ('keras3', 'keras_archive') else 'keras_h5')
   assert not metadata['include_top'] and metadata['num_params'] == NOTOP_VARIABLES
   for size in (64, 80):
     x = sources.inputs(size, scale=50.0)
