@@ -191,9 +191,9 @@ def load(init_variables: Mapping, spec: str, *, preprocess: str, cache_dir: str 
   ours = next((v for v, p in PREPROCESS.items() if p == preprocess), None)
   if variant != ours:
     name = 'resnet50' if variant == 'keras' else f'resnet50_{variant}'
-    raise ValueError(f'{spec} holds {variant} ResNet50 weights (preprocess '
-                     f'{metadata.get("preprocess")!r}), not {ours} ones; set '
-                     f'--config.model.name={name}')
+    raise ValueError(f'{spec} holds {variant} ResNet50 weights, not {ours} ones; set '
+                     f'--config.model.name={name} '
+                     f'--config.model.preprocess={PREPROCESS.get(variant)}')
   out = dict(init_variables)
   for collection in ('params', 'batch_stats'):
     try:

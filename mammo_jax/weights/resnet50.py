@@ -129,8 +129,7 @@ def _recognises_names(fmt: str, names: set[str]) -> bool:
   if {'res4f_branch2c', 'bn5c_branch2c'} <= names:
     return True
   # A Keras 3 file without recorded names: ResNet50's 53 convolutions, 53 batch norms.
-  groups = {re.sub(r'_\d+$', '', n) for n in names}
-  return fmt == 'keras3' and {'conv2d', 'batch_normalization'} <= groups and all(
+  return fmt == 'keras3' and all(
       sum(re.fullmatch(rf'{c}(_\d+)?', n) is not None for n in names) == 53
       for c in ('conv2d', 'batch_normalization'))
 

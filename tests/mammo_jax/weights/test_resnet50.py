@@ -205,8 +205,9 @@ def test_load_merges_params_and_batch_stats_and_skips_the_top(sources):
 
 def test_load_names_the_model_for_another_variant(sources):
   _, files = sources.torch()
-  with pytest.raises(ValueError, match=r'holds torchvision ResNet50 weights .* not keras ones; '
-                     r'set --config.model.name=resnet50_torchvision'):
+  with pytest.raises(ValueError, match=r'holds torchvision ResNet50 weights, not keras ones; '
+                     r'set --config.model.name=resnet50_torchvision '
+                     r'--config.model.preprocess=torch$'):
     resnet.load(_classifier_variables(), files['zip'], preprocess='caffe')
   with pytest.raises(FileNotFoundError, match='resnet50-0676ba61.pth'):
     resnet.check_pretrained('/no/such/file.h5')
