@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
-import os
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -146,11 +145,12 @@ def inputs_of(name: str) -> str:
   return get_entry(name).inputs
 
 
-# A ported file's sidecar `architecture` -> (its models module, its weights module). Each
-# models module has `backbone(metadata)`, each weights module `load_params(path)`.
+# A ported file's sidecar `architecture` -> the models module whose `backbone(metadata)` builds
+# its base (models.pretrained).
 BACKBONES = {
-    'vgg16': ('mammo_jax.models.vgg16', 'mammo_jax.weights.vgg16'),
-    'resnet50': ('mammo_jax.models.resnet', 'mammo_jax.weights.resnet50'),
+    'vgg16': 'mammo_jax.models.vgg16',
+    'resnet50': 'mammo_jax.models.resnet',
+    'mobilenet': 'mammo_jax.models.mobilenet',
 }
 
 
@@ -159,26 +159,25 @@ def pretrained(path: str) -> tuple[nn.Module, dict]:
 
   `module.apply(variables, x)` on NHWC float32 inputs, preprocessed as the sidecar's
   `preprocess` says, returns the backbone's last feature map (no pooling, no top) in
-  inference mode. The architecture is the sidecar's (files without one are VGG16 ports).
+  inference mode. The architecture is the sidecar's (files without one are VGG16 ports); a
+  file's ImageNet top is left out, anything else that does not fit the backbone is an error.
   """
-  import json  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  sidecar = path + '.json'
-  architecture = 'vgg16'
-  if os.path.isfile(sidecar):
-    with open(sidecar) as f:
-      architecture = json.load(f).get('architecture', 'vgg16')
+  from mammo_jax.weights import merge, store  # pylint: disable=g-import-not-at-top
+  loaded, metadata = store.load_params(path, port_command='python -m mammo_jax.port_weights')
+  architecture = metadata.get('architecture', 'vgg16')
   if architecture not in BACKBONES:
-    raise ValueError(f'{path}: architecture {architecture!r} (from {sidecar}) is not one of '
+    raise ValueError(f'{path}: architecture {architecture!r} (its sidecar) is not one of '
                      f'{", ".join(BACKBONES)}; port the file again with this version')
-  model_module, weights_module = (importlib.import_module(m) for m in BACKBONES[architecture])
-  loaded, metadata = weights_module.load_params(path)
-  variables = loaded if 'params' in loaded else {'params': loaded}  # VGG16 ports: params only
-  module = model_module.backbone(metadata)
-  # The backbone's own layers: a file's ImageNet top is left out.
+  module = importlib.import_module(BACKBONES[architecture]).backbone(metadata)
+  loaded = loaded if 'params' in loaded else {'params': loaded}  # VGG16 ports: params only
   shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
-  variables = {c: {k: v for k, v in variables[c].items() if k in shapes[c]} for c in shapes}
+  try:
+    variables = {c: merge.merge_params(shapes[c], {k: v for k, v in loaded[c].items()
+                                                   if k in shapes[c]}) for c in shapes}
+  except (KeyError, merge.MergeError) as e:
+    raise ValueError(f'{path}: not a {architecture} backbone: {e}') from None
   return module, jax.tree.map(jnp.asarray, variables)
 
 

@@ -247,3 +247,14 @@ def test_warm_start_loads_params_and_batch_stats_into_the_train_state(sources, t
   source, _ = rw.port_file(files['tf_keras'], include_top=False)
   for collection, got in (('params', state.params), ('batch_stats', state.batch_stats)):
     jax.tree.map(np.testing.assert_array_equal, dict(got['resnet50']), source[collection])
+
+
+def test_pretrained_refuses_a_file_that_does_not_fit_its_architecture(sources, tmp_path):
+  _, files = sources.keras(include_top=False)
+  out = tmp_path / 'r.msgpack'
+  _port(files['tf_keras'], out)
+  sidecar = json.loads((tmp_path / 'r.msgpack.json').read_text())
+  (tmp_path / 'r.msgpack.json').write_text(json.dumps({**sidecar, 'variant': 'torchvision'}))
+  with pytest.raises(ValueError, match=r'(?s)not a resnet50 backbone: .*unexpected .*'
+                     r'conv1_conv/bias'):
+    models.pretrained(str(out))
