@@ -215,13 +215,11 @@ def test_load_names_the_model_for_another_variant(sources):
 
 
 def test_official_sources_are_the_ones_keras_checks():
-  import keras  # pylint: disable=g-import-not-at-top
   from keras.src.applications import resnet as keras_resnet  # pylint: disable=g-import-not-at-top
   top, notop = keras_resnet.WEIGHTS_HASHES['resnet50']
   assert (rw.OFFICIAL['keras'].md5, rw.OFFICIAL['keras_notop'].md5) == (top, notop)
   assert rw.OFFICIAL['keras'].url == (keras_resnet.BASE_WEIGHTS_PATH
                                       + 'resnet50_weights_tf_dim_ordering_tf_kernels.h5')
-  del keras
   for name in ('torchvision', 'torchvision_v2'):
     source = rw.OFFICIAL[name]
     assert source.filename == f'resnet50-{source.sha256_prefix}.pth'
