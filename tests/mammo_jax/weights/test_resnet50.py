@@ -4,7 +4,8 @@ torch, the family's loader (models.resnet.load) and models.pretrained.
 Equivalence: a source model with random weights and random BatchNorm statistics is written in
 each published layout, ported by the CLI, loaded with models.pretrained and run on random
 inputs at 64 and 80 pixels; max |ours - source| / max |source| <= 1e-4. The .keras archive,
-Keras's full-model .h5 save and torch's legacy serialization are `slow` (the readers' own tests cover those containers).
+Keras's full-model .h5 save and torch's legacy serialization are `slow` (the readers' own
+tests cover those containers).
 """
 
 import json
