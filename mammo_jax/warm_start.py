@@ -3,7 +3,8 @@
 `config.init_from` (a workdir, or '@STAGE' for the sibling workdir STAGE, which is how pipeline
 stages chain) restores every parameter and batch statistic of that run's best checkpoint; it
 takes precedence over `config.model.pretrained`, which the model family's own loader merges
-(models.REGISTRY's `family`: `check_pretrained(spec)` and `load(params, spec, ...)`). Merges
+(models.REGISTRY's `family`: `check_pretrained(spec)` and `load(variables, spec, ...)`,
+{'params', 'batch_stats'?} in and out). Merges
 are strict: names or shapes that differ raise, listing the differences and the fix.
 """
 
@@ -79,9 +80,13 @@ def warm_start(config: ml_collections.ConfigDict, workdir: str, state):
     workdir_lib.write_init_from(workdir, source)
   elif config.model.pretrained:
     cache = os.path.join(config.data.cache_dir, 'weights') if config.data.cache_dir else None
-    params, meta = _family(config).load(
-        params, config.model.pretrained, preprocess=config.model.preprocess, cache_dir=cache,
-        dont_load=config.model.dont_load)
+    variables = {'params': params}
+    if batch_stats is not None:
+      variables['batch_stats'] = batch_stats
+    variables, meta = _family(config).load(
+        variables, config.model.pretrained, preprocess=config.model.preprocess,
+        cache_dir=cache, dont_load=config.model.dont_load)
+    params, batch_stats = variables['params'], variables.get('batch_stats')
     print(f'{config.model.name} initialised from {config.model.pretrained} '
           f'({meta.get("format")}, source sha256 {str(meta.get("source_sha256"))[:12]})',
           flush=True)

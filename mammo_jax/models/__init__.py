@@ -10,7 +10,7 @@ says:
   inputs       the config.data.inputs it is fed (pair models: 'image+baseline');
   preprocess   the model.preprocess values it accepts;
   family       the module that owns the family's pretrained weights: its `check_pretrained(spec)`
-               and `load(params, spec, ...)` serve config.model.pretrained (big_vision's
+               and `load(variables, spec, ...)` serve config.model.pretrained (big_vision's
                `model_mod.load`); None when the family has no weights to load.
 
 Adding a model family: a module in models/, a converter in mammo_jax/weights/, one entry here.
@@ -20,7 +20,8 @@ M1-M3) and §2.3 (benign vs malignant); optimiser, L2 and augmentation differenc
 experiments (Exp 5's LR decay, Exp 8's Adam, Exp 9's L2) are config, not architecture. The
 pair models (§2.6 Dual CNN, §2.7 Siamese; models/pairs.py) take (abnormality, baseline) pairs
 stacked as two channels. VGG16 (§2.4; models/vgg16.py) is the ImageNet base with the study's
-head.
+head; ResNet50 (§2.5; models/resnet.py) the report's feature extractor, in Keras's and
+torchvision's variants.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from collections.abc import Callable
 import flax.linen as nn
 
 from mammo_jax.models.pairs import DualCNN, SiameseCNN
+from mammo_jax.models.resnet import ResNet50, ResNet50Classifier
 from mammo_jax.models.scratch import ScratchCNN
 from mammo_jax.models.vgg16 import VGG16, VGG16Classifier
 
@@ -56,6 +58,12 @@ _exp = functools.partial(ScratchCNN, num_outputs=1)
 _stem5 = dict(first_kernel=5, first_stride=2)
 # 'caffe' / 'torch' turn one grey channel into RGB; a pair's two channels are two images.
 _pair = functools.partial(ModelEntry, inputs='image+baseline', preprocess=('unit',))
+
+
+def _resnet_head(model_config) -> dict:
+  """The report's ResNet50 head has no FC layer and no dropout unless a config adds them."""
+  return {'fc': model_config.get('fc', 0), 'dropout': model_config.get('dropout', 0.0)}
+
 
 REGISTRY: dict[str, ModelEntry] = {
     'scratch2_exp0': ModelEntry(_exp(filters=_C2, dense=16, dropout=0.0)),
@@ -82,6 +90,12 @@ REGISTRY: dict[str, ModelEntry] = {
         from_config=lambda m: {'fc': m.fc, 'dropout': m.dropout},
         head_follows_task=True, preprocess=('caffe', 'torch'),
         family='mammo_jax.models.vgg16'),
+    'resnet50': ModelEntry(
+        ResNet50Classifier(num_outputs=1, variant='keras'), from_config=_resnet_head,
+        head_follows_task=True, preprocess=('caffe',), family='mammo_jax.models.resnet'),
+    'resnet50_torchvision': ModelEntry(
+        ResNet50Classifier(num_outputs=1, variant='torchvision'), from_config=_resnet_head,
+        head_follows_task=True, preprocess=('torch',), family='mammo_jax.models.resnet'),
 }
 
 
@@ -131,6 +145,42 @@ def inputs_of(name: str) -> str:
   return get_entry(name).inputs
 
 
+# A ported file's sidecar `architecture` -> the models module whose `backbone(metadata)` builds
+# its base (models.pretrained).
+BACKBONES = {
+    'vgg16': 'mammo_jax.models.vgg16',
+    'resnet50': 'mammo_jax.models.resnet',
+    'mobilenet': 'mammo_jax.models.mobilenet',
+}
+
+
+def pretrained(path: str) -> tuple[nn.Module, dict]:
+  """(module, variables) of a ported weights file's backbone, for use outside the trainer.
+
+  `module.apply(variables, x)` on NHWC float32 inputs, preprocessed as the sidecar's
+  `preprocess` says, returns the backbone's last feature map (no pooling, no top) in
+  inference mode. The architecture is the sidecar's (files without one are VGG16 ports); a
+  file's ImageNet top is left out, anything else that does not fit the backbone is an error.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from mammo_jax.weights import merge, store  # pylint: disable=g-import-not-at-top
+  loaded, metadata = store.load_params(path, port_command='python -m mammo_jax.port_weights')
+  architecture = metadata.get('architecture', 'vgg16')
+  if architecture not in BACKBONES:
+    raise ValueError(f'{path}: architecture {architecture!r} (its sidecar) is not one of '
+                     f'{", ".join(BACKBONES)}; port the file again with this version')
+  module = importlib.import_module(BACKBONES[architecture]).backbone(metadata)
+  loaded = loaded if 'params' in loaded else {'params': loaded}  # VGG16 ports: params only
+  shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+  try:
+    variables = {c: merge.merge_params(shapes[c], {k: v for k, v in loaded[c].items()
+                                                   if k in shapes[c]}) for c in shapes}
+  except (KeyError, merge.MergeError) as e:
+    raise ValueError(f'{path}: not a {architecture} backbone: {e}') from None
+  return module, jax.tree.map(jnp.asarray, variables)
+
+
 def family_of(name: str):
   """The module owning model `name`'s pretrained weights (load, check_pretrained), or None."""
   family = get_entry(name).family
@@ -138,4 +188,5 @@ def family_of(name: str):
 
 
 __all__ = ['REGISTRY', 'ModelEntry', 'get_entry', 'get_model', 'create_model', 'inputs_of',
-           'family_of', 'ScratchCNN', 'DualCNN', 'SiameseCNN', 'VGG16', 'VGG16Classifier']
+           'family_of', 'pretrained', 'ScratchCNN', 'DualCNN', 'SiameseCNN', 'VGG16',
+           'VGG16Classifier', 'ResNet50', 'ResNet50Classifier']

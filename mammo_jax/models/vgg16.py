@@ -127,6 +127,12 @@ class VGG16Classifier(nn.Module):
     return nn.Dense(self.num_outputs, kernel_init=_glorot, name='logits')(x)
 
 
+def backbone(metadata: Mapping) -> nn.Module:
+  """The base a ported file describes, without its top (models.pretrained)."""
+  del metadata  # every VGG16 port has the same base
+  return VGG16(include_top=False)
+
+
 def check_pretrained(spec: str) -> None:
   """Fails fast, before any data is built, when config.model.pretrained cannot be found.
 
@@ -138,12 +144,12 @@ def check_pretrained(spec: str) -> None:
     raise FileNotFoundError(vgg16_weights.missing_message(spec))
 
 
-def load(init_params: Mapping, spec: str, *, preprocess: str, cache_dir: str | None = None,
-         dont_load: str = '') -> tuple[dict, dict]:
-  """init_params of a VGG16Classifier with its 'vgg16' base replaced by pretrained weights.
+def load(init_variables: Mapping, spec: str, *, preprocess: str,
+         cache_dir: str | None = None, dont_load: str = '') -> tuple[dict, dict]:
+  """init_variables of a VGG16Classifier with its 'vgg16' base replaced by pretrained weights.
 
   Args:
-    init_params: the classifier's whole params tree ({'vgg16': ..., 'fc': ..., ...}).
+    init_variables: the classifier's variables ({'params': {'vgg16': ..., 'fc': ...}}).
     spec: config.model.pretrained (see weights.vgg16.load_pretrained).
     preprocess: config.model.preprocess; must be what the weights were trained with.
     cache_dir: where official files are cached once ported.
@@ -151,11 +157,12 @@ def load(init_params: Mapping, spec: str, *, preprocess: str, cache_dir: str | N
       TOP_PATTERN for a file with the ImageNet top; '' loads every entry.
 
   Returns:
-    (params, the file's sidecar metadata). The merge is strict: every base parameter comes
+    (variables, the file's sidecar metadata). The merge is strict: every base parameter comes
     from the file, with its shape, and every entry of the file not in dont_load is used.
   """
   from mammo_jax.weights import merge  # pylint: disable=g-import-not-at-top
   from mammo_jax.weights import vgg16 as vgg16_weights  # pylint: disable=g-import-not-at-top
+  init_params = init_variables.get('params', {})
   if 'vgg16' not in init_params:
     raise ValueError(f'{spec}: VGG16 weights go into the vgg16 base of a VGG16Classifier; '
                      f'these params have {", ".join(sorted(init_params))}')
@@ -171,4 +178,4 @@ def load(init_params: Mapping, spec: str, *, preprocess: str, cache_dir: str | N
     if e.skip_hint:
       fix += f" Or leave the extra layers out: --config.model.dont_load='{e.skip_hint}'"
     raise ValueError(f'model.pretrained={spec}: {e}\n{fix}') from None
-  return {**init_params, 'vgg16': base}, metadata
+  return {**init_variables, 'params': {**init_params, 'vgg16': base}}, metadata

@@ -17,6 +17,7 @@ whether the top needs torchvision's 7x7 average pool, which the weights alone do
 
 import math
 import os
+import re
 from collections.abc import Mapping
 
 import numpy as np
@@ -86,6 +87,22 @@ Params = dict[str, dict[str, np.ndarray]]
 
 # ----------------------------------------------------------------------------------------
 # Conversion (pure).
+
+
+def recognises(path: str) -> bool:
+  """Whether `path` is a VGG16 source file, by its layer names or state-dict keys (VGG19 has
+  a 16th convolution: features.34, block5_conv4)."""
+  fmt, names = readers.entry_names(path)
+  names = set(names)
+  if fmt == 'torch':
+    return {'features.0.weight', 'features.28.weight'} <= names and (
+        'features.30.weight' not in names)
+  if 'block5_conv3' in names:
+    return 'block5_conv4' not in names
+  # A Keras 3 file without recorded names: 13 convolutions and no other layer kind but dense.
+  convs = {n for n in names if re.fullmatch(r'conv2d(_\d+)?', n)}
+  return fmt == 'keras3' and len(convs) == 13 and all(
+      n in convs or re.fullmatch(r'dense(_\d+)?', n) for n in names)
 
 
 def convert_keras(weights: Mapping[str, Mapping[str, np.ndarray]]) -> Params:
@@ -233,6 +250,7 @@ def _metadata(params: Params, fmt: str, source: str, sha256: str, md5: str) -> d
     side = torchvision_pool_side(params['fc1']['kernel'].shape[0])
     top_pool = [side, side]
   return {
+      'architecture': 'vgg16',
       'format': fmt,
       'source': source,
       'source_sha256': sha256,

@@ -22,7 +22,12 @@ KERAS_PARAMS = {
     'dual': 7_288_001, 'siamese': 3_644_097,
     # ImageNet VGG16 base (14,714,688) + Flatten(4x4x512) -> Dense(256) -> Dense(1) (§2.4).
     'vgg16': 14_714_688 + 8192 * 256 + 256 + 257,
+    # keras.applications.ResNet50 without its top (23,587,712 with the BN moving statistics;
+    # torchvision's v1.5 lacks the 26,560 conv biases) + pool -> Dense(256) -> Dense(1).
+    'resnet50': 23_587_712 + 2048 * 256 + 256 + 257,
+    'resnet50_torchvision': 23_587_712 - 26_560 + 2048 * 256 + 256 + 257,
 }
+PREPROCESS = {'vgg16': 'caffe', 'resnet50': 'caffe', 'resnet50_torchvision': 'torch'}
 
 
 def _count(tree):
@@ -30,7 +35,7 @@ def _count(tree):
 
 
 def _model_config(name: str, **fields) -> ml_collections.ConfigDict:
-  base = dict(name=name, preprocess={'vgg16': 'caffe'}.get(name, 'unit'), fc=256, dropout=0.5)
+  base = dict(name=name, preprocess=PREPROCESS.get(name, 'unit'), fc=256, dropout=0.5)
   return ml_collections.ConfigDict({**base, **fields})
 
 
@@ -40,7 +45,7 @@ def test_every_registered_model_matches_keras(name):
   outputs = entry.template.num_outputs
   model = models.create_model(_model_config(name), outputs, bn_axis_name=None)
   channels = {'image': 1, 'image+baseline': 2}[entry.inputs]
-  if 'caffe' in entry.preprocess and 'unit' not in entry.preprocess:
+  if 'unit' not in entry.preprocess and entry.inputs == 'image':
     channels = 3  # grey repeated to RGB by the caffe / torch preprocessing
   x = jnp.zeros((2, 150, 150, channels))
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))

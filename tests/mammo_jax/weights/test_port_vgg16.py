@@ -33,7 +33,8 @@ def test_cli_writes_params_and_sidecar(notop_h5, tmp_path, capsys):
   assert f'{NOTOP_PARAMS:,}' in stdout and sha256 in stdout and 'keras_h5' in stdout
   metadata = json.loads((tmp_path / 'vgg16_notop.msgpack.json').read_text())
   assert metadata == {
-      'format': 'keras_h5', 'source': os.path.basename(src), 'source_sha256': sha256,
+      'architecture': 'vgg16', 'format': 'keras_h5', 'source': os.path.basename(src),
+      'source_sha256': sha256,
       'source_md5': hashlib.md5(open(src, 'rb').read()).hexdigest(), 'include_top': False,
       'preprocess': 'caffe', 'top_pool': None, 'fc_units': None, 'num_classes': None,
       'num_params': NOTOP_PARAMS, 'port_version': vw.PORT_VERSION,
@@ -85,3 +86,20 @@ def test_cli_module_ports_a_torchvision_file_without_its_top(sources, tmp_path):
   assert 'torchvision' in done.stdout and f'{NOTOP_PARAMS:,}' in done.stdout
   _, metadata = vw.load_params(str(out))
   assert metadata['preprocess'] == 'torch' and metadata['include_top'] is False
+
+
+def test_pretrained_gives_the_vgg16_base_of_new_and_older_ports(notop_h5, tmp_path, capsys):
+  """models.pretrained: the sidecar's architecture, vgg16 when a file predates the field."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from mammo_jax import models  # pylint: disable=g-import-not-at-top
+  src, layers = notop_h5
+  out = tmp_path / 'vgg16.msgpack'
+  assert _run_cli(src, out, capsys=capsys)[0] == 0
+  sidecar = json.loads(out.with_name('vgg16.msgpack.json').read_text())
+  del sidecar['architecture']
+  out.with_name('vgg16.msgpack.json').write_text(json.dumps(sidecar))
+  module, variables = models.pretrained(str(out))
+  assert not module.include_top
+  x = jnp.ones((1, 32, 32, 3))
+  want = module.apply({'params': layers_to_params(layers)}, x)
+  np.testing.assert_array_equal(module.apply(variables, x), want)

@@ -219,7 +219,7 @@ def test_models_vgg16_does_not_import_the_weights_readers():
 def _classifier_params(fc=8):
   model = vgg16_model.VGG16Classifier(num_outputs=1, fc=fc)
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
-  return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes['params'])
+  return {'params': jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes['params'])}
 
 
 @pytest.fixture(scope='module')
@@ -236,8 +236,10 @@ def top_file(tmp_path_factory):
 def test_load_skips_the_entries_dont_load_matches(top_file):
   path, source = top_file
   init = _classifier_params()
-  params, metadata = vgg16_model.load(init, path, preprocess='caffe',
-                                      dont_load=vgg16_model.TOP_PATTERN)
+  variables, metadata = vgg16_model.load(init, path, preprocess='caffe',
+                                         dont_load=vgg16_model.TOP_PATTERN)
+  params, init = variables['params'], init['params']
+  assert set(variables) == {'params'}
   assert metadata['format'] == 'keras_h5'
   assert set(params) == {'vgg16', 'fc', 'logits'} and set(params['vgg16']) == set(vw.CONV_LAYERS)
   for layer in vw.CONV_LAYERS:
@@ -246,7 +248,8 @@ def test_load_skips_the_entries_dont_load_matches(top_file):
   # Another regex is honoured as given: the top and one base layer left out is not a fit.
   with pytest.raises(ValueError, match=r'missing \(in the model, not in the weights\): '
                      r'block1_conv1/bias'):
-    vgg16_model.load(init, path, preprocess='caffe', dont_load=r'^(fc1|fc2|predictions|'
+    vgg16_model.load({'params': init}, path, preprocess='caffe',
+                     dont_load=r'^(fc1|fc2|predictions|'
                      r'block1_conv1)(/|$)')
 
 
@@ -268,4 +271,4 @@ def test_load_refuses_weights_for_another_preprocessing(top_file, tmp_path):
     vgg16_model.load(_classifier_params(), path, preprocess='torch',
                      dont_load=vgg16_model.TOP_PATTERN)
   with pytest.raises(ValueError, match='go into the vgg16 base of a VGG16Classifier'):
-    vgg16_model.load({'conv': {}}, path, preprocess='caffe')
+    vgg16_model.load({'params': {'conv': {}}}, path, preprocess='caffe')
