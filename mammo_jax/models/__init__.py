@@ -19,8 +19,8 @@ The scratch family follows docs/REFERENCE_STUDY.md §2.1 (2-class Exps 0-11), §
 M1-M3) and §2.3 (benign vs malignant); optimiser, L2 and augmentation differences between
 experiments (Exp 5's LR decay, Exp 8's Adam, Exp 9's L2) are config, not architecture. The
 pair models (§2.6 Dual CNN, §2.7 Siamese; models/pairs.py) take (abnormality, baseline) pairs
-stacked as two channels. VGG16 (§2.4; models/vgg16.py) is the ImageNet base with the study's
-head.
+stacked as two channels. VGG16 (§2.4; models/vgg16.py) and MobileNet (§2.5;
+models/mobilenet.py) are ImageNet bases with the study's heads.
 """
 
 from __future__ import annotations
@@ -32,11 +32,12 @@ from collections.abc import Callable
 
 import flax.linen as nn
 
+from mammo_jax.models.mobilenet import MobileNet, MobileNetClassifier
 from mammo_jax.models.pairs import DualCNN, SiameseCNN
 from mammo_jax.models.scratch import ScratchCNN
 from mammo_jax.models.vgg16 import VGG16, VGG16Classifier
 
-ALL_PREPROCESS = ('unit', 'caffe', 'torch')
+ALL_PREPROCESS = ('unit', 'caffe', 'torch', 'tf')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +83,11 @@ REGISTRY: dict[str, ModelEntry] = {
         from_config=lambda m: {'fc': m.fc, 'dropout': m.dropout},
         head_follows_task=True, preprocess=('caffe', 'torch'),
         family='mammo_jax.models.vgg16'),
+    'mobilenet': ModelEntry(
+        MobileNetClassifier(num_outputs=1),
+        from_config=lambda m: {'alpha': m.alpha, 'fc': m.fc, 'dropout': m.dropout,
+                               'input_size': m.input_size or None},
+        head_follows_task=True, preprocess=('tf',), family='mammo_jax.models.mobilenet'),
 }
 
 
@@ -138,4 +144,5 @@ def family_of(name: str):
 
 
 __all__ = ['REGISTRY', 'ModelEntry', 'get_entry', 'get_model', 'create_model', 'inputs_of',
-           'family_of', 'ScratchCNN', 'DualCNN', 'SiameseCNN', 'VGG16', 'VGG16Classifier']
+           'family_of', 'ScratchCNN', 'DualCNN', 'SiameseCNN', 'VGG16', 'VGG16Classifier',
+           'MobileNet', 'MobileNetClassifier']

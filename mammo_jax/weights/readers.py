@@ -189,6 +189,29 @@ def read_keras3(path: str, class_order: Sequence[tuple[str, Sequence[str]]] = ()
   return weights
 
 
+def keras_layer_names(path: str) -> list[str]:
+  """The layer names of a Keras weights file (legacy HDF5 or Keras 3), reading no weights:
+  what a port uses to recognise an architecture. Keras 3 files without recorded names give
+  their group names (`conv2d_3`, ...). Raises ValueError for other files."""
+  fmt = detect_format(path)
+  if fmt not in ('keras_h5', 'keras3'):
+    raise ValueError(f'{path}: a {fmt} file, not Keras weights')
+  with contextlib.ExitStack() as stack:
+    if zipfile.is_zipfile(path):
+      with zipfile.ZipFile(path) as z:
+        f = stack.enter_context(h5py.File(io.BytesIO(z.read('model.weights.h5')), 'r'))
+    else:
+      f = stack.enter_context(open_h5(path))
+    if fmt == 'keras_h5':
+      root = f['model_weights'] if isinstance(f.get('model_weights'), h5py.Group) else f
+      return h5_strings(root, 'layer_names')
+    names = []
+    for group_name, group in f['layers'].items():
+      recorded = group['vars'].attrs.get('name') if 'vars' in group else None
+      names.append(recorded.decode() if isinstance(recorded, bytes) else recorded or group_name)
+    return names
+
+
 def read_torch(path: str) -> dict[str, np.ndarray]:
   """A torch.save'd state dict -> {key: float32 array}. Loads tensors only (weights_only)."""
   try:

@@ -22,6 +22,7 @@ VARIANTS = {
     'lr_range': ['', 'sgd', 'rmsprop', 'adam', 'nadam', 'all'],
     'vgg16_2': ['', 'fe', 'fe_dropout', 'fe_fc128', 'fe_hardaug', 'ft1', 'ft2', 'pipeline'],
     'vgg16_4': ['', 'fe_fc128', 'fe_fc256', 'ft1', 'ft2', 'ft3', 'pipeline'],
+    'mobilenet_2': ['', 'fe', 'fe_dropout', 'fe_fc8'],
     'ensemble2': ['', 'demo', 'study'], 'ensemble4': ['', 'demo', 'study'],
     'composite4': ['', 'demo', 'study'],
 }

@@ -22,6 +22,9 @@ KERAS_PARAMS = {
     'dual': 7_288_001, 'siamese': 3_644_097,
     # ImageNet VGG16 base (14,714,688) + Flatten(4x4x512) -> Dense(256) -> Dense(1) (§2.4).
     'vgg16': 14_714_688 + 8192 * 256 + 256 + 257,
+    # keras.applications.MobileNet(alpha=0.5, include_top=False) (829,536, BN moving
+    # statistics included) + global average pool -> Dense(1) (§2.5).
+    'mobilenet': 829_536 + 512 + 1,
 }
 
 
@@ -30,7 +33,10 @@ def _count(tree):
 
 
 def _model_config(name: str, **fields) -> ml_collections.ConfigDict:
-  base = dict(name=name, preprocess={'vgg16': 'caffe'}.get(name, 'unit'), fc=256, dropout=0.5)
+  preprocess = {'vgg16': 'caffe', 'mobilenet': 'tf'}.get(name, 'unit')
+  base = dict(name=name, preprocess=preprocess, fc=256, dropout=0.5, alpha=0.5, input_size=0)
+  if name == 'mobilenet':
+    base['fc'] = 0  # the study's vanilla MobileNet head: the output layer only
   return ml_collections.ConfigDict({**base, **fields})
 
 
@@ -40,8 +46,8 @@ def test_every_registered_model_matches_keras(name):
   outputs = entry.template.num_outputs
   model = models.create_model(_model_config(name), outputs, bn_axis_name=None)
   channels = {'image': 1, 'image+baseline': 2}[entry.inputs]
-  if 'caffe' in entry.preprocess and 'unit' not in entry.preprocess:
-    channels = 3  # grey repeated to RGB by the caffe / torch preprocessing
+  if 'unit' not in entry.preprocess:
+    channels = 3  # grey repeated to RGB by the caffe / torch / tf preprocessing
   x = jnp.zeros((2, 150, 150, channels))
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
   total = _count(variables['params']) + _count(variables.get('batch_stats', {}))
