@@ -161,10 +161,10 @@ def _check_names(got: set[str], expected) -> None:
 def recognises(path: str) -> bool:
   """Whether path is Keras weights of a MobileNet v1, by its layer names (no weights read)."""
   try:
-    names = readers.keras_layer_names(path)
+    fmt, names = readers.entry_names(path)
   except (OSError, ValueError):
     return False
-  return {'conv1', 'conv_dw_1', 'conv_pw_13_bn'} <= set(names)
+  return fmt in FORMATS and {'conv1', 'conv_dw_1', 'conv_pw_13_bn'} <= set(names)
 
 
 def port_file(path: str, format: str = 'auto',  # pylint: disable=redefined-builtin

@@ -189,29 +189,6 @@ def read_keras3(path: str, class_order: Sequence[tuple[str, Sequence[str]]] = ()
   return weights
 
 
-def keras_layer_names(path: str) -> list[str]:
-  """The layer names of a Keras weights file (legacy HDF5 or Keras 3), reading no weights:
-  what a port uses to recognise an architecture. Keras 3 files without recorded names give
-  their group names (`conv2d_3`, ...). Raises ValueError for other files."""
-  fmt = detect_format(path)
-  if fmt not in ('keras_h5', 'keras3'):
-    raise ValueError(f'{path}: a {fmt} file, not Keras weights')
-  with contextlib.ExitStack() as stack:
-    if zipfile.is_zipfile(path):
-      with zipfile.ZipFile(path) as z:
-        f = stack.enter_context(h5py.File(io.BytesIO(z.read('model.weights.h5')), 'r'))
-    else:
-      f = stack.enter_context(open_h5(path))
-    if fmt == 'keras_h5':
-      root = f['model_weights'] if isinstance(f.get('model_weights'), h5py.Group) else f
-      return h5_strings(root, 'layer_names')
-    names = []
-    for group_name, group in f['layers'].items():
-      recorded = group['vars'].attrs.get('name') if 'vars' in group else None
-      names.append(recorded.decode() if isinstance(recorded, bytes) else recorded or group_name)
-    return names
-
-
 def read_torch(path: str) -> dict[str, np.ndarray]:
   """A torch.save'd state dict -> {key: float32 array}. Loads tensors only (weights_only)."""
   try:
@@ -235,6 +212,45 @@ def read_torch(path: str) -> dict[str, np.ndarray]:
       raise ValueError(f'{path}: entry {key!r} is a {type(value).__name__}, not a tensor')
     out[key] = value.detach().to(torch.float32).numpy()
   return out
+
+
+def entry_names(path: str) -> tuple[str, list[str]]:
+  """(detect_format(path), the layer names or state-dict keys the file holds), cheaply.
+
+  For recognising an architecture: HDF5 files give their layer names without reading a
+  tensor (Keras 3 files the recorded names, else `conv2d_3`-style group names); torch zip
+  files are memory-mapped; a ported msgpack gives no names.
+  """
+  fmt = detect_format(path)
+  if fmt == 'keras_h5':
+    with open_h5(path) as f:
+      root = f['model_weights'] if isinstance(f.get('model_weights'), h5py.Group) else f
+      return fmt, h5_strings(root, 'layer_names')
+  if fmt == 'keras3':
+    with contextlib.ExitStack() as stack:
+      if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+          data = io.BytesIO(z.read('model.weights.h5'))
+        f = stack.enter_context(h5py.File(data, 'r'))
+      else:
+        f = stack.enter_context(open_h5(path))
+      names = []
+      for group_name, group in f.get('layers', {}).items():
+        recorded = group['vars'].attrs.get('name') if 'vars' in group else None
+        recorded = recorded.decode() if isinstance(recorded, bytes) else recorded
+        names.append(recorded or group_name)
+      return fmt, names
+  if fmt == 'torch':
+    import torch  # pylint: disable=g-import-not-at-top
+    try:
+      state = torch.load(path, map_location='cpu', weights_only=True,
+                         mmap=zipfile.is_zipfile(path))
+    except Exception as e:  # as in read_torch
+      raise ValueError(f'{path}: torch.load failed ({type(e).__name__}: {e})') from e
+    if isinstance(state, Mapping) and set(state) == {'state_dict'}:
+      state = state['state_dict']
+    return fmt, list(state) if isinstance(state, Mapping) else []
+  return fmt, []
 
 
 def open_h5(path: str) -> h5py.File:
