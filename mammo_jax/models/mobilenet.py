@@ -132,6 +132,10 @@ class MobileNetClassifier(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    if self.input_size is not None and self.input_size < 32:
+      raise ValueError(f'model.input_size={self.input_size}: MobileNet takes inputs of at '
+                       'least 32x32; set --config.model.input_size=160 (the study\'s size) or '
+                       '0 (the stored patches\' size)')
     if self.input_size and x.shape[1:3] != (self.input_size, self.input_size):
       x = jax.image.resize(x, (x.shape[0], self.input_size, self.input_size, x.shape[3]),
                            'bilinear')

@@ -116,6 +116,9 @@ def test_input_size_resizes_inside_the_model():
   np.testing.assert_allclose(run(model, x), run(model.clone(input_size=None), resized),
                              rtol=1e-5)
   assert not np.allclose(run(model, x), run(model.clone(input_size=None), x), rtol=1e-3)
+  with pytest.raises(ValueError, match=r'model.input_size=16: MobileNet takes inputs of at '
+                     r'least 32x32; set --config.model.input_size=160'):
+    model.clone(input_size=16).init(jax.random.key(0), x)
 
 
 def test_tf_preprocessing_is_keras_mobilenet_preprocess_input_for_training_and_test():
@@ -146,3 +149,11 @@ def test_configs_build_the_study_variants(variant, trainable_params):
   assert n_train == trainable_params
   assert n_total + n_params(variables['batch_stats']) == KERAS_NOTOP_PARAMS + trainable_params
   assert model.dropout == (0.5 if variant == 'fe_dropout' else 0.0)
+
+
+def test_mobilenet_refuses_other_preprocessing():
+  config = _config('logits').model
+  config.preprocess = 'caffe'
+  with pytest.raises(ValueError, match="model mobilenet needs model.preprocess='tf', not "
+                     "'caffe'; set --config.model.preprocess=tf"):
+    models.create_model(config, 1)
