@@ -76,11 +76,13 @@ class MobileNet(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   def _bn_relu6(self, x: jnp.ndarray, name: str, train: bool) -> jnp.ndarray:
-    path = '/'.join(self.scope.path + (name,))
-    x = nn.BatchNorm(use_running_average=not (train and freezing.is_trainable(path,
-                                                                               self.trainable)),
-                     momentum=BN_MOMENTUM, epsilon=BN_EPSILON, axis_name=self.bn_axis_name,
-                     dtype=self.dtype, name=name)(x)
+    # Batch statistics only in training, and only where the layer trains (Keras runs a frozen
+    # BatchNorm in inference mode); the path is the whole model's, e.g. 'mobilenet/conv1_bn'.
+    use_batch = train and freezing.is_trainable('/'.join(self.scope.path + (name,)),
+                                                self.trainable)
+    x = nn.BatchNorm(use_running_average=not use_batch, momentum=BN_MOMENTUM,
+                     epsilon=BN_EPSILON, axis_name=self.bn_axis_name, dtype=self.dtype,
+                     name=name)(x)
     return jnp.clip(x, 0.0, 6.0)  # ReLU6
 
   @nn.compact
