@@ -2,12 +2,16 @@
 resize and MobileNet's 'tf' preprocessing (identical for training and evaluation), and the
 configs. Equivalence with Keras is in tests/mammo_jax/weights/test_mobilenet.py."""
 
+import json
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mammo_jax import augment, freezing, models, parallel, preprocessing, tasks, train
+from mammo_jax import augment, checkpointing, freezing, models, parallel, preprocessing, tasks
+from mammo_jax import train
 from mammo_jax.models import mobilenet
 from tests.conftest import load_config
 
@@ -157,3 +161,20 @@ def test_mobilenet_refuses_other_preprocessing():
   with pytest.raises(ValueError, match="model mobilenet needs model.preprocess='tf', not "
                      "'caffe'; set --config.model.preprocess=tf"):
     models.create_model(config, 1)
+
+
+@pytest.mark.slow
+def test_smoke_run_keeps_the_frozen_base_statistics(tmp_path, data_cache):
+  """configs/mobilenet_2.py:fe_fc8,smoke end to end: the head trains, and the best
+  checkpoint's base BatchNorm statistics are still their initial values (mean 0, var 1)."""
+  config = load_config('mobilenet_2', 'fe_fc8,smoke')
+  config.data.cache_dir = data_cache
+  config.data.num_workers = 1
+  workdir = str(tmp_path / 'mobilenet')
+  train.train_and_evaluate(config, workdir)
+  with open(os.path.join(workdir, 'results.json')) as f:
+    assert json.load(f)['trainable_params'] == 512 * 8 + 8 + 8 + 1
+  _, stats, _ = checkpointing.best_variables(workdir)
+  for bn in mobilenet.BN_NAMES:
+    np.testing.assert_array_equal(stats['mobilenet'][bn]['mean'], 0.0)
+    np.testing.assert_array_equal(stats['mobilenet'][bn]['var'], 1.0)
