@@ -44,10 +44,9 @@ def base_config() -> ml_collections.ConfigDict:
   # 'all', or comma-separated layer paths to train, the rest frozen (Keras's trainable=False):
   # e.g. 'fc,logits,vgg16/block5_conv3'. Frozen parameters get no gradient and no optimizer state.
   model.trainable = 'all'
-  # Models with a weights family (VGG16, MobileNet): ImageNet weights for the base, a ported
-  # file (or an original Keras .h5 / torchvision .pth), or an official name that downloads
-  # Keras's file ('keras_notop' for VGG16, 'keras_5_0_160_notop' for MobileNet; needs
-  # internet); '' = random initialisation.
+  # VGG16 only: ImageNet weights for the base, a file ported by `python -m mammo_jax.port_vgg16`
+  # (or an original Keras .h5 / torchvision .pth), or 'keras_notop' to download the Keras
+  # file (needs internet); '' = random initialisation.
   model.pretrained = ''
   # A regex of weight-file entries (slash-separated paths) the weights loader does not load
   # from model.pretrained, e.g. an ImageNet top; '' = none. Not part of the fingerprint.

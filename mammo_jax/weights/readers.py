@@ -191,12 +191,7 @@ def read_keras3(path: str, class_order: Sequence[tuple[str, Sequence[str]]] = ()
 
 def read_torch(path: str) -> dict[str, np.ndarray]:
   """A torch.save'd state dict -> {key: float32 array}. Loads tensors only (weights_only)."""
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ImportError(
-        f'reading {path} (a torch .pth) needs PyTorch: pip install torch==2.13.0 (the CPU '
-        "build is enough; or pip install 'mammo_jax[port]')") from e
+  torch = _import_torch(path)
   try:
     state = torch.load(path, map_location='cpu', weights_only=True)
   except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
@@ -241,7 +236,7 @@ def entry_names(path: str) -> tuple[str, list[str]]:
         names.append(recorded or group_name)
       return fmt, names
   if fmt == 'torch':
-    import torch  # pylint: disable=g-import-not-at-top
+    torch = _import_torch(path)
     try:
       state = torch.load(path, map_location='cpu', weights_only=True,
                          mmap=zipfile.is_zipfile(path))
@@ -251,6 +246,16 @@ def entry_names(path: str) -> tuple[str, list[str]]:
       state = state['state_dict']
     return fmt, list(state) if isinstance(state, Mapping) else []
   return fmt, []
+
+
+def _import_torch(path: str):
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(
+        f'reading {path} (a torch .pth) needs PyTorch: pip install torch==2.13.0 (the CPU '
+        "build is enough; or pip install 'mammo_jax[port]')") from e
+  return torch
 
 
 def open_h5(path: str) -> h5py.File:
