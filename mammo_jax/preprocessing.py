@@ -15,9 +15,11 @@ from mammo_jax import augment
 
 # Keras "caffe" preprocessing (keras.applications.vgg16.preprocess_input): RGB -> BGR, then
 # minus the ImageNet means in BGR order, no scaling. torchvision's: [0, 1], minus mean, over std.
+# Keras "tf" (keras.applications.mobilenet.preprocess_input): x / 127.5 - 1 on 0..255 RGB, which
+# is 2u - 1 on u = uint16 / 65535 in [0, 1].
 CAFFE_BGR_MEANS = (103.939, 116.779, 123.68)
 TORCH_RGB_MEAN, TORCH_RGB_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-PREPROCESS_MODES = ('unit', 'caffe', 'torch')
+PREPROCESS_MODES = ('unit', 'caffe', 'torch', 'tf')
 
 
 def _unknown(mode: str) -> ValueError:
@@ -26,7 +28,7 @@ def _unknown(mode: str) -> ValueError:
 
 def scale(images: jnp.ndarray, mode: str) -> jnp.ndarray:
   """Stored uint16 grey patches -> float grey images, the space augmentation works in."""
-  if mode in ('unit', 'torch'):  # the study's scratch / dual / siamese scaling, or torch's [0, 1]
+  if mode in ('unit', 'torch', 'tf'):  # the study's scratch scaling; torch's and tf's [0, 1]
     return images.astype(jnp.float32) / 65535.0
   if mode == 'caffe':  # the study's VGG16 input: uint16 / 256, roughly [0, 255]
     return images.astype(jnp.float32) / 256.0
@@ -42,6 +44,8 @@ def finish(images: jnp.ndarray, mode: str) -> jnp.ndarray:
     return rgb[..., ::-1] - jnp.asarray(CAFFE_BGR_MEANS, jnp.float32)
   if mode == 'torch':
     return (rgb - jnp.asarray(TORCH_RGB_MEAN)) / jnp.asarray(TORCH_RGB_STD)
+  if mode == 'tf':
+    return rgb * 2.0 - 1.0
   raise _unknown(mode)
 
 

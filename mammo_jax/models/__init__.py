@@ -21,7 +21,7 @@ experiments (Exp 5's LR decay, Exp 8's Adam, Exp 9's L2) are config, not archite
 pair models (§2.6 Dual CNN, §2.7 Siamese; models/pairs.py) take (abnormality, baseline) pairs
 stacked as two channels. VGG16 (§2.4; models/vgg16.py) is the ImageNet base with the study's
 head; ResNet50 (§2.5; models/resnet.py) the report's feature extractor, in Keras's and
-torchvision's variants.
+torchvision's variants; MobileNet v1 (§2.5; models/mobilenet.py) the report's other one.
 """
 
 from __future__ import annotations
@@ -33,12 +33,13 @@ from collections.abc import Callable
 
 import flax.linen as nn
 
+from mammo_jax.models.mobilenet import MobileNet, MobileNetClassifier
 from mammo_jax.models.pairs import DualCNN, SiameseCNN
 from mammo_jax.models.resnet import ResNet50, ResNet50Classifier
 from mammo_jax.models.scratch import ScratchCNN
 from mammo_jax.models.vgg16 import VGG16, VGG16Classifier
 
-ALL_PREPROCESS = ('unit', 'caffe', 'torch')
+ALL_PREPROCESS = ('unit', 'caffe', 'torch', 'tf')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +97,11 @@ REGISTRY: dict[str, ModelEntry] = {
     'resnet50_torchvision': ModelEntry(
         ResNet50Classifier(num_outputs=1, variant='torchvision'), from_config=_resnet_head,
         head_follows_task=True, preprocess=('torch',), family='mammo_jax.models.resnet'),
+    'mobilenet': ModelEntry(
+        MobileNetClassifier(num_outputs=1),
+        from_config=lambda m: {'alpha': m.alpha, 'fc': m.fc, 'dropout': m.dropout,
+                               'input_size': m.input_size or None},
+        head_follows_task=True, preprocess=('tf',), family='mammo_jax.models.mobilenet'),
 }
 
 
@@ -189,4 +195,5 @@ def family_of(name: str):
 
 __all__ = ['REGISTRY', 'ModelEntry', 'get_entry', 'get_model', 'create_model', 'inputs_of',
            'family_of', 'pretrained', 'ScratchCNN', 'DualCNN', 'SiameseCNN', 'VGG16',
-           'VGG16Classifier', 'ResNet50', 'ResNet50Classifier']
+           'VGG16Classifier', 'ResNet50', 'ResNet50Classifier', 'MobileNet',
+           'MobileNetClassifier']

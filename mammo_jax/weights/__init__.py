@@ -6,6 +6,7 @@ architecture for its name tables and converters.
 - merge.py: the strict merge of loaded weights into initialised params.
 - download.py: official files, downloaded, checked against their digests, ported, cached.
 - vgg16.py: VGG16's name tables, converters, official files and port.
+- mobilenet.py: MobileNet v1's (Keras) name tables, converter, official files and port.
 
 A new architecture adds its module here (name tables, pure converters, OFFICIAL, port_file)
 and its model family's `check_pretrained` / `load` in mammo_jax/models/. Importing the package

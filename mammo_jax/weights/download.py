@@ -24,6 +24,8 @@ class Official:
   format: str  # the architecture's port format name, e.g. 'keras_h5'
   md5: str | None = None  # keras.utils.get_file's file_hash for Keras's files
   sha256_prefix: str | None = None  # torch.hub checks the name's hash suffix this way
+  # Neither: the publisher gives no digest (Keras's MobileNet files); nothing is checked and
+  # the port records the download's SHA-256.
 
   @property
   def filename(self) -> str:
@@ -33,7 +35,7 @@ class Official:
     """Whether a file with these digests is this one, by the publisher's own check."""
     if self.md5:
       return md5 == self.md5
-    return sha256.startswith(self.sha256_prefix)
+    return sha256.startswith(self.sha256_prefix or '')
 
 
 def default_cache_dir() -> str:

@@ -23,8 +23,12 @@ VARIANTS = {
     'vgg16_2': ['', 'fe', 'fe_dropout', 'fe_fc128', 'fe_hardaug', 'ft1', 'ft2', 'pipeline'],
     'vgg16_4': ['', 'fe_fc128', 'fe_fc256', 'ft1', 'ft2', 'ft3', 'pipeline'],
     'resnet50_2': ['', 'fe', 'fe_dropout'],
+    'mobilenet_2': ['', 'fe', 'fe_dropout', 'fe_fc8'],
     'ensemble2': ['', 'demo', 'study'], 'ensemble4': ['', 'demo', 'study'],
     'composite4': ['', 'demo', 'study'],
+    # Wrappers: their argument is another config file and its argument.
+    'cv': ['configs/scratch2.py:exp5', 'configs/vgg16_2.py:pipeline'],
+    'repeat': ['configs/benmal.py:run1'],
 }
 HEAVY = ('jax', 'flax', 'optax', 'tensorflow', 'tensorflow_datasets', 'orbax')
 

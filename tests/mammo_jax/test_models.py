@@ -26,8 +26,12 @@ KERAS_PARAMS = {
     # torchvision's v1.5 lacks the 26,560 conv biases) + pool -> Dense(256) -> Dense(1).
     'resnet50': 23_587_712 + 2048 * 256 + 256 + 257,
     'resnet50_torchvision': 23_587_712 - 26_560 + 2048 * 256 + 256 + 257,
+    # keras.applications.MobileNet(alpha=0.5, include_top=False) (829,536, BN moving
+    # statistics included) + global average pool -> Dense(1) (§2.5).
+    'mobilenet': 829_536 + 512 + 1,
 }
-PREPROCESS = {'vgg16': 'caffe', 'resnet50': 'caffe', 'resnet50_torchvision': 'torch'}
+PREPROCESS = {'vgg16': 'caffe', 'resnet50': 'caffe', 'resnet50_torchvision': 'torch',
+              'mobilenet': 'tf'}
 
 
 def _count(tree):
@@ -35,7 +39,10 @@ def _count(tree):
 
 
 def _model_config(name: str, **fields) -> ml_collections.ConfigDict:
-  base = dict(name=name, preprocess=PREPROCESS.get(name, 'unit'), fc=256, dropout=0.5)
+  base = dict(name=name, preprocess=PREPROCESS.get(name, 'unit'), fc=256, dropout=0.5,
+              alpha=0.5, input_size=0)
+  if name == 'mobilenet':
+    base['fc'] = 0  # the study's vanilla MobileNet head: the output layer only
   return ml_collections.ConfigDict({**base, **fields})
 
 
@@ -46,7 +53,7 @@ def test_every_registered_model_matches_keras(name):
   model = models.create_model(_model_config(name), outputs, bn_axis_name=None)
   channels = {'image': 1, 'image+baseline': 2}[entry.inputs]
   if 'unit' not in entry.preprocess and entry.inputs == 'image':
-    channels = 3  # grey repeated to RGB by the caffe / torch preprocessing
+    channels = 3  # grey repeated to RGB by the caffe / torch / tf preprocessing
   x = jnp.zeros((2, 150, 150, channels))
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
   total = _count(variables['params']) + _count(variables.get('batch_stats', {}))

@@ -21,6 +21,7 @@ def test_every_runner_resolves_to_run_config_workdir(name):
 CONFIGS = [  # one config file of each runner (and family)
     ('scratch2', 'smoke', 'train'), ('dual', 'smoke', 'train'),
     ('vgg16_2', 'pipeline,smoke', 'stages'), ('vgg16_2', 'fe,smoke', 'train'),
+    ('mobilenet_2', 'fe,smoke', 'train'),
     ('ensemble4', 'smoke', 'ensemble'), ('composite4', 'smoke', 'ensemble'),
     ('lr_range', 'smoke', 'lr_range'), ('resnet50_2', 'fe,smoke', 'train'),
     ('cv', 'configs/scratch2.py:smoke', 'cv'), ('repeat', 'configs/benmal.py:smoke', 'repeat'),
