@@ -61,9 +61,17 @@ def of_config(config) -> Evaluator:
 def evaluate_decisions(evaluator: Evaluator, pred: np.ndarray, scores: np.ndarray | None,
                        labels: np.ndarray, class_names: Sequence[str]) -> dict:
   """Metrics of hard decisions `pred` (a vote breaks ties its own way), with the threshold-free
-  ones (AUC) from `scores` when the rule has them and undefined (NaN) otherwise."""
+  ones (auc, auc_per_class) from `scores` when the rule has them and undefined (NaN)
+  otherwise."""
   one_hot = np.eye(len(class_names))[np.asarray(pred)]  # its argmax is pred
   result = evaluator.evaluate(one_hot, labels, class_names)
-  result['auc'] = (evaluator.evaluate(scores, labels, class_names)['auc']
-                   if scores is not None else float('nan'))
+  scored = evaluator.evaluate(scores, labels, class_names) if scores is not None else {}
+  for key in ('auc', 'auc_per_class'):
+    if key in result:
+      result[key] = scored.get(key, _undefined(result[key]))
   return result
+
+
+def _undefined(value):
+  """NaN in the shape of a threshold-free metric (a number, or a dict of numbers)."""
+  return {k: float('nan') for k in value} if isinstance(value, dict) else float('nan')

@@ -162,20 +162,35 @@ def load_split(builder: tfds.core.DatasetBuilder, split: str,
 INPUTS = ('image', 'image+baseline')
 
 
-def load_inputs(builder: tfds.core.DatasetBuilder, split: str,
-                inputs: str = 'image') -> tuple[dict[str, np.ndarray], int]:
-  """A split's `image` (as `inputs` asks), `label` and `id` arrays, and how many examples
-  were left out for lacking a baseline (always 0 for 'image')."""
+def load_inputs(builder: tfds.core.DatasetBuilder, split: str, inputs: str = 'image',
+                image_size: int = 0) -> tuple[dict[str, np.ndarray], int]:
+  """A split's `image` (as `inputs` asks; resized to image_size x image_size unless 0),
+  `label` and `id` arrays, and how many examples were left out for lacking a baseline (always
+  0 for 'image')."""
   if inputs == 'image':
-    return load_split(builder, split, ('image', 'label', 'id')), 0
-  if inputs == 'image+baseline':
+    data, without = load_split(builder, split, ('image', 'label', 'id')), 0
+  elif inputs == 'image+baseline':
     data, without = stack_pairs(load_split(
         builder, split, ('image', 'baseline', 'has_baseline', 'label', 'id')))
     if not len(data['label']):
       raise ValueError(f'no example of split {split!r} of {builder.info.full_name} has a '
                        f'baseline patch, so data.inputs={inputs!r} leaves it empty')
-    return data, without
-  raise ValueError(f'unknown data.inputs {inputs!r}; known: {", ".join(INPUTS)}')
+  else:
+    raise ValueError(f'unknown data.inputs {inputs!r}; known: {", ".join(INPUTS)}')
+  if image_size:
+    data['image'] = resize(data['image'], image_size)
+  return data, without
+
+
+def resize(images: np.ndarray, size: int) -> np.ndarray:
+  """uint16 [N, H, W, C] -> [N, size, size, C] by area averaging (exact block means when
+  size divides H and W), rounded back to uint16. Done once per split on the host, before
+  batching, so training and evaluation see the same pixels (config.data.image_size)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if images.shape[1:3] == (size, size):
+    return images
+  out = tf.image.resize(tf.convert_to_tensor(images, tf.float32), (size, size), method='area')
+  return np.clip(np.round(out.numpy()), 0, 65535).astype(np.uint16)
 
 
 def stack_pairs(data: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:

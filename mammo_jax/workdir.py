@@ -53,9 +53,10 @@ RESUMABLE_FIELDS = ('log_every_steps', 'checkpoint_every_steps', 'data.num_worke
 # under them) so that those runs still resume and ensembles still find their members:
 # published numbers (read by the report), which weight-file entries are not loaded, the
 # evaluator, where an ensemble's member config files are resolved from, and the divergence
-# threshold (it only stops runs, it never changes what a finished one computed).
+# threshold (it only stops runs, it never changes what a finished one computed), class
+# balancing and input resizing (issue 12; 'none' and 0 are what earlier runs did).
 ADDED_FIELDS = ('published', 'model.dont_load', 'evaluator', 'ensemble.root',
-                'divergence_factor')
+                'divergence_factor', 'class_balance', 'data.image_size')
 
 SPLITS = ('validation', 'test')
 

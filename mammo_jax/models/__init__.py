@@ -36,7 +36,7 @@ from mammo_jax.models.pairs import DualCNN, SiameseCNN
 from mammo_jax.models.scratch import ScratchCNN
 from mammo_jax.models.vgg16 import VGG16, VGG16Classifier
 
-ALL_PREPROCESS = ('unit', 'caffe', 'torch')
+ALL_PREPROCESS = ('unit', 'caffe', 'torch', 'shen')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,8 +79,9 @@ REGISTRY: dict[str, ModelEntry] = {
     'siamese': _pair(SiameseCNN()),
     'vgg16': ModelEntry(
         VGG16Classifier(num_outputs=1),
-        from_config=lambda m: {'fc': m.fc, 'dropout': m.dropout},
-        head_follows_task=True, preprocess=('caffe', 'torch'),
+        from_config=lambda m: {'fc': m.fc, 'dropout': m.dropout,
+                               'pooling': m.get('pooling', 'flatten')},
+        head_follows_task=True, preprocess=('caffe', 'torch', 'shen'),
         family='mammo_jax.models.vgg16'),
 }
 
