@@ -22,7 +22,8 @@ CONFIGS = [  # one config file of each runner (and family)
     ('scratch2', 'smoke', 'train'), ('dual', 'smoke', 'train'),
     ('vgg16_2', 'pipeline,smoke', 'stages'), ('vgg16_2', 'fe,smoke', 'train'),
     ('ensemble4', 'smoke', 'ensemble'), ('composite4', 'smoke', 'ensemble'),
-    ('lr_range', 'smoke', 'lr_range'),
+    ('lr_range', 'smoke', 'lr_range'), ('shen_patch', 'vgg16,smoke', 'stages'),
+    ('shen_patch', 'vgg16,demo', 'stages'),
 ]
 
 
