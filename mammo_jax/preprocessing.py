@@ -17,7 +17,7 @@ from mammo_jax import augment
 # minus the ImageNet means in BGR order, no scaling. torchvision's: [0, 1], minus mean, over std.
 CAFFE_BGR_MEANS = (103.939, 116.779, 123.68)
 TORCH_RGB_MEAN, TORCH_RGB_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-# Shen et al.'s (docs/SHEN_2019.md §1): 16 bits rescaled to [0, 255] (x 255/65535), grey in 3
+# Shen et al.'s (docs/SHEN_2019.md): 16 bits rescaled to [0, 255] (x 255/65535), grey in 3
 # channels, minus one fixed scalar: the featurewise mean of their resized CBIS-DDSM training
 # images, which their scripts pass as a constant; no ImageNet means, no division.
 SHEN_MEAN = 52.18

@@ -66,7 +66,7 @@ def balance_weights(y: jnp.ndarray, num_classes: int, axis_name: str | None = No
                     ) -> jnp.ndarray:
   """Per-example loss weights 1 / (share of the example's class in the global batch).
 
-  Shen et al.'s automatic batch balancing (docs/SHEN_2019.md §3): the weighted mean loss is
+  Shen et al.'s automatic batch balancing (docs/SHEN_2019.md): the weighted mean loss is
   the sum over the classes present of each class's mean loss. Under pmap, pass the batch axis
   name: shares are counted over the whole global batch, so the update does not depend on the
   device count.
