@@ -10,6 +10,7 @@ from mammo_jax import models
 from mammo_jax import pipeline
 from mammo_jax import tasks
 from mammo_jax import train
+from mammo_jax import workdir as workdir_lib
 from mammo_jax.config_lib import shen
 from tests.conftest import load_config
 
@@ -78,3 +79,21 @@ def test_resnet50_stages_unfreeze_res5c():
   # scales and offsets.
   convs = 2048 * 512 + 512 + 9 * 512 * 512 + 512 + 512 * 2048 + 2048
   assert top == head + convs + 2 * (512 + 512 + 2048)
+
+
+@pytest.mark.slow
+def test_vgg16_demo_learns_five_classes_above_chance(tmp_path, data_cache):
+  """The demo pipeline (random init, 32x32, 30 + 60 + 90 steps) on the synthetic S10 patches
+  of 80 patients; chance is 0.2 balanced accuracy and 0.5 macro AUC."""
+  from mammo_jax import runners  # pylint: disable=g-import-not-at-top
+  config = load_config('shen_patch', 'vgg16,demo')
+  config.data.cache_dir = data_cache
+  runners.run(config, str(tmp_path / 'run'))
+  results = workdir_lib.read_results(str(tmp_path / 'run' / 'all'))
+  test = results['test']
+  print(f"shen vgg16 demo: test accuracy {test['accuracy']:.3f}, balanced accuracy "
+        f"{test['balanced_accuracy']:.3f}, macro AUC {test['auc']:.3f}, per class "
+        f"{test['auc_per_class']}")
+  assert set(test['auc_per_class']) == set(tasks.get_task('five_class').class_names)
+  assert test['balanced_accuracy'] > THRESHOLDS['balanced_accuracy']
+  assert test['auc'] > THRESHOLDS['auc']
