@@ -35,5 +35,5 @@ on their own patient split of CBIS-DDSM, not the official one; no published numb
 from mammo_jax.config_lib import shen
 
 
-def get_config(arg: str | None = 'resnet50'):
+def get_config(arg: str | None = None):
   return shen.get_config(arg, 'configs/shen_patch.py')

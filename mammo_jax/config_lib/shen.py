@@ -55,19 +55,21 @@ AUGMENT = {'rotation': 25.0, 'shear': math.degrees(0.2), 'zoom': 0.2, 'width_shi
 # logits, and a random network needs more than fine-tuning's small steps.
 DEMO_PATIENTS = 80
 DEMO_IMAGE_SIZE = 32
-DEMO_LEARNING_RATES = {'head': 1e-2, 'top': 1e-3, 'all': 2e-4}
-DEMO_STEPS = {'head': 30, 'top': 60, 'all': 90}
+DEMO_LEARNING_RATES = {'head': 1e-2, 'top': 1e-3, 'all': 3e-5}
+DEMO_STEPS = {'head': 20, 'top': 150, 'all': 30}
+DEMO_EPOCHS = {s: 5 for s in CHAIN}  # the step caps end the stages first
 
 
 def parse_arg(arg: str | None, config_file: str) -> tuple[str, set[str]]:
-  """'VARIANT[,demo][,smoke]' -> (variant, flags)."""
+  """'[VARIANT][,demo][,smoke]' -> (variant, default resnet50; flags)."""
   parts = [p for p in (arg or '').split(',') if p]
   variants = [p for p in parts if p in VARIANTS]
   flags = {p for p in parts if p in FLAGS}
-  if len(variants) != 1 or len(variants) + len(flags) != len(parts):
-    raise ValueError(f'{config_file} takes one of {", ".join(VARIANTS)}, optionally with '
-                     f'",demo" and/or ",smoke" (e.g. vgg16,demo); got {arg!r}')
-  return variants[0], flags
+  if len(variants) > 1 or len(variants) + len(flags) != len(parts):
+    raise ValueError(f'{config_file} takes one of {", ".join(VARIANTS)} (default '
+                     f'{VARIANTS[0]}), optionally with ",demo" and/or ",smoke" (e.g. '
+                     f'vgg16,demo); got {arg!r}')
+  return (variants[0] if variants else VARIANTS[0]), flags
 
 
 def base_config(variant: str) -> ml_collections.ConfigDict:
@@ -113,7 +115,7 @@ def get_config(arg: str | None, config_file: str) -> ml_collections.ConfigDict:
   if flags:  # demo and smoke: synthetic data, random initialisation, small inputs
     config.model.pretrained = ''
     config.data.synthetic.patients = DEMO_PATIENTS
-    learning_rates, epochs, steps = DEMO_LEARNING_RATES, {s: 1 for s in CHAIN}, DEMO_STEPS
+    learning_rates, epochs, steps = DEMO_LEARNING_RATES, DEMO_EPOCHS, DEMO_STEPS
     config.log_every_steps = 10
   if 'smoke' in flags:
     base.smoke(config)

@@ -24,6 +24,7 @@ VARIANTS = {
     'vgg16_4': ['', 'fe_fc128', 'fe_fc256', 'ft1', 'ft2', 'ft3', 'pipeline'],
     'ensemble2': ['', 'demo', 'study'], 'ensemble4': ['', 'demo', 'study'],
     'composite4': ['', 'demo', 'study'],
+    'shen_patch': ['', 'resnet50', 'vgg16', 'resnet50,demo', 'vgg16,demo'],
 }
 HEAVY = ('jax', 'flax', 'optax', 'tensorflow', 'tensorflow_datasets', 'orbax')
 

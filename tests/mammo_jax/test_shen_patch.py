@@ -57,10 +57,12 @@ def test_vgg16_stages_train_the_head_then_block5_then_everything():
 
 
 def test_bad_arguments_name_the_choices():
-  with pytest.raises(ValueError, match=r'takes one of resnet50, vgg16, optionally with ",demo"'):
+  with pytest.raises(ValueError,
+                     match=r'takes one of resnet50, vgg16 \(default resnet50\), optionally'):
     load_config('shen_patch', 'vgg19')
   with pytest.raises(ValueError, match='got .vgg16,resnet50.'):
     load_config('shen_patch', 'vgg16,resnet50')
+  assert load_config('shen_patch', 'smoke').model.name == 'resnet50'
 
 
 @pytest.mark.skipif('resnet50' not in models.REGISTRY,
