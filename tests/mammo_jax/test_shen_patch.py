@@ -99,3 +99,14 @@ def test_vgg16_demo_learns_five_classes_above_chance(tmp_path, data_cache):
   assert set(test['auc_per_class']) == set(tasks.get_task('five_class').class_names)
   assert test['balanced_accuracy'] > THRESHOLDS['balanced_accuracy']
   assert test['auc'] > THRESHOLDS['auc']
+
+
+def test_vgg16_head_pools_globally_without_a_hidden_layer():
+  from mammo_jax.models import vgg16  # pylint: disable=g-import-not-at-top
+  x = jnp.zeros((1, 64, 64, 3))  # block5_pool is 2x2 here: flatten and GAP differ
+  for pooling, width in (('avg', 512), ('flatten', 2048)):
+    model = vgg16.VGG16Classifier(num_outputs=5, fc=0, pooling=pooling)
+    params = jax.eval_shape(lambda m=model: m.init(jax.random.key(0), x))['params']
+    assert set(params) == {'vgg16', 'logits'} and params['logits']['kernel'].shape == (width, 5)
+  with pytest.raises(ValueError, match="model.pooling must be 'flatten' or 'avg', not 'max'"):
+    vgg16.VGG16Classifier(num_outputs=5, pooling='max').init(jax.random.key(0), x)
