@@ -5,8 +5,9 @@
   python -m mammo_jax.main --config=configs/shen_patch.py:vgg16 --workdir=runs/shen_vgg16 ...
   python -m mammo_jax.main --config=configs/shen_patch.py:vgg16,demo --workdir=/tmp/shen_demo
 The argument is the backbone (`resnet50` or `vgg16`), optionally with `,demo` (synthetic data,
-random initialisation, 32x32 inputs; a few minutes on 2 CPU cores) and/or `,smoke` (the tiny
-test size). The run is a pipeline of three stages in WORKDIR/{head,top,all}, each from the
+random initialisation, 32x32 inputs, 200 steps in all; 17 minutes on 2 shared CPU cores,
+test balanced accuracy 0.27 and macro AUC 0.61: above chance, but only just) and/or `,smoke`
+(the tiny test size). The run is a pipeline of three stages in WORKDIR/{head,top,all}, each from the
 previous stage's best checkpoint with a fresh Adam; config_lib/shen.py has the details.
 
 Data: cbis_ddsm/s10_224 (224x224 patches of images resized to 1152x896: 10 per abnormality

@@ -85,8 +85,10 @@ def test_resnet50_stages_unfreeze_res5c():
 
 @pytest.mark.slow
 def test_vgg16_demo_learns_five_classes_above_chance(tmp_path, data_cache):
-  """The demo pipeline (random init, 32x32, 30 + 60 + 90 steps) on the synthetic S10 patches
-  of 80 patients; chance is 0.2 balanced accuracy and 0.5 macro AUC."""
+  """The demo pipeline (random init, 32x32, 20 + 150 + 30 steps) on the synthetic S10 patches
+  of 80 patients; chance is 0.2 balanced accuracy and 0.5 macro AUC. Measured with the same
+  command (17 min on 2 heavily shared cores): balanced accuracy 0.274, macro AUC 0.607 on 670
+  test patches. The margin is modest: a random-init VGG16 learns little in 200 steps."""
   from mammo_jax import runners  # pylint: disable=g-import-not-at-top
   config = load_config('shen_patch', 'vgg16,demo')
   config.data.cache_dir = data_cache
@@ -97,8 +99,7 @@ def test_vgg16_demo_learns_five_classes_above_chance(tmp_path, data_cache):
         f"{test['balanced_accuracy']:.3f}, macro AUC {test['auc']:.3f}, per class "
         f"{test['auc_per_class']}")
   assert set(test['auc_per_class']) == set(tasks.get_task('five_class').class_names)
-  assert test['balanced_accuracy'] > THRESHOLDS['balanced_accuracy']
-  assert test['auc'] > THRESHOLDS['auc']
+  assert test['balanced_accuracy'] > 0.24 and test['auc'] > 0.57
 
 
 def test_vgg16_head_pools_globally_without_a_hidden_layer():
