@@ -44,6 +44,7 @@ def enum_fields() -> dict[str, tuple[str, ...]]:
       'evaluator': tuple(evaluators.EVALUATORS),
       'augment.fill_mode': augment.FILL_MODES,
       'data.inputs': input_pipeline.INPUTS,
+      'class_balance': tasks.CLASS_BALANCE,
       'data.synthetic.layout': synthetic_naming.LAYOUTS,
   }
 
@@ -87,7 +88,13 @@ def check_batch_sizes(config: ml_collections.ConfigDict, *fields: str) -> None:
 def check_training(config: ml_collections.ConfigDict) -> None:
   """A run of the training runner (one model; a stage)."""
   check_enums(config)
+  try:
+    tasks.get_task(config.task).check_dataset(config.data.name)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   check_batch_sizes(config, 'batch_size', 'eval_batch_size')
+  _number(config, 'data.image_size', lambda v: v == 0 or v >= 1 and v == int(v),
+          '0 (as stored) or integers >= 1')
   _number(config, 'optimizer.learning_rate', lambda v: v > 0, 'numbers > 0')
   _number(config, 'optimizer.decay', lambda v: v >= 0, 'numbers >= 0')
   _number(config, 'num_epochs', lambda v: v > 0 and v == int(v), 'integers > 0')

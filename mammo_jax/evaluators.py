@@ -91,12 +91,19 @@ def evaluate_decisions(evaluator: Evaluator, pred: np.ndarray, scores: np.ndarra
                        labels: np.ndarray, class_names: Sequence[str],
                        ids: Sequence | None = None, ci: tuple[int, int] | None = None) -> dict:
   """Metrics of hard decisions `pred` (a vote breaks ties its own way), with the threshold-free
-  ones (AUC) from `scores` when the rule has them and undefined (NaN) otherwise; with the
-  examples' `ids` and `ci` (resamples, seed), their intervals too."""
+  ones (auc, auc_per_class) from `scores` when the rule has them and undefined (NaN)
+  otherwise; with the examples' `ids` and `ci` (resamples, seed), their intervals too."""
   one_hot = np.eye(len(class_names))[np.asarray(pred)]  # its argmax is pred
   result = evaluator.evaluate(one_hot, labels, class_names)
-  result['auc'] = (evaluator.evaluate(scores, labels, class_names)['auc']
-                   if scores is not None else float('nan'))
+  scored = evaluator.evaluate(scores, labels, class_names) if scores is not None else {}
+  for key in ('auc', 'auc_per_class'):
+    if key in result:
+      result[key] = scored.get(key, _undefined(result[key]))
   if ids is not None and ci is not None:
     result.update(intervals(evaluator, pred, scores, labels, ids, len(class_names), *ci))
   return result
+
+
+def _undefined(value):
+  """NaN in the shape of a threshold-free metric (a number, or a dict of numbers)."""
+  return {k: float('nan') for k in value} if isinstance(value, dict) else float('nan')

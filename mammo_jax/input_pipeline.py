@@ -149,7 +149,8 @@ SPLITS = ('train', 'validation', 'test')
 def load_inputs(builder: tfds.core.DatasetBuilder, split: str,
                 inputs: str = 'image') -> tuple[dict[str, np.ndarray], int]:
   """A split's `image` (as `inputs` asks), `label` and `id` arrays, and how many examples
-  were left out for lacking a baseline (always 0 for 'image')."""
+  were left out for lacking a baseline (always 0 for 'image'); as stored (load_splits
+  resizes)."""
   if inputs not in _FEATURES:
     raise ValueError(f'unknown data.inputs {inputs!r}; known: {", ".join(INPUTS)}')
   return _as_inputs(load_split(builder, split, _FEATURES[inputs]), inputs,
@@ -170,7 +171,8 @@ def _as_inputs(data: dict[str, np.ndarray], inputs: str,
 def load_splits(builder: tfds.core.DatasetBuilder, data: ml_collections.ConfigDict
                 ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, int]]:
   """The train, validation and test arrays of `data.inputs` under `data.protocol` (fold
-  `data.fold`; tfds_cbis.splits), and per split how many lacked a baseline.
+  `data.fold`; tfds_cbis.splits), resized to data.image_size when it is not 0, and per split
+  how many lacked a baseline.
 
   'official' is the build's own splits. Another protocol re-partitions every built example by
   its patient, so switching protocol or fold never rebuilds. The build holds no official-train
@@ -203,6 +205,9 @@ def load_splits(builder: tfds.core.DatasetBuilder, data: ml_collections.ConfigDi
     print(f'Split protocol {data.protocol}{fold}: '
           + ', '.join(f'{s} {len(d["label"])}' for s, (d, _) in loaded.items()) + ' examples',
           flush=True)
+  if data.image_size:
+    for d, _ in loaded.values():
+      d['image'] = resize(d['image'], data.image_size)
   return {s: d for s, (d, _) in loaded.items()}, {s: n for s, (_, n) in loaded.items()}
 
 
@@ -225,6 +230,17 @@ def build_cases(builder: tfds.core.DatasetBuilder) -> list[cases_lib.Case]:
       raise ValueError(f'{f["path"]}, the CSV {builder.data_dir} was built from, is missing or '
                        'changed; restore it or delete the build to build it again')
   return cases_lib.load_cases(paths)
+
+
+def resize(images: np.ndarray, size: int) -> np.ndarray:
+  """uint16 [N, H, W, C] -> [N, size, size, C] by area averaging (exact block means when
+  size divides H and W), rounded back to uint16. Done once per split on the host, before
+  batching, so training and evaluation see the same pixels (config.data.image_size)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if images.shape[1:3] == (size, size):
+    return images
+  out = tf.image.resize(tf.convert_to_tensor(images, tf.float32), (size, size), method='area')
+  return np.clip(np.round(out.numpy()), 0, 65535).astype(np.uint16)
 
 
 def stack_pairs(data: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:

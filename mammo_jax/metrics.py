@@ -2,7 +2,9 @@
 
 Predictions are argmax of the class probabilities (for binary tasks: p > 0.5), not the
 study's rounding. ROC AUC is the Mann-Whitney statistic (ties count one half); for more than
-two classes it is the macro average of one-vs-rest AUCs over classes present in the labels.
+two classes `auc` is the macro average of the one-vs-rest AUCs over the classes present in the
+labels, and `auc_per_class` gives each class's one-vs-rest AUC by name (NaN for a class absent
+from the labels, or the only one present).
 The one confusion matrix, ROC curve and AUC of the project: plots, ensembles and the
 evaluators use these.
 """
@@ -65,7 +67,7 @@ def confusion_matrix(labels, pred, k: int) -> np.ndarray:
 
 def classification_metrics(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = None,
                            class_names: tuple[str, ...] | None = None) -> dict:
-  """Accuracy, balanced accuracy, macro-F1, per-class precision/recall, confusion, AUC."""
+  """Accuracy, balanced accuracy, macro-F1, per-class precision/recall, confusion, AUCs."""
   probs, labels = np.asarray(probs, np.float64), np.asarray(labels)
   if mask is not None:
     keep = np.asarray(mask).astype(bool)
@@ -80,10 +82,11 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, mask: np.ndarr
     recall = tp / confusion.sum(1)
     f1 = 2 * precision * recall / (precision + recall)
   present = confusion.sum(1) > 0
+  per_class = [roc_auc(probs[:, c], labels == c) for c in range(k)]
   if k == 2:
-    auc = roc_auc(probs[:, 1], labels == 1)
+    auc = per_class[1]
   else:
-    aucs = [roc_auc(probs[:, c], labels == c) for c in range(k) if present[c]]
+    aucs = [a for a, p in zip(per_class, present) if p]
     auc = float(np.mean(aucs)) if aucs else float('nan')
   return {
       'count': int(len(labels)),
@@ -91,6 +94,7 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, mask: np.ndarr
       'balanced_accuracy': float(np.nanmean(recall[present])) if present.any() else float('nan'),
       'macro_f1': float(np.mean(np.nan_to_num(f1[present]))) if present.any() else float('nan'),
       'auc': auc,
+      'auc_per_class': dict(zip(names, per_class)),
       'precision': {n: float(p) for n, p in zip(names, precision)},
       'recall': {n: float(r) for n, r in zip(names, recall)},
       'confusion_matrix': confusion.tolist(),

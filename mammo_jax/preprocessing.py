@@ -19,7 +19,19 @@ from mammo_jax import augment
 # is 2u - 1 on u = uint16 / 65535 in [0, 1].
 CAFFE_BGR_MEANS = (103.939, 116.779, 123.68)
 TORCH_RGB_MEAN, TORCH_RGB_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-PREPROCESS_MODES = ('unit', 'caffe', 'torch', 'tf')
+# Shen et al.'s (docs/SHEN_2019.md): 16 bits rescaled to [0, 255] (x 255/65535), grey in 3
+# channels, minus one fixed scalar: the featurewise mean of their resized CBIS-DDSM training
+# images, which their scripts pass as a constant; no ImageNet means, no division.
+SHEN_MEAN = 52.18
+PREPROCESS_MODES = ('unit', 'caffe', 'torch', 'tf', 'shen')
+# Shen's recipe fine-tunes Keras's ImageNet weights (trained on 'caffe' inputs: 0..255 minus
+# means) on its own 0..255-minus-one-mean inputs; so 'shen' loads the weights 'caffe' does.
+_WEIGHTS_OF = {'shen': 'caffe'}
+
+
+def weights_preprocess(mode: str) -> str:
+  """The preprocessing of the pretrained weights that model.preprocess=`mode` may load."""
+  return _WEIGHTS_OF.get(mode, mode)
 
 
 def _unknown(mode: str) -> ValueError:
@@ -32,6 +44,8 @@ def scale(images: jnp.ndarray, mode: str) -> jnp.ndarray:
     return images.astype(jnp.float32) / 65535.0
   if mode == 'caffe':  # the study's VGG16 input: uint16 / 256, roughly [0, 255]
     return images.astype(jnp.float32) / 256.0
+  if mode == 'shen':  # exactly [0, 255]; augmentation's fill values are these grey values
+    return images.astype(jnp.float32) * (255.0 / 65535.0)
   raise _unknown(mode)
 
 
@@ -46,6 +60,8 @@ def finish(images: jnp.ndarray, mode: str) -> jnp.ndarray:
     return (rgb - jnp.asarray(TORCH_RGB_MEAN)) / jnp.asarray(TORCH_RGB_STD)
   if mode == 'tf':
     return rgb * 2.0 - 1.0
+  if mode == 'shen':  # the mean after augmentation, as Shen's generator subtracts it
+    return rgb - SHEN_MEAN
   raise _unknown(mode)
 
 

@@ -113,8 +113,10 @@ def l2_penalty(params, l2: float) -> jnp.ndarray:
 
 
 def train_step(state: TrainState, batch: dict, rng: jax.Array, *, task: tasks.Task,
-               spec: augment.AugmentSpec, preprocess_mode: str, l2: float, trainable: str):
-  """One update on a per-device slice of the global batch (runs under pmap)."""
+               spec: augment.AugmentSpec, preprocess_mode: str, l2: float, trainable: str,
+               class_balance: str = 'none'):
+  """One update on a per-device slice of the global batch (runs under pmap).
+  class_balance 'batch' weighs each example by 1 / its class's share of the global batch."""
   step_rng = jax.random.fold_in(rng, state.step)
   aug_rng, dropout_rng = jax.random.split(step_rng)
   device = lax.axis_index(parallel.AXIS)
@@ -130,7 +132,11 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, task: tasks.Ta
     params = freezing.combine(train_params, frozen_params)
     logits, updates = state.apply_fn(_variables(state, params), images, train=True,
                                      rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
-    loss = task.loss(logits, batch['label']).mean()
+    loss = task.loss(logits, batch['label'])
+    if class_balance == 'batch':
+      loss = loss * tasks.balance_weights(task.target(batch['label']),
+                                          len(task.class_names), parallel.AXIS)
+    loss = loss.mean()
     total = loss + l2_penalty(params, l2) if l2 else loss
     return total, (loss, logits, updates)
 
@@ -157,7 +163,8 @@ def make_train_step(config: ml_collections.ConfigDict, task: tasks.Task):
   step = functools.partial(train_step, task=task,
                            spec=augment.AugmentSpec.from_config(config.augment),
                            preprocess_mode=config.model.preprocess, l2=config.l2,
-                           trainable=config.model.trainable)
+                           trainable=config.model.trainable,
+                           class_balance=config.class_balance)
   return jax.pmap(step, axis_name=parallel.AXIS, in_axes=(None, 0, None),
                   out_axes=(None, None))
 
@@ -224,6 +231,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   warm_start.check_sources(config, workdir)
   builder = input_pipeline.prepare_builder(config.data)
   print(input_pipeline.describe(builder), flush=True)
+  task.check_labels(builder.info.features['label'].names, config.data.name)
   report = input_pipeline.build_report(builder)
   workdir_lib.check_dataset(report, workdir)  # before anything is written
   if report is not None:  # what was built, skipped and excluded, and its provenance

@@ -62,7 +62,8 @@ ADDED_FIELDS = ('published', 'model.dont_load', 'evaluator', 'evaluation', 'ense
 # Fields added later that do change what a run computes: left out of the fingerprint only
 # while they hold these values (what every earlier run used), so earlier runs still resume
 # while a run on fold 1 never resumes as fold 2.
-DEFAULT_FIELDS = {'data.protocol': 'official', 'data.fold': 0}
+DEFAULT_FIELDS = {'data.protocol': 'official', 'data.fold': 0, 'class_balance': 'none',
+                  'data.image_size': 0}
 
 SPLITS = ('validation', 'test')
 

@@ -3,7 +3,8 @@
 Experiment configs start from `base_config()` and set what differs. Fields added after runs
 were first written stay out of the config fingerprint (resumption and ensemble member hashes;
 mammo_jax.workdir.ADDED_FIELDS): `published`, the study's published numbers where a config
-has them, `model.dont_load`, `evaluator`, `evaluation` and `divergence_factor`.
+has them, `model.dont_load`, `evaluator`, `evaluation` and `divergence_factor`; `class_balance`
+and `data.image_size` only at their defaults ('none', 0).
 """
 
 import ml_collections
@@ -77,6 +78,9 @@ def base_config() -> ml_collections.ConfigDict:
   opt.decay = 1e-3  # Keras time-based decay per update: lr / (1 + decay * step)
   opt.momentum = 0.0  # sgd only
   config.l2 = 0.0  # Keras l2(c) on every kernel: c * sum(w^2) added to the loss
+  # 'none', or 'batch': each training example's loss weighted by 1 / its class's share of the
+  # batch (Shen et al.'s automatic batch balancing); validation losses stay unweighted.
+  config.class_balance = 'none'
 
   # Training batches only: rotation and shear in degrees, zoom and shifts as fractions
   # (mammo_jax.augment.AugmentSpec); the study's setting A.
@@ -101,6 +105,9 @@ def base_config() -> ml_collections.ConfigDict:
   # 'image': the abnormality patch; 'image+baseline': it and its healthy baseline patch as two
   # channels, for the pair models (dual, siamese), leaving out examples without a baseline.
   data.inputs = 'image'
+  # > 0: every split's patches resized (area averaging) to image_size x image_size once, on
+  # loading; 0 = as stored.
+  data.image_size = 0
   data.manual_dir = ''  # a CBIS-DDSM download (either NBIA layout); '' = synthetic data
   data.data_dir = ''  # where real builds live: a path or gs:// bucket; '' = TFDS default
   data.cache_dir = ''  # synthetic trees and builds; '' = $MAMMO_JAX_CACHE or ~/.cache/mammo_jax

@@ -39,7 +39,7 @@ from mammo_jax.models.resnet import ResNet50, ResNet50Classifier
 from mammo_jax.models.scratch import ScratchCNN
 from mammo_jax.models.vgg16 import VGG16, VGG16Classifier
 
-ALL_PREPROCESS = ('unit', 'caffe', 'torch', 'tf')
+ALL_PREPROCESS = ('unit', 'caffe', 'torch', 'tf', 'shen')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,12 +88,13 @@ REGISTRY: dict[str, ModelEntry] = {
     'siamese': _pair(SiameseCNN()),
     'vgg16': ModelEntry(
         VGG16Classifier(num_outputs=1),
-        from_config=lambda m: {'fc': m.fc, 'dropout': m.dropout},
-        head_follows_task=True, preprocess=('caffe', 'torch'),
+        from_config=lambda m: {'fc': m.fc, 'dropout': m.dropout,
+                               'pooling': m.get('pooling', 'flatten')},
+        head_follows_task=True, preprocess=('caffe', 'torch', 'shen'),
         family='mammo_jax.models.vgg16'),
     'resnet50': ModelEntry(
         ResNet50Classifier(num_outputs=1, variant='keras'), from_config=_resnet_head,
-        head_follows_task=True, preprocess=('caffe',), family='mammo_jax.models.resnet'),
+        head_follows_task=True, preprocess=('caffe', 'shen'), family='mammo_jax.models.resnet'),
     'resnet50_torchvision': ModelEntry(
         ResNet50Classifier(num_outputs=1, variant='torchvision'), from_config=_resnet_head,
         head_follows_task=True, preprocess=('torch',), family='mammo_jax.models.resnet'),

@@ -28,6 +28,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mammo_jax import freezing
+from mammo_jax import preprocessing
 from mammo_jax.config_lib.resnet50 import IMAGENET_TOP
 
 # (stage, bottleneck width, blocks); a block's output is 4x its width.
@@ -188,7 +189,8 @@ def load(init_variables: Mapping, spec: str, *, preprocess: str, cache_dir: str 
                      f'{", ".join(sorted(init_variables.get("params", {})))}')
   loaded, metadata = resnet50_weights.load_pretrained(spec, cache_dir=cache_dir)
   variant = metadata.get('variant')
-  ours = next((v for v, p in PREPROCESS.items() if p == preprocess), None)
+  wanted = preprocessing.weights_preprocess(preprocess)
+  ours = next((v for v, p in PREPROCESS.items() if p == wanted), None)
   if variant != ours:
     name = 'resnet50' if variant == 'keras' else f'resnet50_{variant}'
     raise ValueError(f'{spec} holds {variant} ResNet50 weights, not {ours} ones; set '

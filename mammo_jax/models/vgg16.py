@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mammo_jax.config_lib.vgg16 import IMAGENET_TOP
+from mammo_jax import preprocessing
 from mammo_jax.models import layers
 
 # (filters, convolutions) per block.
@@ -108,22 +109,28 @@ class VGG16Classifier(nn.Module):
   """The study's transfer model: VGG16 base -> flatten -> [dropout] -> Dense(fc, relu) -> Dense.
 
   The dropout sits before the FC layer, where the study put it. The head runs in float32 even
-  when the base runs in bfloat16.
+  when the base runs in bfloat16. pooling='avg' with fc=0 is Shen et al.'s patch classifier
+  (docs/SHEN_2019.md): global average pooling -> [dropout] -> Dense(k), no 'fc' layer.
   """
 
   num_outputs: int
-  fc: int = 256
+  fc: int = 256  # 0: no FC layer
   dropout: float = 0.0
+  pooling: str = 'flatten'  # or 'avg': global average pooling of block5_pool
   conv_impl: str = 'xla'
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    if self.pooling not in ('flatten', 'avg'):
+      raise ValueError(f"model.pooling must be 'flatten' or 'avg', not {self.pooling!r}")
     x = VGG16(include_top=False, conv_impl=self.conv_impl, dtype=self.dtype, name='vgg16')(x)
-    x = x.astype(jnp.float32).reshape((x.shape[0], -1))
+    x = x.astype(jnp.float32)
+    x = x.mean(axis=(1, 2)) if self.pooling == 'avg' else x.reshape((x.shape[0], -1))
     if self.dropout:
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    x = nn.relu(nn.Dense(self.fc, kernel_init=_glorot, name='fc')(x))
+    if self.fc:
+      x = nn.relu(nn.Dense(self.fc, kernel_init=_glorot, name='fc')(x))
     return nn.Dense(self.num_outputs, kernel_init=_glorot, name='logits')(x)
 
 
@@ -167,7 +174,7 @@ def load(init_variables: Mapping, spec: str, *, preprocess: str,
     raise ValueError(f'{spec}: VGG16 weights go into the vgg16 base of a VGG16Classifier; '
                      f'these params have {", ".join(sorted(init_params))}')
   loaded, metadata = vgg16_weights.load_pretrained(spec, cache_dir=cache_dir)
-  if metadata.get('preprocess', preprocess) != preprocess:
+  if metadata.get('preprocess', preprocess) != preprocessing.weights_preprocess(preprocess):
     raise ValueError(f'{spec} holds weights trained on {metadata["preprocess"]!r}-preprocessed '
                      f'inputs, but model.preprocess is {preprocess!r}; set '
                      f'--config.model.preprocess={metadata["preprocess"]}')

@@ -25,6 +25,7 @@ CONFIGS = [  # one config file of each runner (and family)
     ('ensemble4', 'smoke', 'ensemble'), ('composite4', 'smoke', 'ensemble'),
     ('lr_range', 'smoke', 'lr_range'), ('resnet50_2', 'fe,smoke', 'train'),
     ('cv', 'configs/scratch2.py:smoke', 'cv'), ('repeat', 'configs/benmal.py:smoke', 'repeat'),
+    ('shen_patch', 'vgg16,smoke', 'stages'), ('shen_patch', 'vgg16,demo', 'stages'),
 ]
 
 

@@ -17,7 +17,7 @@ def test_label_maps_follow_the_study():
   assert tasks.get_task('benign_vs_malignant').target(LABELS4).tolist() == [0, 1, 0, 1]
   assert tasks.get_task('four_class').target(LABELS4).tolist() == [0, 1, 2, 3]
   with pytest.raises(ValueError, match='unknown task'):
-    tasks.get_task('five_class')
+    tasks.get_task('six_class')
 
 
 def test_losses_equal_the_textbook_formulas():
