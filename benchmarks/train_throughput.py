@@ -1,7 +1,8 @@
 """Train-step throughput: mammo_jax against Keras (TensorFlow backend), and the input pipeline.
 
-    python benchmarks/train_throughput.py [--model m2|vgg16_ft] [--batch_size 128] [--steps 5]
-        [--rounds 2] [--peak_tflops_fp32 T] [--peak_tflops_bf16 T] [--baseline_root DIR]
+    python benchmarks/train_throughput.py [--model m2|vgg16_ft|resnet50_ft] [--batch_size 128]
+        [--steps 5] [--rounds 2] [--peak_tflops_fp32 T] [--peak_tflops_bf16 T]
+        [--baseline_root DIR]
 
 The study's 4-class model M2 (150x150x1, C64-C128-C256, D64, RMSprop lr 1e-3, decay 5e-4),
 batch 128, float32, in one invocation on the same machine:
@@ -16,7 +17,10 @@ batch 128, float32, in one invocation on the same machine:
 `--model vgg16_ft` times the study's VGG16 fine-tuning stage 2 (configs/vgg16_2.py:ft2,
 150x150, Keras caffe preprocessing inside our step) against the same Keras model
 (keras.applications.VGG16 base with block5_conv2/3 trainable, Flatten-Dropout-Dense256-Dense1,
-RMSprop 1e-4) on preprocessed float inputs; on a GPU/TPU also with half_precision. The
+RMSprop 1e-4) on preprocessed float inputs; on a GPU/TPU also with half_precision.
+`--model resnet50_ft` times ResNet50 fine-tuning every layer (BatchNorm in training mode) at
+224x224 (configs/resnet50_2.py with model.trainable=all: one sigmoid unit on the pooled
+features, RMSprop 1e-3) against keras.applications.ResNet50 with the same head. The
 TFLOP/s column divides XLA's operation count of our compiled step (all devices) by its
 time; with the --peak_tflops_* of one device it becomes a model FLOP utilisation.
 `--baseline_root DIR` also times the mammo_jax rows of another checkout (e.g. a `git worktree`
@@ -47,7 +51,10 @@ from tests.conftest import load_config
 from mammo_jax import parallel, tasks, train
 name, arg, batch, steps = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 augment, impl, half = sys.argv[6] == '1', sys.argv[7], sys.argv[8] == '1'
+side, trainable = int(sys.argv[9]), sys.argv[10]
 config = load_config(name, arg)
+if trainable:
+  config.model.trainable = trainable
 config.batch_size = batch
 config.model.conv_impl = impl
 config.model.pretrained = ''  # random weights time the same as ImageNet ones
@@ -58,10 +65,10 @@ if not augment:
   config.augment.horizontal_flip = config.augment.vertical_flip = False
 task = tasks.get_task(config.task)
 state = train.create_train_state(jax.random.key(0), config, train.create_model(config, task),
-                                 (150, 150, 1))
+                                 (side, side, 1))
 step = train.make_train_step(config, task)
 rng = np.random.default_rng(0)
-batch = parallel.shard({'image': rng.integers(0, 65535, (batch, 150, 150, 1), dtype=np.uint16),
+batch = parallel.shard({'image': rng.integers(0, 65535, (batch, side, side, 1), dtype=np.uint16),
                         'label': rng.integers(0, 4, (batch,), dtype=np.int32)})
 # XLA's count of the compiled step's floating-point operations (all devices).
 cost = step.lower(state, batch, jax.random.key(1)).compile().cost_analysis()
@@ -128,6 +135,23 @@ x = keras.applications.vgg16.preprocess_input(
 y = rng.integers(0, 2, (batch,)).astype(np.float32)
 ''' + _KERAS_TIMED
 
+# ResNet50 fine-tuning all layers (BatchNorm in training mode), one sigmoid unit on the pooled
+# features, RMSprop 1e-3: configs/resnet50_2.py's model with every layer trainable.
+_KERAS_RESNET = r'''
+import json, sys, time
+import numpy as np
+import keras, tensorflow as tf
+side, batch, steps, jit = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == '1'
+base = keras.applications.ResNet50(weights=None, include_top=False, pooling='avg',
+                                   input_shape=(side, side, 3))
+model = keras.Sequential([base, keras.layers.Dense(1, activation='sigmoid')])
+model.compile(keras.optimizers.RMSprop(1e-3), 'binary_crossentropy', jit_compile=jit)
+rng = np.random.default_rng(0)
+x = keras.applications.resnet50.preprocess_input(
+    np.repeat(rng.integers(0, 65535, (batch, side, side, 1)) / 256.0, 3, axis=-1)).astype(np.float32)
+y = rng.integers(0, 2, (batch,)).astype(np.float32)
+''' + _KERAS_TIMED
+
 _PIPELINE = r'''
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
@@ -154,6 +178,7 @@ MODELS = {'m1': ([32, 64, 128, 256], 48, 1e-3), 'm2': ([64, 128, 256], 64, 5e-4)
           'm3': ([64, 128, 256, 512], 64, 5e-4)}
 # The study's 2-class fine-tuning stage 2: block5_conv2/3 and the FC256 head trainable.
 VGG_FT = ('vgg16_2', 'ft2', 'block5_conv2,block5_conv3')
+RESNET_SIDE = 224
 
 
 def _run(code: str, *args) -> dict:
@@ -171,23 +196,38 @@ def _variants(args, accelerator: bool) -> dict:
   if args.model == 'vgg16_ft':
     name, arg, convs = VGG_FT
     rows = {
-        'mammo_jax': lambda: _run(_JAX, ROOT, name, arg, b, n, 0, 'auto', 0),
-        'mammo_jax + augmentation C': lambda: _run(_JAX, ROOT, name, arg, b, n, 1, 'auto', 0),
+        'mammo_jax': lambda: _run(_JAX, ROOT, name, arg, b, n, 0, 'auto', 0, 150, ''),
+        'mammo_jax + augmentation C': lambda: _run(_JAX, ROOT, name, arg, b, n, 1, 'auto', 0,
+                                                   150, ''),
         'Keras/TF': lambda: _run(_KERAS_VGG, convs, b, n, 0),
         'Keras/TF XLA (jit_compile)': lambda: _run(_KERAS_VGG, convs, b, n, 1),
     }
     if accelerator:  # bfloat16 is for GPU/TPU; XLA:CPU emulates it slowly
       rows['mammo_jax, half_precision (bf16)'] = lambda: _run(_JAX, ROOT, name, arg, b, n, 0,
-                                                               'auto', 1)
+                                                               'auto', 1, 150, '')
+    return rows
+  if args.model == 'resnet50_ft':
+    side = RESNET_SIDE
+    rows = {
+        'mammo_jax, conv_impl=xla': lambda: _run(_JAX, ROOT, 'resnet50_2', 'fe', b, n, 0, 'xla',
+                                                 0, side, 'all'),
+        'mammo_jax + augmentation B': lambda: _run(_JAX, ROOT, 'resnet50_2', 'fe', b, n, 1,
+                                                   'auto', 0, side, 'all'),
+        'Keras/TF': lambda: _run(_KERAS_RESNET, side, b, n, 0),
+        'Keras/TF XLA (jit_compile)': lambda: _run(_KERAS_RESNET, side, b, n, 1),
+    }
+    if accelerator:
+      rows['mammo_jax, half_precision (bf16)'] = lambda: _run(
+          _JAX, ROOT, 'resnet50_2', 'fe', b, n, 0, 'auto', 1, side, 'all')
     return rows
   widths, dense, decay = MODELS[args.model]
   rows = {
       'mammo_jax, conv_impl=xla': lambda: _run(_JAX, ROOT, 'scratch4', args.model, b, n, 0,
-                                               'xla', 0),
+                                               'xla', 0, 150, ''),
       'mammo_jax, conv_impl=cpu_fast': lambda: _run(_JAX, ROOT, 'scratch4', args.model, b, n,
-                                                    0, 'cpu_fast', 0),
+                                                    0, 'cpu_fast', 0, 150, ''),
       'mammo_jax + augmentation A': lambda: _run(_JAX, ROOT, 'scratch4', args.model, b, n, 1,
-                                                 'auto', 0),
+                                                 'auto', 0, 150, ''),
       'Keras/TF': lambda: _run(_KERAS, json.dumps(widths), dense, decay, b, n, 0),
       'Keras/TF XLA (jit_compile)': lambda: _run(_KERAS, json.dumps(widths), dense, decay, b,
                                                  n, 1),
@@ -195,9 +235,9 @@ def _variants(args, accelerator: bool) -> dict:
   if args.baseline_root:
     base = os.path.abspath(args.baseline_root)
     rows[f'baseline {base}: conv_impl=cpu_fast'] = lambda: _run(
-        _JAX, base, 'scratch4', args.model, b, n, 0, 'cpu_fast', 0)
+        _JAX, base, 'scratch4', args.model, b, n, 0, 'cpu_fast', 0, 150, '')
     rows[f'baseline {base}: + augmentation A'] = lambda: _run(
-        _JAX, base, 'scratch4', args.model, b, n, 1, 'auto', 0)
+        _JAX, base, 'scratch4', args.model, b, n, 1, 'auto', 0, 150, '')
   return rows
 
 
@@ -210,7 +250,8 @@ def _accelerator() -> bool:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--model', default='m2', choices=sorted(MODELS) + ['vgg16_ft'])
+  parser.add_argument('--model', default='m2',
+                      choices=sorted(MODELS) + ['vgg16_ft', 'resnet50_ft'])
   parser.add_argument('--batch_size', type=int, default=128)
   parser.add_argument('--steps', type=int, default=5)
   parser.add_argument('--rounds', type=int, default=2)
@@ -240,16 +281,20 @@ def main():
       if 'devices' in out:
         device, n_devices = f'{out["device"]} x{out["devices"]}', out['devices']
         flops[name] = out['flops']
-  consumer = 'mammo_jax + augmentation C' if args.model == 'vgg16_ft' else \
-      'mammo_jax + augmentation A'
+  consumer = {'vgg16_ft': 'mammo_jax + augmentation C',
+              'resnet50_ft': 'mammo_jax + augmentation B'}.get(args.model,
+                                                               'mammo_jax + augmentation A')
   pipeline = _run(_PIPELINE, ROOT, args.batch_size, args.pipeline_batches)
 
   medians = {k: statistics.median(v) for k, v in runs.items() if v}
   rates = {k: args.batch_size / t for k, t in medians.items()}
   keras = rates['Keras/TF']
   machine = f'{platform.machine()}, {os.cpu_count()} cores, JAX device {device}'
-  model = ('VGG16 fine-tuning (study 2-class FT 2: block5_conv2/3 + FC256 head trainable), '
-           '150x150' if args.model == 'vgg16_ft' else f'Model {args.model}')
+  model = {'vgg16_ft': 'VGG16 fine-tuning (study 2-class FT 2: block5_conv2/3 + FC256 head '
+                       'trainable), 150x150',
+           'resnet50_ft': f'ResNet50 fine-tuning all layers (configs/resnet50_2.py with '
+                          f'model.trainable=all), {RESNET_SIDE}x{RESNET_SIDE}'
+           }.get(args.model, f'Model {args.model}')
   lines = [f'{model}, batch {args.batch_size}, {machine}; median of '
            f'{args.steps * args.rounds} steps over {args.rounds} rounds.', '',
            '| train step | images/s | vs Keras/TF | TFLOP/s (XLA count) | MFU |',
