@@ -31,9 +31,10 @@ stages, fe_fc128 (2 epochs) then ft3 (1 epoch, LR 1e-4; skipping ft1 and ft2), W
 weights (model.pretrained='': none can be had without a download) and does NOT learn in the
 demo: on a randomly initialised frozen base the head stays at the class prior (we also tried
 Adam, 'torch' inputs, no dropout or augmentation, ft3 at LR 1e-3 for 4 epochs: validation AUC
-about 0.5 to 0.6), and training all of it from scratch takes about 2.5 minutes an epoch on the 2 cores
-at load 8. The validation split, on which the weighted average's weights are chosen, has only
-25 patches (12 patients): those weights are noisy. Timings and numbers: README ("The demo").
+about 0.5 to 0.6), and training all of it from scratch takes about 2.5 minutes an epoch on the
+2 cores at load 8. The validation split, on which the weighted average's weights are chosen,
+has only 25 patches (12 patients): those weights are noisy. Timings and numbers: README ("The
+demo").
 """
 
 from mammo_jax.config_lib import ensembles
