@@ -58,10 +58,12 @@ def member_specs(specs: Mapping[str, str], smoke: bool,
 
 def get_config(arg: str | None, members: dict, methods: tuple[str, ...], demo_shape: dict,
                demo_training: dict, config_file: str,
-               published: Mapping[str, Mapping] | None = None) -> ml_collections.ConfigDict:
+               published: Mapping[str, Mapping] | None = None,
+               demo_data: Mapping | None = None) -> ml_collections.ConfigDict:
   """An ensemble config file's get_config (config_file: its __file__). `demo` (the default),
   `study`, either with `,smoke`: the study's members as they are (study), or reshaped by
-  demo_shape and, unless smoke, sized by demo_training (demo)."""
+  demo_shape and, unless smoke, sized by demo_training and given demo_data's config.data
+  fields (nested, e.g. {'synthetic': {'difficulty': 0.25}}) (demo)."""
   root = loader.project_root(config_file)
   name = os.path.relpath(os.path.abspath(config_file), root)
   variant, smoke = base.parse_args(arg, VARIANTS, 'demo', name)
@@ -70,6 +72,8 @@ def get_config(arg: str | None, members: dict, methods: tuple[str, ...], demo_sh
   data = base.base_config()
   if smoke:
     base.smoke(data)
+  elif variant == 'demo' and demo_data:
+    overrides_lib.apply_nested(data.data, demo_data, f'{name} demo data')
   return make_config(specs, methods, data.data, root, published=published)
 
 
