@@ -111,7 +111,8 @@ def test_registry_builds_the_report_head_from_config():
                               conv_impl='xla')
   assert (model.variant, model.fc, model.dropout, model.trainable, model.bn_axis_name) == (
       'torchvision', 0, 0.5, 'logits', 'batch')
-  with pytest.raises(ValueError, match="model resnet50 needs model.preprocess='caffe'"):
+  with pytest.raises(ValueError,
+                     match="model resnet50 needs model.preprocess 'caffe' or 'shen', not 'torch'"):
     models.create_model(ml_collections.ConfigDict({'name': 'resnet50', 'preprocess': 'torch'}),
                         1)
 
