@@ -11,9 +11,9 @@ written.
 """
 
 import argparse
-import os
 import sys
 
+from mammo_jax import port_weights
 from mammo_jax.weights import store
 from mammo_jax.weights import vgg16 as vgg16_weights
 
@@ -30,32 +30,18 @@ def main(argv: list[str] | None = None) -> int:
                       help='leave out fc1, fc2 and predictions')
   parser.add_argument('--overwrite', action='store_true', help='replace an existing OUT')
   args = parser.parse_args(argv)
-  sidecar = args.out + '.json'
   try:
-    if not os.path.isfile(args.src):
-      urls = ', '.join(s.url for s in vgg16_weights.OFFICIAL.values())
-      raise FileNotFoundError(f'{args.src}: no such file (the official files: {urls})')
-    if not args.overwrite and (os.path.exists(args.out) or os.path.exists(sidecar)):
-      raise FileExistsError(f'{args.out} or {sidecar} exists; pass --overwrite to replace it')
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(out_dir):
-      raise FileNotFoundError(f'{out_dir}: no such directory')
+    urls = ', '.join(s.url for s in vgg16_weights.OFFICIAL.values())
+    port_weights.check_paths(args.src, args.out, args.overwrite,
+                             f' (the official files: {urls})')
     params, metadata = vgg16_weights.port_file(args.src, args.format,
                                                include_top=False if args.notop else None)
     metadata = store.save_params(params, args.out, metadata, overwrite=args.overwrite)
   except (OSError, ValueError, ImportError) as e:
-    # One line: the first line of the message (ValueErrors list details on later lines).
-    lines = str(e).splitlines() or [type(e).__name__]
-    detail = '; '.join(line.strip() for line in lines[1:4])
-    print(f'port_vgg16: error: {lines[0]}{" " + detail if detail else ""}', file=sys.stderr)
+    port_weights.print_error('port_vgg16', e)
     return 1
-  print(f'format       {metadata["format"]} ({metadata["source"]})')
-  print(f'include_top  {metadata["include_top"]}'
-        + (f' (top_pool {metadata["top_pool"]})' if metadata['top_pool'] else ''))
-  print(f'preprocess   {metadata["preprocess"]}')
-  print(f'parameters   {metadata["num_params"]:,}')
-  print(f'sha256       {metadata["source_sha256"]}')
-  print(f'wrote        {args.out} and {sidecar}')
+  port_weights.print_summary(
+      metadata, args.out, f' (top_pool {metadata["top_pool"]})' if metadata['top_pool'] else '')
   return 0
 
 

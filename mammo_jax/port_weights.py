@@ -58,15 +58,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--notop', action='store_true', help='leave out the ImageNet top')
   parser.add_argument('--overwrite', action='store_true', help='replace an existing OUT')
   args = parser.parse_args(argv)
-  sidecar = args.out + '.json'
   try:
-    if not os.path.isfile(args.src):
-      raise FileNotFoundError(f'{args.src}: no such file')
-    if not args.overwrite and (os.path.exists(args.out) or os.path.exists(sidecar)):
-      raise FileExistsError(f'{args.out} or {sidecar} exists; pass --overwrite to replace it')
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(out_dir):
-      raise FileNotFoundError(f'{out_dir}: no such directory')
+    check_paths(args.src, args.out, args.overwrite)
     family = args.model or recognise(args.src)
     module = _module(family)
     if module is None:
@@ -74,19 +67,42 @@ def main(argv: list[str] | None = None) -> int:
     variables, metadata = module.port_file(args.src, include_top=False if args.notop else None)
     metadata = store.save_params(variables, args.out, metadata, overwrite=args.overwrite)
   except (OSError, ValueError, ImportError) as e:
-    lines = str(e).splitlines() or [type(e).__name__]
-    detail = '; '.join(line.strip() for line in lines[1:4])
-    print(f'port_weights: error: {lines[0]}{" " + detail if detail else ""}', file=sys.stderr)
+    print_error('port_weights', e)
     return 1
   print(f'architecture {metadata.get("architecture", family)}'
         + (f' ({metadata["variant"]})' if metadata.get('variant') else ''))
+  print_summary(metadata, args.out)
+  return 0
+
+
+def check_paths(src: str, out: str, overwrite: bool, missing_hint: str = '') -> None:
+  """Fails before any reading when SRC is missing, OUT exists (without overwrite) or OUT's
+  folder does not."""
+  if not os.path.isfile(src):
+    raise FileNotFoundError(f'{src}: no such file{missing_hint}')
+  sidecar = out + '.json'
+  if not overwrite and (os.path.exists(out) or os.path.exists(sidecar)):
+    raise FileExistsError(f'{out} or {sidecar} exists; pass --overwrite to replace it')
+  out_dir = os.path.dirname(os.path.abspath(out))
+  if not os.path.isdir(out_dir):
+    raise FileNotFoundError(f'{out_dir}: no such directory')
+
+
+def print_error(prog: str, error: Exception) -> None:
+  """One line on stderr: the message's first line (ValueErrors list details on later lines,
+  up to three of which follow it)."""
+  lines = str(error).splitlines() or [type(error).__name__]
+  detail = '; '.join(line.strip() for line in lines[1:4])
+  print(f'{prog}: error: {lines[0]}{" " + detail if detail else ""}', file=sys.stderr)
+
+
+def print_summary(metadata: dict, out: str, top_note: str = '') -> None:
   print(f'format       {metadata["format"]} ({metadata["source"]})')
-  print(f'include_top  {metadata["include_top"]}')
+  print(f'include_top  {metadata["include_top"]}{top_note}')
   print(f'preprocess   {metadata["preprocess"]}')
   print(f'parameters   {metadata["num_params"]:,}')
   print(f'sha256       {metadata["source_sha256"]}')
-  print(f'wrote        {args.out} and {sidecar}')
-  return 0
+  print(f'wrote        {out} and {out}.json')
 
 
 if __name__ == '__main__':

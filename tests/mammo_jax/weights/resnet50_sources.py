@@ -12,12 +12,12 @@ they are published as.
 """
 
 import os
-import warnings
 
 import h5py
 import numpy as np
 
 from mammo_jax.weights import resnet50 as rw
+from tests.mammo_jax.weights import vgg16_sources
 
 _KERAS2_WEIGHTS = {2: ('kernel', 'bias'), 4: ('gamma', 'beta', 'moving_mean',
                                              'moving_variance')}
@@ -156,14 +156,7 @@ class Sources:
       for naming in ('tf_keras', 'old'):
         files[naming] = f'{stem}_{naming}.h5'
         write_keras_legacy_h5(files[naming], model, naming)
-      files['keras3'] = f'{stem}.weights.h5'
-      model.save_weights(files['keras3'])
-      files['keras_archive'] = f'{stem}.keras'
-      model.save(files['keras_archive'])
-      files['keras_full_h5'] = f'{stem}_full.h5'  # Keras's own legacy full-model save
-      with warnings.catch_warnings():
-        warnings.simplefilter('ignore')  # "legacy format" advice
-        model.save(files['keras_full_h5'])
+      files.update(vgg16_sources.save_keras_files(model, stem))
       self._cache[key] = model, files
     return self._cache[key]
 

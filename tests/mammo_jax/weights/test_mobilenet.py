@@ -96,14 +96,8 @@ def keras_sources(tmp_path_factory):
           classifier_activation=None)
     _randomise(model, seed=int(include_top))
     stem = str(root / f'mobilenet_{"top" if include_top else "notop"}')
-    files = {'legacy_h5': f'{stem}_tf.h5', 'keras3': f'{stem}.weights.h5',
-             'keras_archive': f'{stem}.keras', 'keras_full_h5': f'{stem}_full.h5'}
+    files = {'legacy_h5': f'{stem}_tf.h5', **vgg16_sources.save_keras_files(model, stem)}
     _write_legacy_h5(files['legacy_h5'], model)
-    model.save_weights(files['keras3'])
-    model.save(files['keras_archive'])
-    with warnings.catch_warnings():
-      warnings.simplefilter('ignore')  # "legacy format" advice
-      model.save(files['keras_full_h5'])
     out[include_top] = model, files
   return out
 

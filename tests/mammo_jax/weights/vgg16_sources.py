@@ -74,6 +74,19 @@ def write_keras_legacy_h5(path, layers, naming: str = 'keras2') -> None:
         group.create_dataset(weight_name, data=value)
 
 
+def save_keras_files(model, stem: str) -> dict[str, str]:
+  """The files Keras itself writes for `model`: {'keras3': STEM.weights.h5 (save_weights),
+  'keras_archive': STEM.keras, 'keras_full_h5': STEM_full.h5 (its legacy full-model save)}."""
+  files = {'keras3': f'{stem}.weights.h5', 'keras_archive': f'{stem}.keras',
+           'keras_full_h5': f'{stem}_full.h5'}
+  model.save_weights(files['keras3'])
+  model.save(files['keras_archive'])
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore')  # "legacy format" advice
+    model.save(files['keras_full_h5'])
+  return files
+
+
 def numpy_vgg16_layers(include_top: bool, seed: int = 0, fc1_inputs: int = 25088,
                        fc_units: int = 4096, classes: int = 1000):
   """keras_layers() of a VGG16 without Keras: random arrays, for tests about files only."""
@@ -169,14 +182,7 @@ class Sources:
       for naming in ('keras1', 'keras2'):
         files[naming] = f'{stem}_{naming}.h5'
         write_keras_legacy_h5(files[naming], layers, naming)
-      files['keras3'] = f'{stem}.weights.h5'
-      model.save_weights(files['keras3'])
-      files['keras_archive'] = f'{stem}.keras'
-      model.save(files['keras_archive'])
-      files['keras_full_h5'] = f'{stem}_full.h5'  # Keras's own legacy full-model save
-      with warnings.catch_warnings():
-        warnings.simplefilter('ignore')  # "legacy format" advice
-        model.save(files['keras_full_h5'])
+      files.update(save_keras_files(model, stem))
       self._keras[key] = model, files
     return self._keras[key]
 
