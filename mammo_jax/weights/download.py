@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from absl import logging
 
+from mammo_jax.weights import readers
 from mammo_jax.weights import store
 
 
@@ -42,6 +43,22 @@ def default_cache_dir() -> str:
   """$MAMMO_JAX_CACHE/weights, else ~/.cache/mammo_jax/weights."""
   return os.path.join(os.path.expanduser(os.environ.get('MAMMO_JAX_CACHE')
                                          or '~/.cache/mammo_jax'), 'weights')
+
+
+def load_spec(spec: str, *, official: dict, family: str, label: str, cache_dir: str | None,
+              port: Callable, load: Callable, port_command: str,
+              missing_message: Callable[[str], str]) -> tuple[dict, dict]:
+  """config.model.pretrained -> (params or variables, metadata), for any family: an official
+  name (downloaded, checked, ported and cached as CACHE/{family}_{spec}.msgpack), a ported
+  .msgpack with its sidecar (`load`), or a source file converted in memory (`port`)."""
+  if spec in official:
+    out = os.path.join(cache_dir or default_cache_dir(), f'{family}_{spec}.msgpack')
+    return load_official(official[spec], out, port=port, load=load,
+                         label=f'{label} weights {spec}', port_command=port_command)
+  path = os.path.expanduser(spec)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(missing_message(spec))
+  return load(path) if readers.detect_format(path) == 'msgpack' else port(path)
 
 
 def load_official(source: Official, out: str, *, port: Callable[[str, str], tuple],

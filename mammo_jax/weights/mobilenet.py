@@ -234,14 +234,9 @@ def load_pretrained(spec: str, cache_dir: str | None = None) -> tuple[Variables,
   converted in memory; or an OFFICIAL name such as 'keras_5_0_160_notop': Keras's file,
   downloaded, ported and cached in `cache_dir` (default download.default_cache_dir()).
   """
-  if spec in OFFICIAL:
-    out = os.path.join(cache_dir or download.default_cache_dir(), f'mobilenet_{spec}.msgpack')
-    return download.load_official(OFFICIAL[spec], out, port=port_file, load=load_params,
-                                  label=f'MobileNet weights {spec}', port_command=PORT_COMMAND)
-  path = os.path.expanduser(spec)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(missing_message(spec))
-  return load_params(path) if readers.detect_format(path) == 'msgpack' else port_file(path)
+  return download.load_spec(spec, official=OFFICIAL, family='mobilenet', label='MobileNet',
+                            cache_dir=cache_dir, port=port_file, load=load_params,
+                            port_command=PORT_COMMAND, missing_message=missing_message)
 
 
 def missing_message(path: str) -> str:

@@ -265,14 +265,9 @@ def load_params(path: str) -> tuple[Variables, dict]:
 def load_pretrained(spec: str, cache_dir: str | None = None) -> tuple[Variables, dict]:
   """config.model.pretrained -> (variables, metadata): a ported .msgpack, a source file
   (converted in memory) or an OFFICIAL name (downloaded, checked, ported and cached)."""
-  if spec in OFFICIAL:
-    out = os.path.join(cache_dir or download.default_cache_dir(), f'resnet50_{spec}.msgpack')
-    return download.load_official(OFFICIAL[spec], out, port=port_file, load=load_params,
-                                  label=f'ResNet50 weights {spec}', port_command=PORT_COMMAND)
-  path = os.path.expanduser(spec)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(missing_message(spec))
-  return load_params(path) if readers.detect_format(path) == 'msgpack' else port_file(path)
+  return download.load_spec(spec, official=OFFICIAL, family='resnet50', label='ResNet50',
+                            cache_dir=cache_dir, port=port_file, load=load_params,
+                            port_command=PORT_COMMAND, missing_message=missing_message)
 
 
 def missing_message(path: str) -> str:

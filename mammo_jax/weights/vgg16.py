@@ -287,15 +287,9 @@ def load_pretrained(spec: str, cache_dir: str | None = None) -> tuple[Params, di
   downloaded, checked against its publisher's digest, ported and cached in `cache_dir`
   (default download.default_cache_dir()) for next time.
   """
-  if spec in OFFICIAL:
-    out = os.path.join(cache_dir or download.default_cache_dir(), f'vgg16_{spec}.msgpack')
-    return download.load_official(OFFICIAL[spec], out, port=port_file, load=load_params,
-                                  label=f'VGG16 weights {spec}', port_command=PORT_COMMAND)
-  path = os.path.expanduser(spec)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(missing_message(spec))
-  fmt = readers.detect_format(path)
-  return load_params(path) if fmt == 'msgpack' else port_file(path)
+  return download.load_spec(spec, official=OFFICIAL, family='vgg16', label='VGG16',
+                            cache_dir=cache_dir, port=port_file, load=load_params,
+                            port_command=PORT_COMMAND, missing_message=missing_message)
 
 
 def missing_message(path: str) -> str:
