@@ -241,3 +241,18 @@ def conv_relu_pool(conv_impl: str):
     # included, as relu'(0) = 0); pooling first leaves ReLU a quarter of the elements.
     return Conv, lambda x: nn.relu(max_pool(x, (2, 2), strides=(2, 2)))
   raise ValueError(f"conv_impl must be 'xla' or 'cpu_fast', not {conv_impl!r}")
+
+
+def transfer_head(x: jnp.ndarray, num_outputs: int, fc: int, dropout: float,
+                  train: bool) -> jnp.ndarray:
+  """The transfer classifiers' head on pooled (or flattened) float32 features: [Dropout] ->
+  [Dense(fc, relu) 'fc' when fc > 0] -> Dense(num_outputs) 'logits', Keras's glorot init.
+
+  Called from a compact `__call__`, its layers belong to the caller (params 'fc', 'logits').
+  """
+  init = nn.initializers.glorot_uniform()
+  if dropout:
+    x = nn.Dropout(dropout, deterministic=not train)(x)
+  if fc:
+    x = nn.relu(nn.Dense(fc, kernel_init=init, name='fc')(x))
+  return nn.Dense(num_outputs, kernel_init=init, name='logits')(x)

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from mammo_jax import freezing
+from mammo_jax.models import layers
 
 # (pointwise filters at alpha 1, stride) of the thirteen depthwise-separable blocks.
 BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1),
@@ -144,11 +145,7 @@ class MobileNetClassifier(nn.Module):
     x = MobileNet(alpha=self.alpha, trainable=self.trainable, bn_axis_name=self.bn_axis_name,
                   dtype=self.dtype, name='mobilenet')(x, train)
     x = x.astype(jnp.float32).mean(axis=(1, 2))
-    if self.dropout:
-      x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    if self.fc:
-      x = nn.relu(nn.Dense(self.fc, kernel_init=_glorot, name='fc')(x))
-    return nn.Dense(self.num_outputs, kernel_init=_glorot, name='logits')(x)
+    return layers.transfer_head(x, self.num_outputs, self.fc, self.dropout, train)
 
 
 # ----------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mammo_jax import freezing
+from mammo_jax.models import layers
 from mammo_jax import preprocessing
 from mammo_jax.config_lib.resnet50 import IMAGENET_TOP
 
@@ -146,11 +147,7 @@ class ResNet50Classifier(nn.Module):
     x = ResNet50(variant=self.variant, trainable=self.trainable,
                  bn_axis_name=self.bn_axis_name, dtype=self.dtype, name='resnet50')(x, train)
     x = x.astype(jnp.float32).mean(axis=(1, 2))
-    if self.dropout:
-      x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    if self.fc:
-      x = nn.relu(nn.Dense(self.fc, kernel_init=_glorot, name='fc')(x))
-    return nn.Dense(self.num_outputs, kernel_init=_glorot, name='logits')(x)
+    return layers.transfer_head(x, self.num_outputs, self.fc, self.dropout, train)
 
 
 def backbone(metadata: Mapping) -> nn.Module:

@@ -127,11 +127,7 @@ class VGG16Classifier(nn.Module):
     x = VGG16(include_top=False, conv_impl=self.conv_impl, dtype=self.dtype, name='vgg16')(x)
     x = x.astype(jnp.float32)
     x = x.mean(axis=(1, 2)) if self.pooling == 'avg' else x.reshape((x.shape[0], -1))
-    if self.dropout:
-      x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    if self.fc:
-      x = nn.relu(nn.Dense(self.fc, kernel_init=_glorot, name='fc')(x))
-    return nn.Dense(self.num_outputs, kernel_init=_glorot, name='logits')(x)
+    return layers.transfer_head(x, self.num_outputs, self.fc, self.dropout, train)
 
 
 def backbone(metadata: Mapping) -> nn.Module:
