@@ -8,7 +8,6 @@ import pytest
 
 from mammo_jax import config_checks
 from mammo_jax import freezing
-from mammo_jax import models
 from mammo_jax import pipeline
 from mammo_jax import tasks
 from mammo_jax import train
