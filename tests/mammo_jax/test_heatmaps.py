@@ -52,8 +52,6 @@ def test_resnet50_map_equals_the_classifier_when_the_window_is_the_image():
   logit_map = heatmaps.patch_logit_map(model, variables, image, window=64)
   np.testing.assert_allclose(logit_map[:, 0, 0], model.apply(variables, image), rtol=1e-4,
                              atol=1e-4)
-  assert heatmaps.patch_logit_map(model, variables, jnp.zeros((1, 128, 96, 3)),
-                                  window=64).shape == (1, 3, 2, 5)
 
 
 def test_unsupported_models_windows_and_sizes_are_refused():
