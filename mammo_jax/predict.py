@@ -68,7 +68,7 @@ class RunError(ValueError):
   """A --workdir that holds no usable run; the message says what to give instead."""
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # hashable by identity: _step caches per run
 class Run:
   """A finished run, loaded for prediction."""
 
@@ -178,9 +178,33 @@ def _forward(variables, images, *, run: Run, flip: bool):
   return prob_map.max(axis=(1, 2)), malignant, malignant.max(axis=(1, 2))
 
 
+@functools.cache
 def _step(run: Run, flip: bool):
   return jax.pmap(functools.partial(_forward, run=run, flip=flip), axis_name=parallel.AXIS,
                   in_axes=(None, 0))
+
+
+def forward(run: Run, images: np.ndarray, flip_tta: bool = False, batch_size: int | None = None
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Prepared images [n, H, W, 1] -> (class probabilities [n, K], the maps the PNGs show
+  [n, h, w], malignant scores [n]: patch runs' heatmap maxima, zeros for whole-image runs), in
+  batches of `batch_size` (default: one image per local device; the last one padded) split over
+  the local devices. flip_tta averages probabilities and scores (whole-image runs: also the
+  maps) with those of the mirror image."""
+  batch_size = batch_size or parallel.device_count()
+  parallel.check_batch_size(batch_size, 'batch size')
+  parts = []
+  for start in range(0, len(images), batch_size):
+    batch = images[start:start + batch_size]
+    n = len(batch)
+    batch = np.concatenate([batch, np.zeros((batch_size - n, *batch.shape[1:]), batch.dtype)])
+    outs = [jax.tree.map(parallel.unshard, _step(run, flip)(run.variables, parallel.shard(batch)))
+            for flip in ((False, True) if flip_tta else (False,))]
+    probs = np.mean([o[0] for o in outs], axis=0)[:n]
+    scores = np.mean([o[2] for o in outs], axis=0)[:n]
+    shown = (np.mean([o[1] for o in outs], axis=0) if run.kind == 'whole' else outs[0][1])[:n]
+    parts.append((probs, shown, scores))
+  return tuple(np.concatenate(p) for p in zip(*parts))
 
 
 def find_files(paths: Sequence[str]) -> list[str]:
@@ -215,23 +239,15 @@ def predict(run: Run, files: Sequence[str], out: str, flip_tta: bool = False,
   [(file, reason)] of the files that could not be read)."""
   os.makedirs(out, exist_ok=True)
   batch_size = batch_size or parallel.device_count()
-  parallel.check_batch_size(batch_size, 'batch size')
-  steps = [_step(run, False)] + ([_step(run, True)] if flip_tta else [])
   names, errors, rows = output_names(files), [], []
   pending = []
 
   def flush():
-    images = np.stack([image for _, _, image in pending])
-    padded = np.concatenate([images, np.zeros((batch_size - len(images), *images.shape[1:]),
-                                              images.dtype)])
-    outs = [jax.tree.map(parallel.unshard, step(run.variables, parallel.shard(padded)))
-            for step in steps]
-    probs = np.mean([o[0] for o in outs], axis=0)
-    score = np.mean([o[2] for o in outs], axis=0)
-    shown = np.mean([o[1] for o in outs], axis=0) if run.kind == 'whole' else outs[0][1]
+    probs, shown, scores = forward(run, np.stack([image for _, _, image in pending]), flip_tta,
+                                   batch_size)
     for k, (i, shape, image) in enumerate(pending):
       rows.append(_write(run, files[i], names[i], out, shape, image, probs[k], shown[k],
-                         float(score[k]), flip_tta))
+                         float(scores[k]), flip_tta))
     pending.clear()
 
   with tqdm.tqdm(total=len(files), unit='image', disable=not progress, file=sys.stderr) as bar:

@@ -30,6 +30,7 @@ from absl import flags
 
 from mammo_jax import bootstrap
 from mammo_jax import evaluators
+from mammo_jax import localisation
 from mammo_jax import metrics
 from mammo_jax import workdir as workdir_lib
 
@@ -246,6 +247,8 @@ def build(workdir: str) -> list[tuple]:
   if overlap:
     blocks += [('h2', 'Intervals'), ('list', overlap)]
   blocks += _calibration(models)
+  for m in models:  # whole-image runs' per-image AUC, pointing game and test heatmaps
+    blocks += localisation.report_blocks(m['run_dir'], m['name'])
 
   blocks.append(('h2', 'Confusion matrices, ROC curves, reliability diagrams (test split)'))
   for m in models:

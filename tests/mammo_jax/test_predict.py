@@ -189,3 +189,21 @@ def test_files_and_output_names(tmp_path):
   files = predict.find_files([str(tmp_path / 'a'), str(tmp_path / 'x.dcm')])
   assert files == [str(tmp_path / p) for p in ('a/1-1.dcm', 'a/IMG0001', 'a/b/1-1.dcm', 'x.dcm')]
   assert predict.output_names(files[::2]) == ['1-1', 'b__1-1']
+
+
+def test_localisation_evaluate_writes_the_summary_and_the_extreme_heatmaps(patch_run, tmp_path):
+  from mammo_jax import localisation  # pylint: disable=g-import-not-at-top
+  run = predict.load_run(patch_run)
+  rng = np.random.default_rng(1)
+  images = np.stack([predict.prepare(run, rng.integers(0, 65535, (300, 240), np.uint16))
+                     for _ in range(4)])
+  masks = np.ones((4, 165, 128), np.uint8)  # every peak is inside
+  labels = np.array([1, 0, 1, 0])
+  summary = localisation.evaluate(run, images, labels, masks, ['a/1', 'b', 'c', 'd'],
+                                  str(tmp_path), shown=1)
+  assert summary['pointing_game'] == 1.0 and summary['malignant_images'] == 2
+  _, _, scores = predict.forward(run, images)
+  assert summary['auc'] == localisation.auc(scores, labels)
+  assert [f['png'] for f in summary['figures']] == [
+      f'heatmaps/{["a__1", "b", "c", "d"][k]}.png' for k in (np.argmax(scores), np.argmin(scores))]
+  assert workdir_lib.read_json(str(tmp_path / 'localisation.json')) == summary
