@@ -4,9 +4,10 @@
 RUN is a finished run's folder (a pipeline's stage, e.g. runs/shen/all); PATH a DICOM file or a
 folder searched recursively for *.dcm / *.dicom files and files without an extension. Each file
 is read with tfds_cbis.dicom (every layout and transfer syntax the builder reads) and turned into
-the model's input by `prepare`: the builder's own whole-image resize (tfds_cbis.patches.
-resize_whole, with the run's dataset config), then the run's own preprocessing in the jitted
-step (mammo_jax.preprocessing.preprocess), so a file gives exactly the pixels its build holds.
+the model's input by `prepare`: the builder's own whole-image resize (tfds_cbis.geometry.resize
+with the shape and method of the run's dataset config, the call tfds_cbis.whole and the S10
+patches make), then the run's own preprocessing in the jitted step (mammo_jax.preprocessing.
+preprocess), so a file gives exactly the pixels its build holds.
 
 What a run predicts:
   whole-image runs (models with the cam=True contract): the class probabilities of the image,
@@ -59,6 +60,7 @@ from mammo_jax import workdir as workdir_lib
 from tfds_cbis import dicom
 from tfds_cbis import geometry
 from tfds_cbis import patches
+from tfds_cbis import whole
 
 PREDICTIONS_CSV = 'predictions.csv'
 DICOM_SUFFIXES = ('.dcm', '.dicom')
@@ -78,7 +80,7 @@ class Run:
   model: object
   variables: dict
   kind: str  # 'whole' (class-activation maps) or 'patch' (sliding window)
-  spec: patches.PatchSpec  # the dataset config's: how a mammogram is resized
+  spec: patches.PatchSpec | whole.WholeSpec  # the dataset config's: how mammograms are resized
   input_shape: tuple[int, int]  # what the model sees (patch runs: scaled by image_size)
   window: int  # patch runs: the window the classifier was trained on, in input pixels
   identity: dict  # best_step, config_sha256 (workdir.run_identity)
@@ -86,15 +88,20 @@ class Run:
 
   def describe_preprocessing(self) -> dict:
     return {'dicom': 'tfds_cbis.dicom.read_image (uint16, larger = denser)',
-            'resize': {'shape': list(self.spec.resize_shape), 'method': self.spec.resize_method,
-                       'function': 'tfds_cbis.patches.resize_whole'},
+            'resize': {'shape': list(whole_shape(self.spec)), 'method': self.spec.resize_method,
+                       'function': 'tfds_cbis.geometry.resize'},
             'model_input_shape': list(self.input_shape),
             'model.preprocess': self.config.model.preprocess,
             **({'window': self.window, 'stride': heatmaps.STRIDE} if self.kind == 'patch'
                else {})}
 
 
-def dataset_spec(data_name: str) -> patches.PatchSpec:
+def whole_shape(spec: patches.PatchSpec | whole.WholeSpec) -> tuple[int, int]:
+  """The (height, width) a dataset config resizes whole mammograms to."""
+  return spec.shape if isinstance(spec, whole.WholeSpec) else tuple(spec.resize_shape)
+
+
+def dataset_spec(data_name: str) -> patches.PatchSpec | whole.WholeSpec:
   """The resize settings of the run's dataset config (the builder's, by name)."""
   from tfds_cbis.cbis_ddsm import cbis_ddsm_dataset_builder as builder  # pylint: disable=g-import-not-at-top
   name = data_name.partition(':')[0].partition('/')[2]
@@ -136,7 +143,10 @@ def load_run(workdir: str) -> Run:
   variables = jax.tree.map(jnp.asarray, variables)
   spec = dataset_spec(config.data.name)
   kind = 'whole' if _supports_cam(model) else 'patch'
-  shape, window = tuple(spec.resize_shape), 0
+  shape, window = whole_shape(spec), 0
+  if (kind == 'whole') != isinstance(spec, whole.WholeSpec):
+    raise RunError(f'{workdir}: model {config.model.name} and data.name={config.data.name} do '
+                   'not go together: whole-image models train on whole-image configs')
   if kind == 'patch':
     if spec.mode != 'sampled':
       raise RunError(f'{workdir}: a patch classifier trained on {config.data.name} patches, '
@@ -153,7 +163,7 @@ def load_run(workdir: str) -> Run:
 def prepare(run: Run, pixels: np.ndarray) -> np.ndarray:
   """A mammogram's uint16 pixels -> the model's stored-form input [H, W, 1]: the builder's
   whole-image resize, then (patch runs on resized patches) the patch scale, by area."""
-  image = patches.resize_whole(pixels, run.spec)
+  image = geometry.resize(pixels, whole_shape(run.spec), run.spec.resize_method)
   if image.shape != run.input_shape:
     image = geometry.resize(image, run.input_shape, 'area')
   return image[..., None]

@@ -270,18 +270,12 @@ def _roi_examples(case: cases_lib.Case, image: np.ndarray, lesions: list[_Lesion
   return result
 
 
-def resize_whole(image: np.ndarray, spec: PatchSpec) -> np.ndarray:
-  """A full mammogram resized to `spec.resize_shape` (aspect ratio ignored, dtype kept): the
-  one whole-image resize, shared by the sampled patches and mammo_jax.predict."""
-  return geometry.resize(image, tuple(spec.resize_shape), spec.resize_method)
-
-
 def _sampled_examples(case: cases_lib.Case, split: str, image: np.ndarray,
                       lesions: list[_Lesion], spec: PatchSpec, all_located: bool) -> Result:
   """Shen et al.'s S10 patches from the image resized to `spec.resize_shape` (TFDS `patches`)."""
   shape = tuple(spec.resize_shape)
   full_shape = image.shape
-  small = resize_whole(image, spec)
+  small = geometry.resize(image, shape, spec.resize_method)
   del image  # keep one full-resolution array alive at a time
   result = Result([], [])
   tables = [(lesion, _resized_mask(lesion, full_shape, shape))

@@ -24,7 +24,7 @@ from mammo_jax import train
 from mammo_jax import workdir as workdir_lib
 from tests.conftest import ROOT, load_config
 from tfds_cbis import dicom
-from tfds_cbis import patches
+from tfds_cbis import geometry
 
 FIVE = ('BACKGROUND', 'BENIGN_MASS', 'MALIGNANT_MASS', 'BENIGN_CALCIFICATION',
         'MALIGNANT_CALCIFICATION')
@@ -96,7 +96,7 @@ def test_prepare_gives_the_builds_pixels_and_the_classifier_the_runs_evaluation(
     key = test['id'][k].decode()
     path = files[key.split('/')[0]]
     # predict's resize is the builder's: the test patch is the resized file's box, bit for bit.
-    whole = patches.resize_whole(dicom.read_image(path), run.spec)
+    whole = geometry.resize(dicom.read_image(path), (1152, 896), 'bilinear')  # as the build
     y0, x0, y1, x1 = test['box'][k]
     np.testing.assert_array_equal(whole[y0:y1, x0:x1, None], test['image'][k])
     # ... and the run's model on it (resized as the run resized it) is the run's evaluation.
@@ -139,7 +139,8 @@ def test_cli_predicts_good_files_names_the_bad_one_and_exits_1(patch_run, mammog
     assert all(abs(float(row[c]) - probs[c]) < 1e-6 for c in FIVE)
     assert record['run']['config_sha256'] == workdir_lib.run_identity(workdir)['config_sha256']
     assert len(record['run']['weights_sha256']) == 64
-    assert record['preprocessing']['resize']['shape'] == [1152, 896]
+    assert record['preprocessing']['resize'] == {
+        'shape': [1152, 896], 'method': 'bilinear', 'function': 'tfds_cbis.geometry.resize'}
     assert record['preprocessing']['flip_tta'] is True
     assert record['heatmap']['shape'] == [5, 4]  # 165x128 px, 32-px windows at 32-px steps
     assert record['preprocessing']['model_input_shape'] == [165, 128]  # 1152x896 x 32/224
