@@ -360,10 +360,11 @@ def resized_mask(lesion: Lesion, full_shape: tuple[int, int],
   A resized pixel counts when any of the pixels it covers is lesion (area resampling, > 0),
   as TFDS's `> 0` after resizing does, so thin calcification masks do not vanish.
   """
-  sy, sx = shape[0] / full_shape[0], shape[1] / full_shape[1]
+  (h, w), (full_h, full_w) = shape, full_shape
   y0, x0, y1, x1 = lesion.box
-  ry0, rx0 = int(y0 * sy), int(x0 * sx)
-  ry1, rx1 = max(ry0 + 1, int(np.ceil(y1 * sy))), max(rx0 + 1, int(np.ceil(x1 * sx)))
+  # Integer floor / ceil: float scales put e.g. 90 * (224 / 160) at 125.999... (not 126).
+  ry0, rx0 = y0 * h // full_h, x0 * w // full_w
+  ry1, rx1 = max(ry0 + 1, -(-y1 * h // full_h)), max(rx0 + 1, -(-x1 * w // full_w))
   out = np.zeros(shape, bool)
   coverage = geometry.resize(lesion.mask.astype(np.uint8) * 255, (ry1 - ry0, rx1 - rx0), 'area')
   out[ry0:ry1, rx0:rx1] = coverage > 0
