@@ -11,13 +11,20 @@ et al. compared their whole-image networks with.
 `evaluate` runs a loaded run (mammo_jax.predict.load_run) on prepared test images with their
 labels and masks and writes WORKDIR/localisation.json plus the PNGs of the most and the least
 confident malignant-score images; `report_blocks` turns that into the report's section.
+`python -m mammo_jax.localisation --workdir=RUN` does it for a finished run on the test split
+of the whole-image dataset config of its size (an S10 patch run: cbis_ddsm/whole_1152x896, built
+from the run's own data.manual_dir or synthetic data, official split), then writes the report.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 
+from absl import app
+from absl import flags
+from absl import logging
 import numpy as np
 
 from mammo_jax import heatmaps
@@ -106,6 +113,30 @@ def evaluate(run, images: np.ndarray, labels: np.ndarray, masks: np.ndarray,
   return summary
 
 
+def whole_data_name(run) -> str:
+  """The whole-image dataset config a run is evaluated on per image: a whole-image run's own,
+  an S10 patch run's cbis_ddsm/whole_HxW of the size its patches were cut from."""
+  if run.kind == 'whole':
+    return run.config.data.name
+  height, width = run.spec.resize_shape
+  return f'cbis_ddsm/whole_{height}x{width}'
+
+
+def evaluate_run(workdir: str, split: str = 'test') -> dict:
+  """`evaluate` of the finished run in `workdir` on `split` of its whole-image dataset
+  (official split: the protocols are applied to training splits, masks come with these)."""
+  from mammo_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  from mammo_jax import predict  # pylint: disable=g-import-not-at-top
+  run = predict.load_run(workdir)
+  data = run.config.data.copy_and_resolve_references()
+  data.name = whole_data_name(run)
+  builder = input_pipeline.prepare_builder(data)
+  arrays = input_pipeline.load_split(builder, split, ('image', 'label', 'mask', 'id'))
+  images = np.stack([predict.to_input(run, image) for image in arrays.pop('image')])
+  ids = [i.decode() for i in arrays['id']]
+  return evaluate(run, images, arrays['label'], arrays['mask'], ids, workdir)
+
+
 def report_blocks(workdir: str, name: str) -> list[tuple]:
   """The report section of a run's localisation.json ([] when it has none)."""
   path = os.path.join(workdir, LOCALISATION_JSON)
@@ -123,3 +154,28 @@ def report_blocks(workdir: str, name: str) -> list[tuple]:
             'with the highest and the lowest score.'),
       ('figures', [(f['caption'], os.path.join(workdir, f['png'])) for f in s['figures']]),
   ]
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.set_verbosity(logging.WARNING)
+  from mammo_jax import predict  # pylint: disable=g-import-not-at-top
+  from mammo_jax import report  # pylint: disable=g-import-not-at-top
+  try:
+    summary = evaluate_run(flags.FLAGS.workdir)
+  except predict.RunError as e:
+    print(f'mammo_jax.localisation: error: {e}', file=sys.stderr, flush=True)
+    sys.exit(2)
+  print(f'{summary["images"]} test images: AUC {metrics.fmt(summary["auc"])} (flip TTA '
+        f'{metrics.fmt(summary["auc_flip_tta"])}), pointing game '
+        f'{metrics.fmt(summary["pointing_game"], 3)} ({summary["pointing_hits"]} of '
+        f'{summary["malignant_images"]} malignant images)', flush=True)
+  _, html_path = report.write_report(flags.FLAGS.workdir)
+  print(f'Report: {html_path}', flush=True)
+
+
+if __name__ == '__main__':
+  flags.DEFINE_string('workdir', None, 'A finished run folder (a pipeline stage).')
+  flags.mark_flag_as_required('workdir')
+  app.run(main)

@@ -162,8 +162,15 @@ def load_run(workdir: str) -> Run:
 
 def prepare(run: Run, pixels: np.ndarray) -> np.ndarray:
   """A mammogram's uint16 pixels -> the model's stored-form input [H, W, 1]: the builder's
-  whole-image resize, then (patch runs on resized patches) the patch scale, by area."""
-  image = geometry.resize(pixels, whole_shape(run.spec), run.spec.resize_method)
+  whole-image resize (as the run's dataset config makes it), then `to_input`."""
+  return to_input(run, geometry.resize(pixels, whole_shape(run.spec), run.spec.resize_method))
+
+
+def to_input(run: Run, resized: np.ndarray) -> np.ndarray:
+  """A whole image as the builder stores it ([H, W] or [H, W, 1]) -> the model's input
+  [H', W', 1]: patch runs on resized patches (data.image_size) scale it as their patches were
+  scaled (area resampling); otherwise unchanged."""
+  image = resized[..., 0] if resized.ndim == 3 else resized
   if image.shape != run.input_shape:
     image = geometry.resize(image, run.input_shape, 'area')
   return image[..., None]

@@ -15,6 +15,7 @@ import pytest
 from mammo_jax import checkpointing
 from mammo_jax import heatmaps
 from mammo_jax import input_pipeline
+from mammo_jax import localisation
 from mammo_jax import pipeline
 from mammo_jax import predict
 from mammo_jax import preprocessing
@@ -107,6 +108,20 @@ def test_prepare_gives_the_builds_pixels_and_the_classifier_the_runs_evaluation(
                                rtol=1e-4, atol=1e-6)
     checked += 1
   assert checked >= 3
+  # The image-level evaluation on the whole-image test split (cbis_ddsm/whole_1152x896, built
+  # from the same synthetic tree) scores each view as predict scores its DICOM file.
+  summary = localisation.evaluate_run(workdir)
+  whole_data = config.data.copy_and_resolve_references()
+  whole_data.name = 'cbis_ddsm/whole_1152x896'
+  whole_builder = input_pipeline.prepare_builder(whole_data)
+  views = input_pipeline.load_split(whole_builder, 'test', ('label', 'id'))
+  assert summary['images'] == len(views['id']) > 3
+  rows, errors = predict.predict(run, [files[i.decode()] for i in views['id']],
+                                 str(tmp_path / 'out'), progress=False)
+  scores = [workdir_lib.read_json(r['heatmap'][:-4] + '.json')['malignant_score'] for r in rows]
+  assert not errors and summary['auc'] == pytest.approx(localisation.auc(np.array(scores),
+                                                                         views['label']))
+  assert os.path.exists(os.path.join(workdir, summary['figures'][0]['png']))
 
 
 def test_cli_predicts_good_files_names_the_bad_one_and_exits_1(patch_run, mammograms, tmp_path):
@@ -193,7 +208,6 @@ def test_files_and_output_names(tmp_path):
 
 
 def test_localisation_evaluate_writes_the_summary_and_the_extreme_heatmaps(patch_run, tmp_path):
-  from mammo_jax import localisation  # pylint: disable=g-import-not-at-top
   run = predict.load_run(patch_run)
   rng = np.random.default_rng(1)
   images = np.stack([predict.prepare(run, rng.integers(0, 65535, (300, 240), np.uint16))
