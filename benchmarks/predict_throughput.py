@@ -1,6 +1,7 @@
 """Seconds per image of `mammo_jax.predict` on full-size 16-bit DICOM files, by step.
 
-    python benchmarks/predict_throughput.py [--images 3] [--model resnet50] [--height 4000 --width 3000]
+    python benchmarks/predict_throughput.py [--images 3] [--model resnet50] \
+        [--height 4000 --width 3000]
 
 Writes `--images` synthetic mammograms of height x width (uint16, 16 bits stored, explicit VR
 little endian like CBIS-DDSM), makes a finished S10 patch run of `--model` (configs/shen_patch.py's

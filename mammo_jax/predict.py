@@ -36,6 +36,7 @@ import csv
 import dataclasses
 import functools
 import hashlib
+import inspect
 import os
 import sys
 from collections.abc import Sequence
@@ -113,7 +114,6 @@ def dataset_spec(data_name: str) -> patches.PatchSpec | whole.WholeSpec:
 
 
 def _supports_cam(model) -> bool:
-  import inspect  # pylint: disable=g-import-not-at-top
   return 'cam' in inspect.signature(type(model).__call__).parameters
 
 
