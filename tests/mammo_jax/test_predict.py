@@ -183,6 +183,12 @@ def test_flip_tta_and_the_maps_agree_with_the_batch_path(patch_run, mammograms, 
 
 def test_wrong_workdirs_get_one_clear_line(patch_run, tmp_path):
   workdir = patch_run
+  proc = subprocess.run([sys.executable, '-m', 'mammo_jax.predict', f'--workdir={tmp_path}',
+                         'x.dcm'], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                        env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (
+      f'mammo_jax.predict: error: --workdir={tmp_path} is not a mammo_jax run (no config.json); '
+      'give the --workdir a training run wrote')
   with pytest.raises(predict.RunError, match='is not a folder'):
     predict.load_run(str(tmp_path / 'missing'))
   with pytest.raises(predict.RunError, match=r'is not a mammo_jax run \(no config.json\)'):
