@@ -10,13 +10,16 @@ the classifier on the window of `window` pixels with top-left corner (STRIDE i, 
 7x7 average of the feature map.
 
 When it equals cropping the window and classifying the crop: the head is identical, so the two
-agree exactly when the backbone's features of the window's cells are the crop's features. The
-backbone pads every convolution with zeros at the crop's border, where the whole image has the
-neighbouring tissue; so the two are equal (to float rounding) when the window is the whole
-image, or when every layer's activations around the window are zero, as the padding is (tested:
-VGG16 with zero biases on an input that is zero outside the window). On real images the cells
-near a window's border see beyond it (their receptive field), and the map is a close relative
-of cropping, not the same numbers; Shen's whole-image network is built on exactly this map.
+agree exactly when the backbone's features of the window's cells are the crop's. The backbone
+pads every convolution of the crop with zeros at the crop's border, where the whole image has
+the activations of the neighbouring tissue. So they are equal (to float rounding) when the
+window is the whole image, or when no activation of either can differ at the border: e.g. a
+backbone with zero biases on an input that is zero everywhere except inside the window, at
+least the receptive-field radius (VGG16: 106 px) from its border (tested, with the counter-case
+of a window where that distance is 48 px). On real images the cells near a window's border see
+beyond it, so the map is the classifier on each window with its surroundings as context rather
+than zero padding: close to cropping, not the same numbers. Shen's whole-image network builds on
+exactly this fully convolutional form.
 
 Class-activation maps (`class_activation_maps`): a whole-image model's `__call__(x, train=False,
 cam=True)` returns (logits, cam) with cam [N, h, w, K] whose mean over (h, w) is the logits.

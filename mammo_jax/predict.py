@@ -182,7 +182,7 @@ def _forward(variables, images, *, run: Run, flip: bool):
   if flip:
     x = x[:, :, ::-1]
   if run.kind == 'whole':
-    logits, cam = run.model.apply(variables, x, train=False, cam=True)
+    logits, cam = heatmaps.class_activation_maps(run.model, variables, x)
     index = heatmaps.malignant_classes(run.task.class_names)[0]
     shown = cam[..., 0] if run.task.num_outputs == 1 else cam[..., index]
     if flip:
