@@ -228,3 +228,21 @@ def test_localisation_evaluate_writes_the_summary_and_the_extreme_heatmaps(patch
   assert [f['png'] for f in summary['figures']] == [
       f'heatmaps/{["a__1", "b", "c", "d"][k]}.png' for k in (np.argmax(scores), np.argmin(scores))]
   assert workdir_lib.read_json(str(tmp_path / 'localisation.json')) == summary
+
+
+def test_every_encoding_the_builder_reads_gives_the_same_prediction(patch_run, tmp_path):
+  from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian, RLELossless  # pylint: disable=g-import-not-at-top
+  run = predict.load_run(patch_run)
+  pixels = np.random.default_rng(2).integers(0, 4096, (300, 200)).astype(np.uint16)
+  files = {'le.dcm': dict(), 'be.dcm': dict(transfer_syntax=ExplicitVRBigEndian),
+           'implicit.dcm': dict(transfer_syntax=ImplicitVRLittleEndian),
+           'rle.dcm': dict(transfer_syntax=RLELossless, bits_stored=12),
+           'mono1.dcm': dict(photometric='MONOCHROME1', bits_stored=12)}
+  for name, kwargs in files.items():
+    stored = 4095 - pixels if name == 'mono1.dcm' else pixels
+    dicom.write_image(tmp_path / 'in' / name, stored, **kwargs)
+  rows, errors = predict.predict(run, [str(tmp_path / 'in' / n) for n in files],
+                                 str(tmp_path / 'out'), progress=False)
+  assert not errors and len(rows) == 5
+  for row in rows[1:]:
+    assert [row[c] for c in FIVE] == [rows[0][c] for c in FIVE]
