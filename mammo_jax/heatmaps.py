@@ -170,8 +170,10 @@ def render(image: np.ndarray, values: np.ndarray, grid: Grid, out_path: str,
                     interpolation='nearest')
   y, x = peak(values, grid)
   ax.plot([x], [y], marker='+', markersize=18, markeredgewidth=2, color='white')
-  ax.annotate(f'max {values.max():.3f}', (x, y), xytext=(8, 8), textcoords='offset points',
-              color='white', fontsize=9)
+  right = x > width / 2  # the label on the side with room
+  ax.annotate(f'max {values.max():.3f}', (x, y), xytext=(-8 if right else 8, 8),
+              textcoords='offset points', ha='right' if right else 'left', color='white',
+              fontsize=9)
   ax.set_xlim(-0.5, width - 0.5)
   ax.set_ylim(height - 0.5, -0.5)
   ax.set_axis_off()
