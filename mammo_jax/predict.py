@@ -14,9 +14,9 @@ What a run predicts:
     and the class-activation map of the malignant class over the image;
   S10 patch runs (ResNet50 / VGG16 patch classifiers): the patch classifier slid over the whole
     image resized as its patches were (mammo_jax.heatmaps), a probability map per class. The
-    image's probability of a class is that class's map maximum, and its score `malignant` is
-    the maximum over windows of P(MALIGNANT_MASS) + P(MALIGNANT_CALCIFICATION): Shen's
-    heatmap-maximum baseline. The PNG shows that malignant map. A run trained on patches
+    image's probability of a class is that class's map maximum, and its score (the JSON's
+    `malignant_score`) the maximum over windows of P(MALIGNANT_MASS) +
+    P(MALIGNANT_CALCIFICATION): Shen's heatmap-maximum baseline. The PNG shows that malignant map. A run trained on patches
     resized to data.image_size sees the whole image scaled by image_size / patch_size (area
     resampling, as its patches were).
 --flip_tta averages each image's probabilities (and score) with those of its left-right mirror
@@ -27,7 +27,8 @@ in the task's order, then `heatmap`, the PNG's path), and per file NAME.json (pr
 run, its config fingerprint, the weights' SHA-256, the preprocessing, the map's peak) and NAME.png,
 NAME the file's path below the inputs' common folder with '/' as '__'. A file that cannot be read
 (not DICOM, colour, multi-frame, no decoder) gets one `mammo_jax.predict: error:` line naming it
-and the reason; the others are still written, and the exit status is 1.
+and the reason; the others are still written, and the exit status is 1. A RUN that is not a
+finished run gets one line saying what to give instead, exit status 2.
 """
 
 from __future__ import annotations
