@@ -16,9 +16,9 @@ What a run predicts:
     image resized as its patches were (mammo_jax.heatmaps), a probability map per class. The
     image's probability of a class is that class's map maximum, and its score (the JSON's
     `malignant_score`) the maximum over windows of P(MALIGNANT_MASS) +
-    P(MALIGNANT_CALCIFICATION): Shen's heatmap-maximum baseline. The PNG shows that malignant map. A run trained on patches
-    resized to data.image_size sees the whole image scaled by image_size / patch_size (area
-    resampling, as its patches were).
+    P(MALIGNANT_CALCIFICATION): Shen's heatmap-maximum baseline. The PNG shows that malignant
+    map. A run trained on patches resized to data.image_size sees the whole image scaled by
+    image_size / patch_size (area resampling, as its patches were).
 --flip_tta averages each image's probabilities (and score) with those of its left-right mirror
 image; the PNG shows the unflipped image's map (whole-image runs: the mean of the two maps).
 
