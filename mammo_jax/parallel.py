@@ -103,6 +103,7 @@ def to_global(tree):
   if jax.process_count() == 1:
     return tree
   sharding = _replicated()
+  tree = jax.tree.map(lambda x: x if isinstance(x, jax.Array) else np.asarray(x), tree)
   return multihost_utils.host_local_array_to_global_array(tree, sharding.mesh, sharding.spec)
 
 
