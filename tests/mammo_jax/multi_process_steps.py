@@ -3,8 +3,8 @@
 Used by test_multihost.py: one process with 2 fake CPU devices
 (XLA_FLAGS=--xla_force_host_platform_device_count=2), and 2 processes with 1 CPU device each
 over localhost, must give the same numbers. Runs inside the workdir's lock, feeds each process
-its share of every global batch, checkpoints after the first step and resumes from it; process
-0 writes OUT.npz and OUT.json.
+its share of every global batch, checkpoints after the first step and resumes from it, reads the
+checkpoint back as init_from does; process 0 writes OUT.npz and OUT.json.
 Usage: python tests/mammo_jax/multi_process_steps.py WORKDIR OUT [ADDRESS NUM_PROCESSES ID]
 """
 
@@ -72,6 +72,10 @@ def main(workdir, out):
     arrays['probs'] = probs
     ckpt = checkpointing.Checkpoints(workdir)
     ckpt.save_latest(1, state, {'epoch': 1})
+    ckpt.save_best(1, state, {'epoch': 1})
+    workdir_lib.write_results(workdir, {'best_step': 1})  # what init_from reads back:
+    params, stats, _ = checkpointing.best_variables(workdir)
+    arrays.update(_flat(state.replace(params=params, batch_stats=stats), 'best'))
     continued, _ = p_train_step(state, next(batches), train_rng)
     restored, loop = checkpointing.Checkpoints(workdir).restore_latest(fresh, {})
     resumed_batches = parallel.prefetch(input_pipeline.train_batches(

@@ -147,6 +147,9 @@ def test_two_processes_give_what_one_process_with_two_devices_gives(tmp_path):
     for key in a.files:
       if key.startswith('resumed/'):
         np.testing.assert_array_equal(a[key], a['continued/' + key[len('resumed/'):]])
+    for key in a.files:  # the best checkpoint, read back as init_from reads it
+      if key.startswith('best/'):
+        np.testing.assert_array_equal(a[key], a['step1/' + key[len('best/'):]])
   # Process 0 took the workdir's lock and wrote the outputs.
   assert out['lock_pid'] == procs[1].pid
   assert workdir_lock.holder(str(tmp_path / 'two_workdir'))['pid'] == procs[1].pid
