@@ -154,3 +154,58 @@ def test_two_processes_give_what_one_process_with_two_devices_gives(tmp_path):
   assert out['lock_pid'] == procs[1].pid
   assert workdir_lock.holder(str(tmp_path / 'two_workdir'))['pid'] == procs[1].pid
   assert os.listdir(tmp_path / 'two_workdir' / 'checkpoints' / 'latest') == ['1']
+
+
+def run_main(tmp_path, workdir, devices, *flags):
+  env = dict(os.environ, MAMMO_JAX_CACHE=str(tmp_path / 'cache'), TF_CPP_MIN_LOG_LEVEL='3',
+             NO_GCE_CHECK='true', TFDS_CBIS_WORKERS='1',
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  return subprocess.Popen([sys.executable, '-m', 'mammo_jax.main',
+                           '--config=configs/default.py:smoke', f'--workdir={workdir}', *flags],
+                          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+
+
+def run_two_processes(tmp_path, workdir):
+  """`python -m mammo_jax.main` as 2 processes over localhost; their (returncode, stderr)."""
+  address = f'--coordinator_address=localhost:{_free_port()}'
+  procs = [run_main(tmp_path, workdir, 1, address, '--num_processes=2', f'--process_id={i}')
+           for i in (0, 1)]
+  return [(p.returncode, err) for p, (_, err) in ((p, p.communicate(timeout=600))
+                                                   for p in procs)]
+
+
+def test_a_workdir_in_use_stops_both_processes_with_process_0_s_message(tmp_path):
+  workdir = tmp_path / 'busy'
+  with workdir_lock.hold(str(workdir)):
+    (rc0, err0), (rc1, err1) = run_two_processes(tmp_path, workdir)
+  line = f'workdir {workdir} is in use by process {os.getpid()}'
+  assert rc0 == 1 and f'mammo_jax: error: {line}' in err0, err0[-2000:]
+  assert rc1 == 1 and f'mammo_jax: error: process 0 failed: WorkdirInUseError: {line}' in err1, (
+      err1[-2000:])
+  assert sorted(os.listdir(workdir)) == ['.lock']  # nothing else was written
+
+
+@pytest.mark.slow
+def test_main_as_two_processes_writes_what_one_process_with_two_devices_writes(tmp_path):
+  """The whole run (data, training, checkpoints, final evaluation, files) through main."""
+  one = run_main(tmp_path, tmp_path / 'one', 2)
+  _, err = one.communicate(timeout=600)
+  assert one.returncode == 0, err[-3000:]  # and the synthetic data are built
+  for rc, err in run_two_processes(tmp_path, tmp_path / 'two'):
+    assert rc == 0, err[-3000:]
+  for name in ('results.json', 'metrics.jsonl', 'config.json'):
+    assert (tmp_path / 'one' / name).read_text() == (tmp_path / 'two' / name).read_text(), name
+  with np.load(tmp_path / 'one' / 'predictions.npz') as a, \
+       np.load(tmp_path / 'two' / 'predictions.npz') as b:
+    assert a.files == b.files
+    for key in a.files:
+      np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+  assert sorted(os.listdir(tmp_path / 'one')) == sorted(os.listdir(tmp_path / 'two'))
+  partial = run_main(tmp_path, tmp_path / 'three', 1, '--num_processes=2')
+  _, err = partial.communicate(timeout=600)
+  assert partial.returncode == 1
+  assert err.strip().endswith('mammo_jax: error: --coordinator_address, --process_id missing: '
+                              'a run of several processes takes --coordinator_address=HOST:PORT'
+                              ' (process 0\'s), --num_processes=N and --process_id=0..N-1 '
+                              'together (none on a TPU pod slice)')
