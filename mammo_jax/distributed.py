@@ -59,7 +59,9 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     raise ValueError(f'{", ".join(missing)} missing: a run of several processes takes '
                      '--coordinator_address=HOST:PORT (process 0\'s), --num_processes=N and '
                      '--process_id=0..N-1 together (none on a TPU pod slice)')
-  if num_processes < 1 or not 0 <= process_id < num_processes:
+  if num_processes < 1:
+    raise ValueError(f'--num_processes={num_processes}: a run has at least 1 process')
+  if not 0 <= process_id < num_processes:
     raise ValueError(f'--process_id={process_id} with --num_processes={num_processes}: '
                      f'accepted ids are 0 to {num_processes - 1}')
   jax.distributed.initialize(coordinator_address, num_processes, process_id)

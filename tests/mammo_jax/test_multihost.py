@@ -73,6 +73,7 @@ def test_batch_size_counts_the_devices_of_every_process(monkeypatch):
     (('localhost:1234', 2, None), '--process_id missing'),
     ((None, 2, 0), '--coordinator_address missing'),
     (('localhost:1234', 2, 2), '--process_id=2 with --num_processes=2: accepted ids are 0 to 1'),
+    (('localhost:1234', 0, 0), '--num_processes=0: a run has at least 1 process'),
 ])
 def test_initialize_refuses_incomplete_or_wrong_flags(monkeypatch, args, message):
   monkeypatch.setattr(jax.distributed, 'initialize', lambda *a: pytest.fail('initialized'))
