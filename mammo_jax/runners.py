@@ -11,7 +11,8 @@ Each maps to `run(config, workdir)`; modules are imported when their runner is a
 config names a runner without importing the others. A new runner is one line here.
 
 `run` is the one way in (main, ensemble members, pipeline stages): it takes the workdir's lock
-(mammo_jax.workdir_lock: one run per workdir; process 0's, in a run of several processes), then checks the config for its runner
+(mammo_jax.workdir_lock: one run per workdir; process 0 takes it in a run of several
+processes, mammo_jax.distributed), then checks the config for its runner
 (mammo_jax.config_checks), both before anything else is written or any data is prepared.
 """
 
