@@ -112,6 +112,17 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+def _communicate(procs: list[subprocess.Popen], timeout: int = 600) -> list[tuple[str, str]]:
+  """Each process's (stdout, stderr) once all have ended; none outlives a failure (a process
+  whose peer died would otherwise wait in a collective)."""
+  try:
+    return [p.communicate(timeout=timeout) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+
+
 def test_two_processes_give_what_one_process_with_two_devices_gives(tmp_path):
   """The first update, the padded evaluation and a resumption from a multi-process Orbax
   checkpoint: 2 processes with 1 CPU device each (over localhost, JAX's gloo CPU
@@ -127,8 +138,7 @@ def test_two_processes_give_what_one_process_with_two_devices_gives(tmp_path):
 
   address = f'localhost:{_free_port()}'
   procs = [start(2, 'one'), *(start(1, 'two', address, '2', str(i)) for i in (0, 1))]
-  for p in procs:
-    _, err = p.communicate(timeout=300)
+  for p, (_, err) in zip(procs, _communicate(procs, timeout=300)):
     assert p.returncode == 0, err[-3000:]
   runs = {n: (np.load(tmp_path / f'{n}.npz'), json.load(open(tmp_path / f'{n}.json')))
           for n in ('one', 'two')}
@@ -172,8 +182,8 @@ def run_two_processes(tmp_path, workdir):
   address = f'--coordinator_address=localhost:{_free_port()}'
   procs = [run_main(tmp_path, workdir, 1, address, '--num_processes=2', f'--process_id={i}')
            for i in (0, 1)]
-  return [(p.returncode, err) for p, (_, err) in ((p, p.communicate(timeout=600))
-                                                   for p in procs)]
+  outputs = _communicate(procs)
+  return [(p.returncode, err) for p, (_, err) in zip(procs, outputs)]
 
 
 def test_a_workdir_in_use_stops_both_processes_with_process_0_s_message(tmp_path):
