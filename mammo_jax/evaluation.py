@@ -69,12 +69,31 @@ def add_uncertainty(config, evaluator: evaluators.Evaluator, results: dict, outp
           'auc': evaluator.evaluate(scaled, labels, class_names)['auc']}
 
 
+def add_flip_tta(config, evaluator: evaluators.Evaluator, results: dict, outputs: dict,
+                 ids: dict, p_eval_flipped, state, splits: dict, task: tasks.Task) -> None:
+  """Adds to each split's metrics `auc_flip_tta`, the AUC of the mean class probabilities of
+  each image and its horizontal mirror (Shen's flip test-time augmentation, one flip), and its
+  patient-bootstrap interval as ci95['auc_flip_tta'] (same resamples as the other metrics)."""
+  ci = evaluators.ci_settings(config)
+  for split, (probs, labels) in outputs.items():
+    _, flipped, _ = evaluate(p_eval_flipped, state, splits[split], config.eval_batch_size, task,
+                             evaluator)
+    mean = (probs + flipped) / 2
+    values = results[split]
+    values['auc_flip_tta'] = evaluator.evaluate(mean, labels, task.class_names)['auc']
+    interval = evaluators.intervals(evaluator, mean.argmax(-1), mean, labels, ids[split],
+                                    len(task.class_names), *ci).get('ci95', {})
+    if 'auc' in interval:
+      values.setdefault('ci95', {})['auc_flip_tta'] = interval['auc']
+
+
 def final_evaluation(config, workdir, ckpt, state, loop, splits, p_eval_step, task, log, *,
                      synthetic: bool, steps_per_epoch: int, param_counts: tuple[int, int],
                      ids: dict[str, np.ndarray],
                      without_baseline: dict[str, int] | None = None,
-                     data_provenance: str | None = None) -> dict:
-  """Evaluates the best-validation-loss checkpoint once on validation and test.
+                     data_provenance: str | None = None, p_eval_flipped=None) -> dict:
+  """Evaluates the best checkpoint (config.checkpoint_metric) once on validation and test;
+  with `p_eval_flipped` (config.evaluation.flip_tta), on the mirrored images too.
 
   Writes results.json, the plots, and predictions.npz: per split, the example ids, the
   class probabilities, the task labels and the 4-class labels, for ensembles and composites
@@ -92,6 +111,8 @@ def final_evaluation(config, workdir, ckpt, state, loop, splits, p_eval_step, ta
     results[split] = values
     outputs[split] = (probs, labels)
   add_uncertainty(config, evaluator, results, outputs, ids, task.class_names)
+  if p_eval_flipped is not None:
+    add_flip_tta(config, evaluator, results, outputs, ids, p_eval_flipped, best, splits, task)
   log.write(loop['best_step'], 'test', results['test'], epoch=loop['best_epoch'],
             checkpoint='best')
   summary = {
