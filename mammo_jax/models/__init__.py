@@ -113,11 +113,11 @@ REGISTRY: dict[str, ModelEntry] = {
         head_follows_task=True, preprocess=('tf',), family='mammo_jax.models.mobilenet'),
     # Whole mammograms (models/whole.py): Shen's ResNet50 + [512-512-1024]x2 and VGG16 + 512x1,
     # and a small scratch backbone for CPU demos.
-    'whole_resnet50': _whole(WholeImageClassifier(backbone='resnet50', top='resnet')),
-    'whole_vgg16': _whole(WholeImageClassifier(backbone='vgg16', top='vgg',
+    'whole_resnet50': _whole(WholeImageClassifier(backbone='resnet50', top_kind='resnet')),
+    'whole_vgg16': _whole(WholeImageClassifier(backbone='vgg16', top_kind='vgg',
                                                top_blocks=whole.VGG_TOP),
                           preprocess=('shen', 'caffe', 'torch'), family='mammo_jax.models.vgg16'),
-    'whole_small': _whole(WholeImageClassifier(backbone='small', top='vgg',
+    'whole_small': _whole(WholeImageClassifier(backbone='small', top_kind='vgg',
                                                top_blocks=((64, 1),)),
                           preprocess=('shen', 'unit'), family=None),
 }

@@ -82,13 +82,63 @@ def _batch_norm(x, path: str, name: str, train: bool, trainable: str, axis_name,
                       axis_name=axis_name, dtype=dtype, name=name)(x)
 
 
+class ShenTop(nn.Module):
+  """Shen's convolutional top (module docstring), as the submodule `top`."""
+
+  kind: str = 'resnet'
+  blocks: Sequence[Sequence[int]] = RESNET_TOP
+  enlarge: int = 2
+  dropout: float = 0.0
+  trainable: str = 'all'
+  bn_axis_name: str | None = None
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    if self.kind not in TOPS:
+      raise ValueError(f"whole-image top must be 'resnet' or 'vgg', not {self.kind!r}")
+    prefix = '/'.join(self.scope.path)
+
+    def relu_dropout(x):
+      x = nn.relu(x)
+      return nn.Dropout(self.dropout, deterministic=not train)(x) if self.dropout else x
+
+    def conv_bn(x, name, features, kernel, stride=1, relu=True):
+      x = nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding='SAME',
+                  kernel_init=_he, dtype=self.dtype, name=f'{name}_conv')(x)
+      x = _batch_norm(x, f'{prefix}/{name}_bn', f'{name}_bn', train, self.trainable,
+                      self.bn_axis_name, self.dtype)
+      return relu_dropout(x) if relu else x
+
+    for b, (depth, reps) in enumerate(self.blocks, 1):
+      for u in range(1, reps + 1):
+        name = f'block{b}_unit{u}'
+        if self.kind == 'vgg':
+          x = conv_bn(x, name, depth, 3)
+          continue
+        stride = 2 if u == 1 else 1
+        shortcut = x
+        if u == 1:
+          shortcut = conv_bn(x, f'{name}_0', depth * self.enlarge, 1, stride, relu=False)
+        y = conv_bn(x, f'{name}_1', depth, 1, stride)
+        y = conv_bn(y, f'{name}_2', depth, 3)
+        y = conv_bn(y, f'{name}_3', depth * self.enlarge, 1, relu=False)
+        x = relu_dropout(shortcut + y)
+      if self.kind == 'vgg':
+        x = nn.max_pool(x, (2, 2), strides=(2, 2), padding='SAME')
+    return x
+
+
 class WholeImageClassifier(nn.Module):
   """Backbone -> Shen's top -> global average pooling -> dropout -> Dense(num_outputs).
+
+  Parameters: the backbone's subtree (named as the backbone), `top` and `logits`, so that
+  Shen's first stage trains model.trainable='top,logits'.
 
   Attributes:
     num_outputs: 2 (BENIGN, MALIGNANT; softmax).
     backbone: one of BACKBONES; also the name of its parameter subtree.
-    top: 'resnet' or 'vgg'.
+    top_kind: 'resnet' or 'vgg'.
     top_blocks: (depth, repetitions) per block of the top.
     enlarge: a bottleneck unit's output width over its depth (resnet top).
     dropout: after every ReLU of the top and before the output Dense (Shen's one rate).
@@ -98,7 +148,7 @@ class WholeImageClassifier(nn.Module):
 
   num_outputs: int = 2
   backbone: str = 'resnet50'
-  top: str = 'resnet'
+  top_kind: str = 'resnet'
   top_blocks: Sequence[Sequence[int]] = RESNET_TOP
   enlarge: int = 2
   dropout: float = 0.0
@@ -108,55 +158,23 @@ class WholeImageClassifier(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   def _features(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+    common = dict(bn_axis_name=self.bn_axis_name, dtype=self.dtype, name=self.backbone)
     if self.backbone == 'resnet50':
-      return ResNet50(trainable=self.trainable, bn_axis_name=self.bn_axis_name,
-                      dtype=self.dtype, name='resnet50')(x, train)
+      return ResNet50(trainable=self.trainable, **common)(x, train)
     if self.backbone == 'vgg16':
       return VGG16(include_top=False, conv_impl=self.conv_impl, dtype=self.dtype,
                    name='vgg16')(x, train)
     if self.backbone == 'small':
-      return SmallBackbone(trainable=self.trainable, bn_axis_name=self.bn_axis_name,
-                           conv_impl=self.conv_impl, dtype=self.dtype, name='small')(x, train)
+      return SmallBackbone(trainable=self.trainable, conv_impl=self.conv_impl, **common)(x, train)
     raise ValueError(f'whole-image backbone must be one of {", ".join(BACKBONES)}, not '
                      f'{self.backbone!r}')
 
-  def _conv_bn(self, x, name: str, features: int, kernel: int, stride: int, train: bool,
-               relu: bool = True):
-    x = nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding='SAME',
-                kernel_init=_he, dtype=self.dtype, name=f'{name}_conv')(x)
-    x = _batch_norm(x, f'{name}_bn', f'{name}_bn', train, self.trainable, self.bn_axis_name,
-                    self.dtype)
-    return self._relu_dropout(x, train) if relu else x
-
-  def _relu_dropout(self, x, train: bool):
-    x = nn.relu(x)
-    return nn.Dropout(self.dropout, deterministic=not train)(x) if self.dropout else x
-
-  def _top(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-    if self.top not in TOPS:
-      raise ValueError(f"whole-image top must be 'resnet' or 'vgg', not {self.top!r}")
-    for b, (depth, reps) in enumerate(self.top_blocks, 1):
-      for u in range(1, reps + 1):
-        name = f'top{b}_unit{u}'
-        if self.top == 'vgg':
-          x = self._conv_bn(x, name, depth, 3, 1, train)
-          continue
-        stride = 2 if u == 1 else 1
-        shortcut = x
-        if u == 1:
-          shortcut = self._conv_bn(x, f'{name}_0', depth * self.enlarge, 1, stride, train,
-                                   relu=False)
-        y = self._conv_bn(x, f'{name}_1', depth, 1, stride, train)
-        y = self._conv_bn(y, f'{name}_2', depth, 3, 1, train)
-        y = self._conv_bn(y, f'{name}_3', depth * self.enlarge, 1, 1, train, relu=False)
-        x = self._relu_dropout(shortcut + y, train)
-      if self.top == 'vgg':
-        x = nn.max_pool(x, (2, 2), strides=(2, 2), padding='SAME')
-    return x
-
   @nn.compact
   def __call__(self, x: jnp.ndarray, *, train: bool, cam: bool = False):
-    features = self._top(self._features(x, train), train).astype(jnp.float32)
+    x = self._features(x, train)
+    features = ShenTop(self.top_kind, self.top_blocks, self.enlarge, self.dropout,
+                       self.trainable, self.bn_axis_name, self.dtype, name='top')(x, train)
+    features = features.astype(jnp.float32)
     pooled = features.mean(axis=(1, 2))
     if self.dropout:
       pooled = nn.Dropout(self.dropout, deterministic=not train)(pooled)
