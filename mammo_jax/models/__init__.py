@@ -119,7 +119,7 @@ REGISTRY: dict[str, ModelEntry] = {
                           preprocess=('shen', 'caffe', 'torch'), family='mammo_jax.models.vgg16'),
     'whole_small': _whole(WholeImageClassifier(backbone='small', top_kind='vgg',
                                                top_blocks=((64, 1),)),
-                          preprocess=('shen', 'unit'), family=None),
+                          preprocess=('shen',), family=None),
 }
 
 

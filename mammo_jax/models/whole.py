@@ -170,7 +170,7 @@ class WholeImageClassifier(nn.Module):
                      f'{self.backbone!r}')
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, *, train: bool, cam: bool = False):
+  def __call__(self, x: jnp.ndarray, *, train: bool = False, cam: bool = False):
     x = self._features(x, train)
     features = ShenTop(self.top_kind, self.top_blocks, self.enlarge, self.dropout,
                        self.trainable, self.bn_axis_name, self.dtype, name='top')(x, train)
