@@ -12,7 +12,8 @@ Variants: `resnet50` (ResNet50 + [512-512-1024]x2: two residual blocks of two bo
 the first of each with stride 2 and a projection shortcut), `vgg16` (VGG16 + 512x1: two blocks
 of one conv3x3-BN-ReLU and a 2x2 max-pool; the block count is inferred), `demo` (synthetic
 CBIS-DDSM at 288x224, the small scratch backbone `whole_small`, both stages from random
-weights; minutes on 2 CPU cores) and `smoke` (the demo at the tiny test size).
+weights; minutes on 2 CPU cores), each optionally with `,smoke` (the tiny test size, synthetic
+data, random weights); `smoke` alone is the demo at that size.
 
 From Shen's code: the top's units (he_normal kernels, BatchNorm, ReLU), global average pooling
 and Dense(2) softmax; stage 1 trains the new layers only, stage 2 everything; the best

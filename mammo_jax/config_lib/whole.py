@@ -20,7 +20,7 @@ from mammo_jax.config_lib import base
 from mammo_jax.config_lib import shen
 from mammo_jax.config_lib import stages as stages_lib
 
-VARIANTS = ('resnet50', 'vgg16', 'demo', 'smoke')
+VARIANTS = ('resnet50', 'vgg16', 'demo')
 CHAIN = ('top', 'all')
 TRAINABLE = {'top': 'top,logits', 'all': 'all'}
 # Where stage `top` looks for the S10 patch run (shen_patch's last stage) by default; set
@@ -72,16 +72,25 @@ def stage_overrides(learning_rates: dict, epochs: dict, patch_run: str) -> dict:
           for s in CHAIN}
 
 
-def get_config(arg: str | None, config_file: str) -> ml_collections.ConfigDict:
-  variant = arg or VARIANTS[0]
-  if variant not in VARIANTS:
+def parse_arg(arg: str | None, config_file: str) -> tuple[str, bool]:
+  """'[VARIANT][,smoke]' -> (variant, smoke); 'smoke' alone is the demo at the smoke size."""
+  parts = [p for p in (arg or '').split(',') if p]
+  smoke = 'smoke' in parts
+  rest = [p for p in parts if p != 'smoke']
+  if len(rest) > 1 or (rest and rest[0] not in VARIANTS):
     raise ValueError(f'{config_file} takes one of {", ".join(VARIANTS)} (default '
-                     f'{VARIANTS[0]}); got {arg!r}')
-  if variant in ('resnet50', 'vgg16'):
+                     f'{VARIANTS[0]}), optionally with ",smoke", or "smoke"; got {arg!r}')
+  return (rest[0] if rest else 'demo' if smoke else VARIANTS[0]), smoke
+
+
+def get_config(arg: str | None, config_file: str) -> ml_collections.ConfigDict:
+  variant, smoke = parse_arg(arg, config_file)
+  if variant != 'demo' and not smoke:
     config = base_config(variant)
     overrides = stage_overrides(LEARNING_RATES, EPOCHS, PATCH_RUN[variant])
     return stages_lib.make_config(config, overrides, CHAIN)
-  config = base_config('small')
+  # The demo, and any variant at the smoke size: synthetic 288x224 images, random weights.
+  config = base_config('small' if variant == 'demo' else variant)
   config.data.name = 'cbis_ddsm/whole_288x224'
   config.data.synthetic.patients = DEMO_PATIENTS
   config.batch_size = 16
@@ -89,7 +98,7 @@ def get_config(arg: str | None, config_file: str) -> ml_collections.ConfigDict:
   config.patience = 0
   config.log_every_steps = 10
   epochs = DEMO_EPOCHS
-  if variant == 'smoke':
+  if smoke:
     base.smoke(config)
     epochs = {s: config.num_epochs for s in CHAIN}
   return stages_lib.make_config(config, stage_overrides(DEMO_LEARNING_RATES, epochs, ''), CHAIN)

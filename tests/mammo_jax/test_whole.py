@@ -207,3 +207,6 @@ def test_whole_config_trains_the_new_layers_then_everything(variant, backbone):
     assert (top.optimizer.learning_rate, everything.optimizer.learning_rate) == (1e-4, 1e-5)
   with pytest.raises(ValueError, match='configs/whole.py takes one of resnet50, vgg16, demo'):
     load_config('whole', 'resnet18')
+  smoke = dict(pipeline.stage_configs(load_config('whole', 'smoke')))['top']
+  assert smoke.model.name == 'whole_small' and smoke.batch_size == 4
+  assert smoke.data.name == 'cbis_ddsm/whole_288x224' and smoke.init_from == ''
