@@ -40,8 +40,8 @@ KERAS_PARAMS = {
             (1024, 512), (9 * 512, 512), (512, 1024))) + 1024 * 2 + 2,  # block 2, unit 2
     # VGG16 base + two blocks of conv3x3(512) + BN + Dense(2).
     'whole_vgg16': 14_714_688 + 2 * (9 * 512 * 512 + 512 + 4 * 512) + 512 * 2 + 2,
-    # Four bias-free conv3x3 + BN (16, 32, 64, 64), one conv3x3(64) + BN, Dense(2).
-    'whole_small': (9 * (3 * 16 + 16 * 32 + 32 * 64 + 64 * 64) + 4 * (16 + 32 + 64 + 64)
+    # Three bias-free conv3x3 + BN (16, 32, 64), one conv3x3(64) + BN, Dense(2).
+    'whole_small': (9 * (3 * 16 + 16 * 32 + 32 * 64) + 4 * (16 + 32 + 64)
                     + 9 * 64 * 64 + 64 + 4 * 64 + 64 * 2 + 2),
 }
 PREPROCESS = {'vgg16': 'caffe', 'resnet50': 'caffe', 'resnet50_torchvision': 'torch',

@@ -29,7 +29,7 @@ def test_cam_averages_to_the_logits(model):
   x = jax.random.normal(jax.random.key(1), (2, 96, 64, 3))
   variables = model.init(jax.random.key(0), x, train=False)
   logits, cam = model.apply(variables, x, train=False, cam=True)
-  # 96x64 -> small backbone /16 -> 6x4 -> top: VGG pool /2 (3x2), ResNet stride-2 blocks (2x1).
+  # 96x64 -> small backbone (/2, three pools) /16 -> 6x4 -> top: VGG pool /2 (3x2), ResNet stride-2 blocks (2x1).
   h, w = (3, 2) if model.top_kind == 'vgg' else (2, 1)
   assert cam.shape == (2, h, w, 2) and logits.shape == (2, 2)
   np.testing.assert_allclose(cam.mean(axis=(1, 2)), logits, rtol=1e-5, atol=1e-5)
@@ -143,12 +143,12 @@ def test_init_from_a_mismatched_patch_run_names_the_run_and_the_parameters(monke
   params, stats = _whole_state()
   wrong = dict(params['small'])
   wrong['conv0'] = {'kernel': np.zeros((3, 3, 3, 8))}
-  del wrong['conv3']
+  del wrong['conv2']
   with pytest.raises(ValueError) as e:
     _warm(monkeypatch, tmp_path, 'scratch_patch', {'small': wrong}, stats)
   message = str(e.value)
   assert f'init_from={tmp_path / "s10"}' in message and 'best step 7' in message
-  assert 'missing (in the model, not in the weights): small/conv3/kernel' in message
+  assert 'missing (in the model, not in the weights): small/conv2/kernel' in message
   assert 'shape mismatch: small/conv0/kernel: model (3, 3, 3, 16), weights (3, 3, 3, 8)' \
       in message
   with pytest.raises(ValueError, match=r'that run has no small backbone \(its parameters: '
