@@ -1,7 +1,8 @@
 """The cbis_ddsm build's plan: which CSV image goes to which split, and what is skipped.
 
 Driver side, headers only: reads the CSVs and indexes the DICOM headers under manual_dir,
-assigns patient-level splits and resolves each image to an `ImageTask`. The report it starts
+assigns patient-level splits and resolves each image to an `ImageTask` (each breast view to a
+`whole.ViewTask` for the whole-image configs). The report it starts
 (`build_report`) records the inputs (where the CSVs were taken from, series in several copies
 and the copy used, series no CSV row uses), exclusions and skips. No TensorFlow here.
 """
@@ -20,6 +21,7 @@ from tfds_cbis import index as index_lib
 from tfds_cbis import patches
 from tfds_cbis import provenance as provenance_lib
 from tfds_cbis import splits as splits_lib
+from tfds_cbis import whole
 
 SPLITS = ('train', 'validation', 'test')
 
@@ -33,7 +35,8 @@ def plan_build(manual_dir: str, config: Any, instructions: str = '') -> tuple[di
     instructions: appended to the error when manual_dir does not exist.
 
   Returns:
-    ({split: [ImageTask]}, the build report so far: inputs, exclusions, skips).
+    ({split: [ImageTask]} (whole-image configs: [whole.ViewTask]), the build report so far:
+    inputs, exclusions, skips; whole-image configs add `merged_views`).
 
   Raises:
     FileNotFoundError: manual_dir does not exist.
@@ -52,17 +55,23 @@ def plan_build(manual_dir: str, config: Any, instructions: str = '') -> tuple[di
   plan = splits_lib.plan_splits(all_cases, config.validation_fraction)
   tasks = {s: [] for s in SPLITS}
   skips: list[patches.Skip] = []
-  found_images = 0
-  for case in all_cases:
-    split = plan.split_of.get(case.subject)
-    if split is None:
-      continue  # an official-train image of a patient who is in the test CSVs
-    task, case_skips = patches.resolve(case, split, index)
-    skips.extend(case_skips)
-    if task is not None:
-      tasks[split].append(task)
-    found_images += bool(index.files(case.image.series_key))
-  if found_images == 0:
+  extra = {}
+  if isinstance(config.spec, whole.WholeSpec):  # one task per breast view
+    planned, skips, extra = whole.plan_views(all_cases, plan.split_of, plan.excluded_subjects,
+                                             index)
+  else:
+    planned = []
+    for case in all_cases:
+      split = plan.split_of.get(case.subject)
+      if split is None:
+        continue  # an official-train image of a patient who is in the test CSVs
+      task, case_skips = patches.resolve(case, split, index)
+      skips.extend(case_skips)
+      if task is not None:
+        planned.append(task)
+  for task in planned:
+    tasks[task.split].append(task)
+  if not any(index.files(c.image.series_key) for c in all_cases if c.subject in plan.split_of):
     raise ValueError(
         f'manual_dir {manual_dir} holds no CBIS-DDSM image of the CSVs: {index.num_files} '
         f'readable .dcm files, {len(index.unreadable)} unreadable, '
@@ -89,6 +98,7 @@ def plan_build(manual_dir: str, config: Any, instructions: str = '') -> tuple[di
       'skips': [s.to_json() for s in skips],
       'counts': {},
       'provenance': provenance_lib.provenance(manual_dir, csv_sha256, _matched_series(tasks)),
+      **extra,
   }
   build_report.log_inputs(report)
   logging.info('cbis_ddsm: %d images planned (%s); %d patients of the official test CSVs '
@@ -106,5 +116,4 @@ def _used_series(all_cases: list[cases_lib.Case]) -> set[tuple[str, str]]:
 
 def _matched_series(tasks: dict) -> set[str]:
   """SeriesInstanceUIDs of the files the planned images and abnormalities use."""
-  return {h.series_uid for ts in tasks.values() for t in ts
-          for h in (t.image, *(c for a in t.abnormalities for c in a.candidates))}
+  return {h.series_uid for ts in tasks.values() for t in ts for h in t.headers()}

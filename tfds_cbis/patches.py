@@ -69,6 +69,10 @@ class ImageTask:
   image: dicom.DicomHeader
   abnormalities: tuple[AbnormalityTask, ...]
 
+  def headers(self) -> list[dicom.DicomHeader]:
+    """Every file the task may read (for the build's provenance)."""
+    return [self.image, *(c for a in self.abnormalities for c in a.candidates)]
+
 
 @dataclasses.dataclass
 class Result:
@@ -108,21 +112,27 @@ def _missing_reason(index: index_lib.DicomIndex, subject: str, what: str,
                           f'found under {index.root}')
 
 
-def resolve(case: cases_lib.Case, split: str,
-            index: index_lib.DicomIndex) -> tuple[ImageTask | None, list[Skip]]:
-  """Finds the files of one case by their UIDs; reports what is missing."""
+def find_image(case: cases_lib.Case, split: str,
+               index: index_lib.DicomIndex) -> tuple[dicom.DicomHeader | None, list[Skip]]:
+  """The header of a case's full mammogram, or None and the skip that says why."""
   images = index.files(case.image.series_key)
   if not images:
     reason, detail = _missing_reason(index, case.image.subject, 'full mammogram', [case.image])
     return None, [Skip(case.subject, None, reason, detail, split, _sources(case))]
   # One file per full-image series in CBIS-DDSM; if a tree holds more, take the largest.
-  image = max(images, key=lambda h: (h.rows * h.columns, h.path))
+  return max(images, key=lambda h: (h.rows * h.columns, h.path)), []
+
+
+def find_abnormalities(case: cases_lib.Case, split: str, index: index_lib.DicomIndex,
+                       image_paths: frozenset[str] = frozenset()
+                       ) -> tuple[list[AbnormalityTask], list[Skip]]:
+  """The candidate mask/crop files of each abnormality (never one of `image_paths`)."""
   tasks, skips = [], []
   for abn in case.abnormalities:
     seen, candidates = set(), []
     for ref in (abn.roi, abn.crop):
       for header in index.files(ref.series_key):
-        if header.path not in seen and header.path != image.path:
+        if header.path not in seen and header.path not in image_paths:
           seen.add(header.path)
           candidates.append(header)
     if candidates:
@@ -133,20 +143,30 @@ def resolve(case: cases_lib.Case, split: str,
       reason, detail = _missing_reason(index, abn.roi.subject, 'ROI mask / crop',
                                        [abn.roi, abn.crop])
       skips.append(Skip(case.subject, abn.abnormality_id, reason, detail, split, abn.source))
+  return tasks, skips
+
+
+def resolve(case: cases_lib.Case, split: str,
+            index: index_lib.DicomIndex) -> tuple[ImageTask | None, list[Skip]]:
+  """Finds the files of one case by their UIDs; reports what is missing."""
+  image, skips = find_image(case, split, index)
+  if image is None:
+    return None, skips
+  tasks, skips = find_abnormalities(case, split, index, frozenset([image.path]))
   task = ImageTask(case, split, image, tuple(tasks)) if tasks else None
   return task, skips
 
 
 @dataclasses.dataclass
-class _Lesion:
+class Lesion:
   task: AbnormalityTask
   box: geometry.Box | None  # in full-image pixels
   mask: np.ndarray | None  # the mask inside `box`
   usable: bool  # False: known only for overlap tests (e.g. a mismatched mask)
 
 
-def _find_mask(abn: AbnormalityTask, shape: tuple[int, int], subject: str, split: str,
-               spec: PatchSpec) -> tuple[_Lesion, Skip | None]:
+def find_mask(abn: AbnormalityTask, shape: tuple[int, int], subject: str, split: str,
+               spec: PatchSpec) -> tuple[Lesion, Skip | None]:
   """Decides which file is the ROI mask from the pixels: binary, at the image's size.
 
   Crops are never read unless no full-size binary file exists, so the usual cost is one mask.
@@ -166,9 +186,9 @@ def _find_mask(abn: AbnormalityTask, shape: tuple[int, int], subject: str, split
       continue  # a crop
     if pixels.shape == shape:
       if box is None:
-        return _Lesion(abn, None, None, False), Skip(
+        return Lesion(abn, None, None, False), Skip(
             subject, aid, 'empty_mask', f'{header.path}: the ROI mask has no lesion pixel', split)
-      return _Lesion(abn, box, pixels[box[0]:box[2], box[1]:box[3]] > 0, True), None
+      return Lesion(abn, box, pixels[box[0]:box[2], box[1]:box[3]] > 0, True), None
     if mismatched is None:
       mismatched = (header, pixels)
   if mismatched is not None:
@@ -179,18 +199,18 @@ def _find_mask(abn: AbnormalityTask, shape: tuple[int, int], subject: str, split
     lesion_mask = None if box is None else scaled[box[0]:box[2], box[1]:box[3]]
     ok = abs(aspect - 1.0) <= spec.max_aspect_difference
     if spec.resize_mismatched_masks and ok and box is not None:
-      return _Lesion(abn, box, lesion_mask, True), None
+      return Lesion(abn, box, lesion_mask, True), None
     hint = ('set resize_mismatched_masks=True in a BuilderConfig to resize it' if ok else
             f'aspect ratios differ by {abs(aspect - 1):.1%} > {spec.max_aspect_difference:.0%}')
-    return _Lesion(abn, box, lesion_mask, False), Skip(
+    return Lesion(abn, box, lesion_mask, False), Skip(
         subject, aid, 'mask_size_mismatch',
         f'{header.path}: mask is {pixels.shape[0]}x{pixels.shape[1]} but the image is '
         f'{shape[0]}x{shape[1]} ({hint})', split)
   if errors:
-    return _Lesion(abn, None, None, False), Skip(subject, aid, 'file_unreadable',
+    return Lesion(abn, None, None, False), Skip(subject, aid, 'file_unreadable',
                                                  '; '.join(errors), split)
   files = ', '.join(f'{h.path} ({h.rows}x{h.columns})' for h in abn.candidates)
-  return _Lesion(abn, None, None, False), Skip(
+  return Lesion(abn, None, None, False), Skip(
       subject, aid, 'no_mask', f'no binary ROI mask among {files}', split)
 
 
@@ -208,7 +228,7 @@ def process(task: ImageTask, spec: PatchSpec) -> Result:
                             _sources(case))])
   lesions, skips = [], []
   for abn in task.abnormalities:
-    lesion, skip = _find_mask(abn, image.shape, case.subject, split, spec)
+    lesion, skip = find_mask(abn, image.shape, case.subject, split, spec)
     lesions.append(lesion)
     if skip:
       skips.append(dataclasses.replace(skip, source=abn.abnormality.source))
@@ -226,7 +246,7 @@ def process(task: ImageTask, spec: PatchSpec) -> Result:
   return result
 
 
-def _roi_examples(case: cases_lib.Case, image: np.ndarray, lesions: list[_Lesion],
+def _roi_examples(case: cases_lib.Case, image: np.ndarray, lesions: list[Lesion],
                   spec: PatchSpec, all_located: bool) -> Result:
   """The reference study's patches: the mask's box resized, plus a healthy neighbour box."""
   size = (spec.patch_size, spec.patch_size)
@@ -271,14 +291,14 @@ def _roi_examples(case: cases_lib.Case, image: np.ndarray, lesions: list[_Lesion
 
 
 def _sampled_examples(case: cases_lib.Case, split: str, image: np.ndarray,
-                      lesions: list[_Lesion], spec: PatchSpec, all_located: bool) -> Result:
+                      lesions: list[Lesion], spec: PatchSpec, all_located: bool) -> Result:
   """Shen et al.'s S10 patches from the image resized to `spec.resize_shape` (TFDS `patches`)."""
   shape = tuple(spec.resize_shape)
   full_shape = image.shape
   small = geometry.resize(image, shape, spec.resize_method)
   del image  # keep one full-resolution array alive at a time
   result = Result([], [])
-  tables = [(lesion, _resized_mask(lesion, full_shape, shape))
+  tables = [(lesion, resized_mask(lesion, full_shape, shape))
             for lesion in lesions if lesion.box is not None]
   size = spec.patch_size
   for lesion, mask in tables:
@@ -333,17 +353,18 @@ def _sampled_examples(case: cases_lib.Case, split: str, image: np.ndarray,
   return result
 
 
-def _resized_mask(lesion: _Lesion, full_shape: tuple[int, int],
+def resized_mask(lesion: Lesion, full_shape: tuple[int, int],
                   shape: tuple[int, int]) -> np.ndarray:
   """The lesion's mask at the resized image's scale, built from its box alone.
 
   A resized pixel counts when any of the pixels it covers is lesion (area resampling, > 0),
   as TFDS's `> 0` after resizing does, so thin calcification masks do not vanish.
   """
-  sy, sx = shape[0] / full_shape[0], shape[1] / full_shape[1]
+  (h, w), (full_h, full_w) = shape, full_shape
   y0, x0, y1, x1 = lesion.box
-  ry0, rx0 = int(y0 * sy), int(x0 * sx)
-  ry1, rx1 = max(ry0 + 1, int(np.ceil(y1 * sy))), max(rx0 + 1, int(np.ceil(x1 * sx)))
+  # Integer floor / ceil: float scales put e.g. 90 * (224 / 160) at 125.999... (not 126).
+  ry0, rx0 = y0 * h // full_h, x0 * w // full_w
+  ry1, rx1 = max(ry0 + 1, -(-y1 * h // full_h)), max(rx0 + 1, -(-x1 * w // full_w))
   out = np.zeros(shape, bool)
   coverage = geometry.resize(lesion.mask.astype(np.uint8) * 255, (ry1 - ry0, rx1 - rx0), 'area')
   out[ry0:ry1, rx0:rx1] = coverage > 0

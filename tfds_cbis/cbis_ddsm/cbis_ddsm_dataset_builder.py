@@ -27,6 +27,7 @@ from tfds_cbis import patches
 from tfds_cbis import pool as pool_lib
 from tfds_cbis import provenance as provenance_lib
 from tfds_cbis import strict_json
+from tfds_cbis import whole
 
 _HOMEPAGE = 'https://www.cancerimagingarchive.net/collection/cbis-ddsm/'
 _CITATION = """\
@@ -78,6 +79,38 @@ S10_224 = CbisDdsmConfig(
     spec=patches.PatchSpec(mode='sampled', patch_size=224))
 
 
+@dataclasses.dataclass(eq=False)
+class WholeImageConfig(CbisDdsmConfig):
+  """A whole-mammogram variant: one example per breast view, resized to height x width.
+
+  Another size is one line in a Builder subclass's BUILDER_CONFIGS, e.g.
+      WholeImageConfig(name='whole_576x448', height=576, width=448)
+  (`spec` is derived from height and width.)
+  """
+
+  height: int = 1152
+  width: int = 896
+  spec: whole.WholeSpec = dataclasses.field(init=False, default=None)
+
+  def __post_init__(self):
+    self.spec = whole.WholeSpec(height=self.height, width=self.width)
+
+
+_WHOLE_DESCRIPTION = (
+    'Whole mammograms, one example per breast view (patient, breast, view), resized to {} '
+    '(16 bits, the S10 patches\' resizing); a view the CSVs hold under both a mass and a '
+    'calcification subject is one example with all its abnormalities. Label BENIGN / '
+    'MALIGNANT (malignant when any abnormality is; BENIGN_WITHOUT_CALLBACK is benign; every '
+    'image has a lesion, so negatives are benign-only views); mask = the union of the ROI '
+    'masks at the image size; one box per located abnormality.')
+WHOLE_1152x896 = WholeImageConfig(
+    name='whole_1152x896', height=1152, width=896,
+    description=_WHOLE_DESCRIPTION.format('1152x896, Shen et al.\'s size'))
+WHOLE_288x224 = WholeImageConfig(
+    name='whole_288x224', height=288, width=224,
+    description=_WHOLE_DESCRIPTION.format('288x224, a size for CPUs'))
+
+
 _WORKER_DIED = ('cbis_ddsm: a worker process died while reading mammograms (out of memory?); '
                 'build again with fewer workers, e.g. TFDS_CBIS_WORKERS=1')
 
@@ -87,9 +120,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {
-      '1.0.0': 'Initial release: DICOM input in both NBIA layouts; roi150 and s10_224.',
+      '1.0.0': 'Initial release: DICOM input in both NBIA layouts; roi150 and s10_224; '
+               'whole_1152x896 and whole_288x224.',
   }
-  BUILDER_CONFIGS = [ROI150, S10_224]
+  BUILDER_CONFIGS = [ROI150, S10_224, WHOLE_1152x896, WHOLE_288x224]
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 Download CBIS-DDSM from The Cancer Imaging Archive (collection CBIS-DDSM, 163.6 GB of DICOM,
 CC BY 3.0) with the NBIA Data Retriever, and pass the folder it wrote as manual_dir, e.g.
@@ -118,6 +152,8 @@ manual_dir when all four are there, else from the official copies shipped with t
 
   def _info(self) -> tfds.core.DatasetInfo:
     spec = self.builder_config.spec
+    if isinstance(spec, whole.WholeSpec):
+      return self._dataset_info(_whole_features(spec))
     size = spec.patch_size
     common = {
         'id': tfds.features.Text(doc='Unique, deterministic example key.'),
@@ -158,6 +194,9 @@ manual_dir when all four are there, else from the official copies shipped with t
               shape=(4,), dtype=np.int32,
               doc=f'The patch (y0, x0, y1, x1) in the image resized to {spec.resize_shape}.'),
       }
+    return self._dataset_info(features)
+
+  def _dataset_info(self, features: dict) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict(features),
         supervised_keys=('image', 'label'),
@@ -220,17 +259,18 @@ manual_dir when all four are there, else from the official copies shipped with t
 
   # --- generation -------------------------------------------------------------------------
 
-  def _generate_examples(self, split: str, tasks: list[patches.ImageTask]):
+  def _generate_examples(self, split: str, tasks: list):
     spec = self.builder_config.spec
     if self._use_beam:
       skip_path = os.fspath(epath.Path(self.data_dir) / f'skips-{split}.jsonl')
       return _beam_transform(split, tasks, spec, skip_path)
     return self._generate_locally(split, tasks, spec)
 
-  def _generate_locally(self, split: str, tasks: list[patches.ImageTask],
-                        spec: patches.PatchSpec) -> Iterator[tuple[str, dict]]:
+  def _generate_locally(self, split: str, tasks: list,
+                        spec: patches.PatchSpec | whole.WholeSpec
+                        ) -> Iterator[tuple[str, dict]]:
     counts = self._report['counts'].setdefault(split, collections.Counter())
-    process = functools.partial(patches.process, spec=spec)
+    process = functools.partial(_processor(spec), spec=spec)
     if self._pool is None and self._num_workers > 1:  # one pool per build, for every split
       self._pool = pool_lib.executor(self._num_workers)
     yielded, skips = 0, []
@@ -270,7 +310,37 @@ manual_dir when all four are there, else from the official copies shipped with t
         path.unlink()
 
 
-def _beam_transform(split: str, tasks: list[patches.ImageTask], spec: patches.PatchSpec,
+def _whole_features(spec: whole.WholeSpec) -> dict:
+  shape = (spec.height, spec.width, 1)
+  return {
+      'id': tfds.features.Text(doc='The subject whose file gives the pixels, e.g. '
+                               'Mass-Test_P_00145_LEFT_CC.'),
+      'image': tfds.features.Image(shape=shape, dtype=np.uint16, encoding_format='png'),
+      'mask': tfds.features.Image(shape=shape, dtype=np.uint8, encoding_format='png',
+                                  doc='1 where any located abnormality\'s ROI mask covers '
+                                  'the resized pixel, else 0.'),
+      'label': tfds.features.ClassLabel(
+          names=whole.LABEL_NAMES, doc='MALIGNANT when any abnormality of the view is; '
+          'BENIGN_WITHOUT_CALLBACK counts as BENIGN.'),
+      'boxes': tfds.features.Sequence(tfds.features.BBoxFeature(
+          doc='A located abnormality\'s mask box (ymin, xmin, ymax, xmax), normalised.')),
+      'abnormality_types': tfds.features.Sequence(
+          tfds.features.ClassLabel(names=whole.ABNORMALITY_TYPES)),
+      'pathologies': tfds.features.Sequence(tfds.features.ClassLabel(names=whole.LABEL_NAMES)),
+      'patient_id': tfds.features.Text(doc='As in the CSVs, e.g. P_00001.'),
+      'breast': tfds.features.Text(doc='LEFT or RIGHT.'),
+      'view': tfds.features.Text(doc='CC or MLO.'),
+      'subjects': tfds.features.Sequence(tfds.features.Text(
+          doc='Every CSV subject of the view (two where merged).')),
+  }
+
+
+def _processor(spec):
+  """The worker function for a config's spec: whole views or patches."""
+  return whole.process if isinstance(spec, whole.WholeSpec) else patches.process
+
+
+def _beam_transform(split: str, tasks: list, spec: patches.PatchSpec | whole.WholeSpec,
                     skip_path: str):
   """The same generation as a Beam PTransform (one element per mammogram)."""
   import apache_beam as beam  # pylint: disable=g-import-not-at-top
@@ -288,7 +358,7 @@ def _beam_transform(split: str, tasks: list[patches.ImageTask], spec: patches.Pa
     results = (root
                | 'Tasks' >> beam.Create(tasks)
                | 'Reshuffle' >> beam.Reshuffle()
-               | 'Process' >> beam.Map(patches.process, spec=spec))
+               | 'Process' >> beam.Map(_processor(spec), spec=spec))
     _ = (results
          | 'Skips' >> beam.FlatMap(lambda r: [strict_json.dumps(s.to_json()) for s in r.skips])
          | 'WriteSkips' >> beam.io.WriteToText(skip_path, num_shards=1,
