@@ -239,10 +239,13 @@ def _new_loop_state() -> dict:
 def improved(metric: str, val: dict, loop: dict) -> bool:
   """Whether validation metrics `val` beat the best so far by config.checkpoint_metric: the
   lowest validation loss ('loss') or the highest validation AUC ('auc', Shen's whole-image
-  choice)."""
+  choice). An undefined AUC (a validation split of one class) is kept only while there is no
+  best checkpoint at all, so that a run always has one."""
   if metric == 'auc':
     best = loop.get('best_val_auc')
-    return bool(np.isfinite(val['auc']) and (best is None or val['auc'] > best))
+    if best is None:
+      return bool(loop['best_step'] is None or np.isfinite(val['auc']))
+    return bool(np.isfinite(val['auc']) and val['auc'] > best)
   best = loop['best_val_loss']
   return bool(np.isfinite(val['loss']) and (best is None or val['loss'] < best))
 
@@ -316,7 +319,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
                                    config.eval_batch_size, task, evaluator)
     log.write(step, 'validation', val, epoch=loop['epoch'])
     if improved(config.checkpoint_metric, val, loop):
-      loop.update(best_val_loss=val['loss'], best_val_auc=val['auc'], best_epoch=loop['epoch'],
+      auc = val['auc'] if np.isfinite(val['auc']) else None
+      loop.update(best_val_loss=val['loss'], best_val_auc=auc, best_epoch=loop['epoch'],
                   best_step=step, bad_epochs=0)
       ckpt.save_best(step, state, loop)
     else:

@@ -175,12 +175,16 @@ def test_flip_step_sees_the_mirrored_images():
 
 
 def test_checkpoint_metric_auc_keeps_the_highest_validation_auc():
-  loop = {'best_val_loss': 0.5, 'best_val_auc': 0.7}
+  loop = {'best_val_loss': 0.5, 'best_val_auc': 0.7, 'best_step': 10}
   assert train.improved('auc', {'loss': 0.9, 'auc': 0.75}, loop)
   assert not train.improved('auc', {'loss': 0.1, 'auc': 0.7}, loop)
+  assert not train.improved('auc', {'loss': 0.1, 'auc': float('nan')}, loop)
   assert train.improved('loss', {'loss': 0.1, 'auc': 0.5}, loop)
-  assert not train.improved('auc', {'loss': 0.1, 'auc': float('nan')}, {'best_val_auc': None})
-  assert train.improved('auc', {'loss': 0.1, 'auc': 0.5}, {'best_val_auc': None})
+  # A one-class validation split: its undefined AUC gives the first best checkpoint only.
+  nan = {'loss': 0.1, 'auc': float('nan')}
+  assert train.improved('auc', nan, {'best_val_auc': None, 'best_step': None})
+  assert not train.improved('auc', nan, {'best_val_auc': None, 'best_step': 3})
+  assert train.improved('auc', {'loss': 0.1, 'auc': 0.5}, {'best_val_auc': None, 'best_step': 3})
 
 
 @pytest.mark.parametrize('variant,backbone', [('resnet50', 'resnet50'), ('vgg16', 'vgg16'),
@@ -210,3 +214,20 @@ def test_whole_config_trains_the_new_layers_then_everything(variant, backbone):
   smoke = dict(pipeline.stage_configs(load_config('whole', 'smoke')))['top']
   assert smoke.model.name == 'whole_small' and smoke.batch_size == 4
   assert smoke.data.name == 'cbis_ddsm/whole_288x224' and smoke.init_from == ''
+
+
+def test_smoke_config_trains_both_stages_and_reports_flip_tta(tmp_path, data_cache):
+  from mammo_jax import runners  # pylint: disable=g-import-not-at-top
+  from mammo_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  config = load_config('whole', 'smoke')
+  config.data.cache_dir = data_cache
+  config.stages.top.num_epochs = config.stages.all.num_epochs = 1
+  runners.run(config, str(tmp_path / 'run'))
+  top, everything = (workdir_lib.read_results(str(tmp_path / 'run' / s)) for s in ('top', 'all'))
+  assert top['trainable_params'] < everything['trainable_params'] == everything['total_params']
+  assert workdir_lib.read_json(str(tmp_path / 'run' / 'all' / 'init_from.json'))['init_from'] \
+      == str(tmp_path / 'run' / 'top')
+  test = everything['test']
+  assert everything['synthetic_data'] and everything['examples']['test'] == 5
+  assert 0 <= test['auc'] <= 1 and 0 <= test['auc_flip_tta'] <= 1
+  assert len(test['ci95']['auc_flip_tta']) == 2
