@@ -7,7 +7,7 @@ backbone, at 1152x896, in two stages WORKDIR/{top,all}:
   python -m mammo_jax.main --config=configs/whole.py:resnet50 --workdir=runs/whole_resnet50 \
       --config.data.manual_dir=/data/CBIS-DDSM
   (another patch run: --config.stages.top.init_from=PATCH_WORKDIR/all)
-  python -m mammo_jax.main --config=configs/whole.py:demo --workdir=runs/demo_whole  # make demo-whole
+  python -m mammo_jax.main --config=configs/whole.py:demo --workdir=runs/demo_whole  # demo-whole
 Variants: `resnet50` (ResNet50 + [512-512-1024]x2: two residual blocks of two bottleneck units,
 the first of each with stride 2 and a projection shortcut), `vgg16` (VGG16 + 512x1: two blocks
 of one conv3x3-BN-ReLU and a 2x2 max-pool; the block count is inferred), `demo` (synthetic

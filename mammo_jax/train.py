@@ -232,7 +232,8 @@ def _new_loop_state() -> dict:
   # with the same level. A checkpoint from before it existed restores this default, and the
   # level is then taken from the steps after the resumption.
   return {'epoch': 0, 'best_val_loss': None, 'best_val_auc': None, 'best_epoch': None,
-          'best_step': None, 'bad_epochs': 0, 'epoch_sums': {'loss': 0.0, 'accuracy': 0.0, 'steps': 0},
+          'best_step': None, 'bad_epochs': 0,
+          'epoch_sums': {'loss': 0.0, 'accuracy': 0.0, 'steps': 0},
           'early_loss': {'lowest': None, 'steps': 0}, 'stop_reason': None}
 
 
@@ -242,7 +243,7 @@ def improved(metric: str, val: dict, loop: dict) -> bool:
   choice). An undefined AUC (a validation split of one class) is kept only while there is no
   best checkpoint at all, so that a run always has one."""
   if metric == 'auc':
-    best = loop.get('best_val_auc')
+    best = loop['best_val_auc']
     if best is None:
       return bool(loop['best_step'] is None or np.isfinite(val['auc']))
     return bool(np.isfinite(val['auc']) and val['auc'] > best)
@@ -325,9 +326,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       ckpt.save_best(step, state, loop)
     else:
       loop['bad_epochs'] += 1
-    best = loop['best_val_loss']
+    metric = config.checkpoint_metric
+    best = loop[f'best_val_{metric}']
     print(f'epoch {loop["epoch"]:>4} step {step}: val loss {val["loss"]:.4f} acc '
-          f'{val["accuracy"]:.4f} auc {val["auc"]:.4f} (best '
+          f'{val["accuracy"]:.4f} auc {val["auc"]:.4f} (best {metric} '
           f'{"none" if best is None else f"{best:.4f}"} at epoch {loop["best_epoch"]})',
           flush=True)
     if config.patience and loop['bad_epochs'] >= config.patience:

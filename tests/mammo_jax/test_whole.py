@@ -29,7 +29,8 @@ def test_cam_averages_to_the_logits(model):
   x = jax.random.normal(jax.random.key(1), (2, 96, 64, 3))
   variables = model.init(jax.random.key(0), x, train=False)
   logits, cam = model.apply(variables, x, train=False, cam=True)
-  # 96x64 -> small backbone (/2, three pools) /16 -> 6x4 -> top: VGG pool /2 (3x2), ResNet stride-2 blocks (2x1).
+  # 96x64 -> small backbone (/2, three pools) /16 -> 6x4 -> top: VGG pool /2 (3x2), ResNet
+  # stride-2 blocks (2x1).
   h, w = (3, 2) if model.top_kind == 'vgg' else (2, 1)
   assert cam.shape == (2, h, w, 2) and logits.shape == (2, 2)
   np.testing.assert_allclose(cam.mean(axis=(1, 2)), logits, rtol=1e-5, atol=1e-5)
