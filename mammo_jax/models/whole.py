@@ -64,8 +64,7 @@ class SmallBackbone(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-    conv, _ = layers.conv_relu_pool(self.conv_impl)
-    pool = layers.max_pool if self.conv_impl == 'cpu_fast' else nn.max_pool
+    conv, relu_pool = layers.conv_relu_pool(self.conv_impl)
     prefix = '/'.join(self.scope.path)
     x = nn.avg_pool(x.astype(self.dtype), (2, 2), strides=(2, 2))
     for i, width in enumerate(self.widths):
@@ -73,7 +72,7 @@ class SmallBackbone(nn.Module):
                name=f'conv{i}')(x)
       x = _batch_norm(x, f'{prefix}/bn{i}', f'bn{i}', train, self.trainable, self.bn_axis_name,
                       self.dtype)
-      x = pool(nn.relu(x), (2, 2), strides=(2, 2))
+      x = relu_pool(x)
     return x
 
 
