@@ -1,6 +1,7 @@
 """Build throughput and peak memory of `cbis_ddsm/roi150` on full-size synthetic mammograms.
 
     python benchmarks/build_throughput.py [--patients 10 80 160] [--height 4000 --width 3000]
+        [--config roi150]
 
 For each dataset size it generates a synthetic CBIS-DDSM tree of real-sized images (uint16,
 about 4000x3000 like the real scans), then, each in a fresh process so memory is measured
@@ -8,7 +9,8 @@ alone:
   * floor: pydicom (`dcmread(path).pixel_array`) reading the pixels of exactly the files the
     build decodes (every full mammogram and every ROI mask), one after another; and the same
     with tfds_cbis.dicom.read_pixels, the reader the build uses;
-  * build: `download_and_prepare` of roi150 with 1 worker process and with all cores.
+  * build: `download_and_prepare` of roi150 (or `--config`, e.g. whole_1152x896) with 1
+    worker process and with all cores.
 The tree is read once beforehand so that every run finds it in the page cache. Peak RSS is
 sampled (every 20 ms) over the whole process tree. Results print as a Markdown
 table for BENCHMARKS.md; the goal is build time <= 1.5x the floor and flat peak memory as the
@@ -46,8 +48,8 @@ _BUILD = r'''
 import json, os, sys, time
 import tensorflow_datasets as tfds
 import tfds_cbis
-manual_dir, data_dir, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
-builder = tfds.builder('cbis_ddsm/roi150', data_dir=data_dir, num_workers=workers)
+manual_dir, data_dir, workers, config = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+builder = tfds.builder(f'cbis_ddsm/{config}', data_dir=data_dir, num_workers=workers)
 t = time.perf_counter()
 builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
     manual_dir=manual_dir, try_download_gcs=False))
@@ -107,6 +109,7 @@ def main() -> int:
   parser.add_argument('--patients', type=int, nargs='+', default=[10, 80, 160])
   parser.add_argument('--height', type=int, default=4000)
   parser.add_argument('--width', type=int, default=3000)
+  parser.add_argument('--config', default='roi150', help='the cbis_ddsm config to build')
   parser.add_argument('--workdir', default=None, help='keep trees here (default: a temp dir)')
   args = parser.parse_args()
   from tfds_cbis import synthetic  # pylint: disable=g-import-not-at-top
@@ -134,8 +137,9 @@ def main() -> int:
     for workers in sorted({1, cores}):
       data_dir = os.path.join(workdir, f'tfds_{patients}_{workers}')
       shutil.rmtree(data_dir, ignore_errors=True)  # never time a reused dataset
-      result, rss = _run_measured([sys.executable, '-c', _BUILD, tree, data_dir, str(workers)])
-      rows.append((patients, images, len(files), gib, 'build roi150', workers,
+      result, rss = _run_measured([sys.executable, '-c', _BUILD, tree, data_dir, str(workers),
+                                   args.config])
+      rows.append((patients, images, len(files), gib, f'build {args.config}', workers,
                    result['seconds'], rss, result['seconds'] / floor['seconds']))
   print(f'\n{platform.processor() or platform.machine()}, {cores} cores, '
         f'images {args.height}x{args.width} uint16\n')

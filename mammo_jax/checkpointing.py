@@ -4,7 +4,9 @@ Two CheckpointManagers, `checkpoints/latest` (one) and `checkpoints/best` (two).
 checkpoint holds the TrainState and, as JSON, the loop's host-side state (epoch, early-stopping
 counters, running epoch sums), so a resumed run continues exactly where the checkpoint was
 taken. Saves are synchronous: a SIGKILL can then only lose work done after the last commit,
-never leave a half-written checkpoint that a resumption would trust.
+never leave a half-written checkpoint that a resumption would trust. In a run of several
+processes every process saves and restores (Orbax's multi-process checkpoints), each state
+array as one array replicated over all their devices (parallel.to_global).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import os
 
 import jax
 import orbax.checkpoint as ocp
+
+from mammo_jax import parallel
 
 
 def _manager(path: str, keep: int) -> ocp.CheckpointManager:
@@ -38,6 +42,7 @@ class Checkpoints:
     return self._latest.latest_step()
 
   def _save(self, manager: ocp.CheckpointManager, step: int, state, loop: dict) -> None:
+    state = parallel.to_global(state)
     manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                loop=ocp.args.JsonSave(loop)), force=True)
     manager.wait_until_finished()
@@ -49,10 +54,10 @@ class Checkpoints:
     self._save(self._best, step, state, loop)
 
   def _restore(self, manager: ocp.CheckpointManager, step: int, target):
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, parallel.to_global(target))
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), loop=ocp.args.JsonRestore()))
-    return restored.state, restored.loop
+    return parallel.to_local(restored.state), restored.loop
 
   def restore_latest(self, target, default_loop: dict):
     """(state, loop) of the latest checkpoint, or (target, default_loop) when there is none."""

@@ -13,6 +13,7 @@ import os
 import numpy as np
 
 from mammo_jax import calibration
+from mammo_jax import distributed
 from mammo_jax import evaluators
 from mammo_jax import input_pipeline
 from mammo_jax import parallel
@@ -29,7 +30,8 @@ def evaluate(p_eval_step, state, data: dict[str, np.ndarray], batch_size: int,
   masks = []
 
   def device_batches():  # the mask stays on the host; the step never needs it
-    for batch in input_pipeline.eval_batches(data, batch_size):
+    for batch in input_pipeline.eval_batches(data, batch_size,
+                                             parallel.process_rows(batch_size)):
       masks.append(batch.pop('mask'))
       yield batch
 
@@ -38,9 +40,11 @@ def evaluate(p_eval_step, state, data: dict[str, np.ndarray], batch_size: int,
     out = p_eval_step(state, batch)
     losses.append(parallel.unshard(out['loss']))
     probs.append(parallel.unshard(out['probs']))
-  mask = np.concatenate(masks)
-  loss = np.concatenate(losses)[mask].astype(np.float64)
-  probs = np.concatenate(probs)[mask]
+  # Each process evaluated its share of every batch; all get every example back, in order.
+  loss, probs, mask = parallel.gather_shares(
+      (np.concatenate(losses), np.concatenate(probs), np.concatenate(masks)), len(masks))
+  loss = loss[mask].astype(np.float64)
+  probs = probs[mask]
   labels = np.asarray(task.target(data['label']))  # eval_batches keeps the order
   result = evaluator.evaluate(probs, labels, task.class_names)
   result['loss'] = float(loss.mean())
@@ -87,6 +91,13 @@ def add_flip_tta(config, evaluator: evaluators.Evaluator, results: dict, outputs
       values.setdefault('ci95', {})['auc_flip_tta'] = interval['auc']
 
 
+def _write_plots(workdir: str, metrics_path: str, outputs: dict, class_names) -> None:
+  plots.write_run_plots(workdir, plots.read_metrics(metrics_path), outputs, class_names)
+  for split, (probs, labels) in outputs.items():
+    plots.reliability_plot(probs, labels, os.path.join(workdir, f'reliability_{split}.png'),
+                           title=f'{split} reliability (n={len(labels)})')
+
+
 def final_evaluation(config, workdir, ckpt, state, loop, splits, p_eval_step, task, log, *,
                      synthetic: bool, steps_per_epoch: int, param_counts: tuple[int, int],
                      ids: dict[str, np.ndarray],
@@ -129,10 +140,7 @@ def final_evaluation(config, workdir, ckpt, state, loop, splits, p_eval_step, ta
   workdir_lib.write_predictions(workdir, ids, outputs,
                                 {s: splits[s]['label'] for s in workdir_lib.SPLITS})
   workdir_lib.write_results(workdir, summary)  # last: marks the run finished
-  plots.write_run_plots(workdir, plots.read_metrics(log.path), outputs, task.class_names)
-  for split, (probs, labels) in outputs.items():
-    plots.reliability_plot(probs, labels, os.path.join(workdir, f'reliability_{split}.png'),
-                           title=f'{split} reliability (n={len(labels)})')
+  distributed.on_main(_write_plots, workdir, log.path, outputs, task.class_names)
   test_ci = results['test'].get('ci95', {}).get('accuracy')
   print(f'Best checkpoint: epoch {loop["best_epoch"]} (step {loop["best_step"]}); validation '
         f'acc {results["validation"]["accuracy"]:.4f}, test acc '

@@ -271,30 +271,33 @@ def epoch_order(n: int, batch_size: int, seed: int, epoch: int) -> np.ndarray:
   return perm[:steps * batch_size].reshape(steps, batch_size)
 
 
-def train_batches(data: dict[str, np.ndarray], batch_size: int, seed: int,
-                  start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
-  """Endless shuffled training batches, starting at global step `start_step`."""
+def train_batches(data: dict[str, np.ndarray], batch_size: int, seed: int, start_step: int = 0,
+                  rows: slice = slice(None)) -> Iterator[dict[str, np.ndarray]]:
+  """Endless shuffled training batches, starting at global step `start_step`; of each global
+  batch only `rows` (this process's share, parallel.process_rows) are read."""
   steps = steps_per_epoch(num_examples(data), batch_size)
   epoch, offset = divmod(start_step, steps)
   while True:
     order = epoch_order(num_examples(data), batch_size, seed, epoch)
-    for idx in order[offset:]:
+    for idx in order[offset:, rows]:
       yield {name: values[idx] for name, values in data.items()}
     epoch, offset = epoch + 1, 0
 
 
-def eval_batches(data: dict[str, np.ndarray],
-                 batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-  """Every example once, in order; the last batch is zero-padded and `mask` marks real ones."""
+def eval_batches(data: dict[str, np.ndarray], batch_size: int,
+                 rows: slice = slice(None)) -> Iterator[dict[str, np.ndarray]]:
+  """Every example once, in order, in global batches of which `rows` (this process's share)
+  are read; the last batch is zero-padded and `mask` marks real examples."""
   n = num_examples(data)
+  share = range(batch_size)[rows]
   for start in range(0, n, batch_size):
-    stop = min(start + batch_size, n)
+    lo, hi = start + share.start, start + share.stop
     batch = {}
     for name, values in data.items():
-      chunk = values[start:stop]
-      if stop - start < batch_size:
-        pad = np.zeros((batch_size - (stop - start), *chunk.shape[1:]), chunk.dtype)
+      chunk = values[lo:hi]
+      if len(chunk) < hi - lo:
+        pad = np.zeros((hi - lo - len(chunk), *chunk.shape[1:]), chunk.dtype)
         chunk = np.concatenate([chunk, pad])
       batch[name] = chunk
-    batch['mask'] = np.arange(start, start + batch_size) < n
+    batch['mask'] = np.arange(lo, hi) < n
     yield batch

@@ -284,6 +284,9 @@ def summary_table(summaries: dict[str, dict]) -> str:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Sweeps every optimizer of config.lr_range.optimizers; returns lr_range.json's content."""
+  if jax.process_count() > 1:
+    raise ValueError('the LR range test runs as one process; start it without '
+                     '--coordinator_address, --num_processes and --process_id')
   names = optimizer_names(config)
   os.makedirs(workdir, exist_ok=True)
   if os.path.exists(os.path.join(workdir, workdir_lib.LR_RANGE_JSON)):

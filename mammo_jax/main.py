@@ -2,8 +2,9 @@
 
 This file is intentionally thin: it parses flags and hands the config to the runner it
 names (mammo_jax.runners: train, stages, ensemble, lr_range). Re-running the same command on
-the same workdir resumes an interrupted run exactly. A failure ends with one line,
-`mammo_jax: error: ...`, naming the log file that holds its traceback.
+the same workdir resumes an interrupted run exactly. A run of several processes (a TPU pod
+slice, multi-node GPUs) is the same command on every host (mammo_jax.distributed). A failure
+ends with one line, `mammo_jax: error: ...`, naming the log file that holds its traceback.
 
 The console shows the run's own output (stdout) and log warnings and errors; INFO log lines
 (TFDS, JAX, the build's progress notes) are kept in memory and written into that log file
@@ -25,6 +26,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from mammo_jax import distributed
 from mammo_jax import runners
 from mammo_jax import workdir as workdir_lib
 from mammo_jax import workdir_lock
@@ -33,6 +35,11 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for this run\'s checkpoints and outputs.')
 config_flags.DEFINE_config_file('config', None, 'Experiment config file, e.g. '
                                 'configs/scratch2.py:exp5', lock_config=True)
+flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0, in a run of several '
+                    'processes (not needed on a TPU pod slice, SLURM or Open MPI).')
+flags.DEFINE_integer('num_processes', None, 'How many processes the run has (1: one, without '
+                     'looking for a cluster).')
+flags.DEFINE_integer('process_id', None, 'This process\'s index, 0 to num_processes - 1.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -40,7 +47,8 @@ flags.mark_flags_as_required(['config', 'workdir'])
 # TFDS's AssertionError on an empty manual_dir, KeyError from config access), an unwritable or
 # full disk (OSError), diverged training (FloatingPointError), a missing optional package.
 # Each ends with one `mammo_jax: error:` line; the traceback goes to WORKDIR/error.log.
-KNOWN_ERRORS = (ValueError, KeyError, AssertionError, OSError, FloatingPointError, ImportError)
+KNOWN_ERRORS = (ValueError, KeyError, AssertionError, OSError, FloatingPointError, ImportError,
+                distributed.OtherProcessError)
 
 
 def _orbax_info_filter(record) -> bool:
@@ -79,7 +87,8 @@ def _one_line(e: BaseException) -> str:
   """An exception as one line: its message, named by its type where the message alone is not
   enough (KeyError's is just the key, AssertionError's may be empty)."""
   text = ' '.join(str(e).split())
-  if isinstance(e, (ValueError, FloatingPointError, OSError, workdir_lock.WorkdirError)):
+  if isinstance(e, (ValueError, FloatingPointError, OSError, workdir_lock.WorkdirError,
+                    distributed.OtherProcessError)):
     return text or type(e).__name__
   return f'{type(e).__name__}: {text}' if text else type(e).__name__
 
@@ -90,7 +99,7 @@ def _write_traceback(workdir: str) -> str:
   path."""
   text = (f'{time.strftime("%Y-%m-%d %H:%M:%S %Z")} {" ".join(sys.argv)}\n'
           + ''.join(line + '\n' for line in _RECENT.lines) + traceback.format_exc())
-  if os.path.isdir(workdir):
+  if os.path.isdir(workdir) and distributed.is_main():  # process 0's; the others' go to /tmp
     path = os.path.join(workdir, workdir_lib.ERROR_LOG)
     try:
       with open(path, 'w') as f:
@@ -116,7 +125,13 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   _quiet_console()
-  print(f'JAX devices: {jax.local_devices()}', flush=True)  # on the console, not the log
+  try:
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  except ValueError as e:
+    _fail(_one_line(e))
+  processes = (f' (process {jax.process_index()} of {jax.process_count()})'
+               if jax.process_count() > 1 else '')
+  print(f'JAX devices: {jax.local_devices()}{processes}', flush=True)  # console, not the log
   try:
     runners.run(FLAGS.config, FLAGS.workdir)
   except workdir_lock.WorkdirError as e:  # the line says it all; the folder is not ours

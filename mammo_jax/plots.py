@@ -21,6 +21,7 @@ from matplotlib.ticker import MaxNLocator
 import numpy as np
 
 from mammo_jax import calibration
+from mammo_jax import distributed
 from mammo_jax import metrics
 
 _DPI = 100
@@ -104,13 +105,15 @@ def _new_figure(width: float, height: float, ncols: int = 1):
 
 
 def _save(fig: Figure, out_path: str | os.PathLike, title: str) -> str:
-  """Writes `fig` as a PNG (creating parent directories), releases it, returns the path."""
+  """Writes `fig` as a PNG (creating parent directories), releases it, returns the path.
+  In a run of several processes, process 0 writes it."""
   out_path = os.fspath(out_path)
   try:
     if title:
       fig.suptitle(title)
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    fig.savefig(out_path, format='png', dpi=_DPI)
+    if distributed.is_main():
+      os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+      fig.savefig(out_path, format='png', dpi=_DPI)
   finally:
     fig.clear()
   return out_path

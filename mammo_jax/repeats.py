@@ -24,6 +24,7 @@ from collections.abc import Mapping
 import ml_collections
 import numpy as np
 
+from mammo_jax import distributed
 from mammo_jax import ensemble
 from mammo_jax import evaluators
 from mammo_jax import tasks
@@ -81,7 +82,7 @@ def summarise(runner: str, workdir: str, run_dirs: Mapping[str, str],
             for s in SPLITS}
   pooled = pool_test_predictions(run_dirs, disjoint=runner == 'cv')
   task = tasks.get_task(pooled.pop('task'))
-  np.savez(os.path.join(workdir, POOLED_NPZ), **pooled)
+  distributed.on_main(np.savez, os.path.join(workdir, POOLED_NPZ), **pooled)
   probs, labels = pooled['test_probs'], pooled['test_labels']
   pooled_metrics = evaluator.evaluate(probs, labels, task.class_names)
   # A patient's rows from every member (every seed, for repeat) are resampled together.

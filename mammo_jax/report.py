@@ -29,6 +29,7 @@ from absl import app
 from absl import flags
 
 from mammo_jax import bootstrap
+from mammo_jax import distributed
 from mammo_jax import evaluators
 from mammo_jax import metrics
 from mammo_jax import workdir as workdir_lib
@@ -348,14 +349,19 @@ def render_html(blocks: list[tuple]) -> str:
 
 
 def write_report(workdir: str) -> tuple[str, str]:
-  """Writes DIR/report.md and DIR/report.html; returns their paths."""
-  blocks = build(workdir)
+  """Writes DIR/report.md and DIR/report.html (process 0 of a run of several); returns their
+  paths."""
   md_path, html_path = os.path.join(workdir, REPORT_MD), os.path.join(workdir, REPORT_HTML)
+  distributed.on_main(_write_report, workdir, md_path, html_path)
+  return md_path, html_path
+
+
+def _write_report(workdir: str, md_path: str, html_path: str) -> None:
+  blocks = build(workdir)
   with open(md_path, 'w') as f:
     f.write(render_markdown(blocks, workdir))
   with open(html_path, 'w') as f:
     f.write(render_html(blocks))
-  return md_path, html_path
 
 
 def main(argv):

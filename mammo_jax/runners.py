@@ -11,7 +11,8 @@ Each maps to `run(config, workdir)`; modules are imported when their runner is a
 config names a runner without importing the others. A new runner is one line here.
 
 `run` is the one way in (main, ensemble members, pipeline stages): it takes the workdir's lock
-(mammo_jax.workdir_lock: one run per workdir), then checks the config for its runner
+(mammo_jax.workdir_lock: one run per workdir; process 0 takes it in a run of several
+processes, mammo_jax.distributed), then checks the config for its runner
 (mammo_jax.config_checks), both before anything else is written or any data is prepared.
 """
 
@@ -22,7 +23,7 @@ import importlib
 import ml_collections
 
 from mammo_jax import config_checks
-from mammo_jax import workdir_lock
+from mammo_jax import distributed
 
 RUNNERS = {
     'train': ('mammo_jax.train', 'train_and_evaluate'),
@@ -49,7 +50,7 @@ def get_runner(name: str):
 
 def run(config: ml_collections.ConfigDict, workdir: str):
   """Runs config with the runner it names, in workdir; returns what the runner returns."""
-  with workdir_lock.hold(workdir):
+  with distributed.hold_workdir(workdir):
     runner = get_runner(runner_name(config))
     config_checks.check(config)
     return runner(config, workdir)

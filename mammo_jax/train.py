@@ -37,6 +37,7 @@ import numpy as np
 from mammo_jax import accumulation
 from mammo_jax import augment
 from mammo_jax import checkpointing
+from mammo_jax import distributed
 from mammo_jax import evaluation
 from mammo_jax import evaluators
 from mammo_jax import freezing
@@ -260,7 +261,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   # warm start's sources, before minutes of data preparation.
   model = create_model(config, task)
   warm_start.check_sources(config, workdir)
-  builder = input_pipeline.prepare_builder(config.data)
+  builder = distributed.main_first(input_pipeline.prepare_builder, config.data)
   print(input_pipeline.describe(builder), flush=True)
   task.check_labels(builder.info.features['label'].names, config.data.name)
   report = input_pipeline.build_report(builder)
@@ -368,7 +369,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     pending.clear()
 
   batches = parallel.prefetch(input_pipeline.train_batches(
-      splits['train'], config.batch_size, config.seed, start_step=step))
+      splits['train'], config.batch_size, config.seed, start_step=step,
+      rows=parallel.process_rows(config.batch_size)))
   start_time, start_step = time.time(), step
   cadence = config.checkpoint_every_steps
   while step < total_steps and loop['stop_reason'] is None:

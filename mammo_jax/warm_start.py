@@ -16,6 +16,7 @@ import os
 import ml_collections
 
 from mammo_jax import checkpointing
+from mammo_jax import distributed
 from mammo_jax import models
 from mammo_jax import workdir as workdir_lib
 from mammo_jax.models import whole
@@ -116,9 +117,10 @@ def warm_start(config: ml_collections.ConfigDict, workdir: str, state):
     variables = {'params': params}
     if batch_stats is not None:
       variables['batch_stats'] = batch_stats
-    variables, meta = _family(config).load(
-        variables, config.model.pretrained, preprocess=config.model.preprocess,
-        cache_dir=cache, dont_load=config.model.dont_load)
+    # Process 0 first: a file it downloads into a shared cache is there for the others.
+    variables, meta = distributed.main_first(
+        _family(config).load, variables, config.model.pretrained,
+        preprocess=config.model.preprocess, cache_dir=cache, dont_load=config.model.dont_load)
     params, batch_stats = variables['params'], variables.get('batch_stats')
     print(f'{config.model.name} initialised from {config.model.pretrained} '
           f'({meta.get("format")}, source sha256 {str(meta.get("source_sha256"))[:12]})',

@@ -17,7 +17,8 @@ Stages (mammo_jax.pipeline), ensembles (mammo_jax.ensemble) and the report read 
 the functions here, never by opening these files themselves.
 
 Every JSON file is standard JSON: metrics that are undefined (an AUC where one class is
-absent) are written as null, never NaN or Infinity.
+absent) are written as null, never NaN or Infinity. In a run of several processes, process 0
+alone writes these files (mammo_jax.distributed.on_main); Orbax writes checkpoints/.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from flax import traverse_util
 import ml_collections
 import numpy as np
 
+from mammo_jax import distributed
 from tfds_cbis import provenance as provenance_lib
 from tfds_cbis import strict_json
 
@@ -72,11 +74,16 @@ SPLITS = ('validation', 'test')
 # Strict JSON.
 
 def write_json(path: str, obj: Any, **kwargs) -> None:
-  """Writes obj as standard JSON (non-finite numbers as null), indented, keys sorted."""
+  """Writes obj as standard JSON (non-finite numbers as null), indented, keys sorted (on
+  process 0 of a run of several)."""
   kwargs.setdefault('indent', 1)
   kwargs.setdefault('sort_keys', True)
+  distributed.on_main(_write_text, path, strict_json.dumps(obj, **kwargs))
+
+
+def _write_text(path: str, text: str) -> None:
   with open(path, 'w') as f:
-    f.write(strict_json.dumps(obj, **kwargs))
+    f.write(text)
 
 
 def read_json(path: str) -> Any:
@@ -208,7 +215,7 @@ def write_predictions(workdir: str, ids: dict, outputs: dict, label4: dict) -> N
   for split, (probs, labels) in outputs.items():
     arrays.update({f'{split}_ids': ids[split], f'{split}_probs': probs,
                    f'{split}_labels': labels, f'{split}_label4': label4[split]})
-  np.savez(os.path.join(workdir, PREDICTIONS_NPZ), **arrays)
+  distributed.on_main(np.savez, os.path.join(workdir, PREDICTIONS_NPZ), **arrays)
 
 
 def read_predictions(workdir: str) -> dict[str, np.ndarray]:
@@ -238,12 +245,17 @@ def write_init_from(workdir: str, source: str) -> None:
 # The metrics log.
 
 class MetricsLog:
-  """metrics.jsonl (one object per logged step and split) plus TensorBoard scalars."""
+  """metrics.jsonl (one object per logged step and split) plus TensorBoard scalars; the other
+  processes of a run of several write neither (only process 0 reads them)."""
 
   def __init__(self, workdir: str, resume_step: int):
     from clu import metric_writers  # pylint: disable=g-import-not-at-top  (TensorBoard: lazily)
-    import jax  # pylint: disable=g-import-not-at-top
     self.path = os.path.join(workdir, METRICS_JSONL)
+    self.main = distributed.is_main()
+    self.writer = metric_writers.create_default_writer(
+        os.path.join(workdir, 'tensorboard'), just_logging=not self.main)
+    if not self.main:
+      return
     kept = []
     if os.path.exists(self.path):  # drop what a killed run logged after its checkpoint
       with open(self.path) as f:
@@ -257,13 +269,12 @@ class MetricsLog:
             kept.append(line if line.endswith('\n') else line + '\n')
     with open(self.path, 'w') as f:
       f.writelines(kept)
-    self.writer = metric_writers.create_default_writer(
-        os.path.join(workdir, 'tensorboard'), just_logging=jax.process_index() > 0)
 
   def write(self, step: int, split: str, values: dict, **extra) -> None:
-    record = {'step': int(step), 'split': split, **extra, 'metrics': values}
-    with open(self.path, 'a') as f:
-      f.write(strict_json.dumps(record, sort_keys=True) + '\n')
+    if self.main:
+      record = {'step': int(step), 'split': split, **extra, 'metrics': values}
+      with open(self.path, 'a') as f:
+        f.write(strict_json.dumps(record, sort_keys=True) + '\n')
     scalars = {f'{split}/{k}': v for k, v in values.items() if isinstance(v, (int, float))}
     self.writer.write_scalars(int(step), scalars)
     self.writer.flush()

@@ -103,12 +103,13 @@ def plan_views(all_cases: Sequence[cases_lib.Case], split_of: Mapping[str, str],
                ) -> tuple[list[ViewTask], list[patches.Skip], dict]:
   """One task per view with a found image and at least one abnormality file.
 
-  Returns (tasks, skips, report entries): `merged_views` (each view held under several
-  subjects: view, split, subjects, abnormalities) and `excluded_images` (the plan's excluded
-  subjects less those merged into a built view).
+  Returns (tasks, skips, report entries): `views_in_csvs`, `merged_views` (each view held
+  under several subjects: view, split, subjects, abnormalities) and `excluded_images` (the
+  plan's excluded subjects less those placed in a view through another subject).
   """
   tasks, skips, merged, used = [], [], [], set()
-  for view, cases in group_views(all_cases).items():
+  views = group_views(all_cases)
+  for view, cases in views.items():
     split = view_split(cases, split_of)
     if split is None:
       continue
@@ -135,7 +136,7 @@ def plan_views(all_cases: Sequence[cases_lib.Case], split_of: Mapping[str, str],
                      'abnormalities': sum(len(c.abnormalities) for c in cases)})
     if any(p.abnormalities for p in parts):
       tasks.append(ViewTask(view, split, tuple(parts)))
-  extra = {'merged_views': merged,
+  extra = {'views_in_csvs': len(views), 'merged_views': merged,
            'excluded_images': [s for s in excluded_subjects if s not in used]}
   return tasks, skips, extra
 

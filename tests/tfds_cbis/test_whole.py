@@ -117,7 +117,7 @@ def test_one_example_per_view_with_all_its_abnormalities(tree, built):
         whole.ABNORMALITY_TYPES.index(i['abnormality_type'])
         for i, _ in located]
     assert list(ex['pathologies']) == [int(a['pathology'] == 'MALIGNANT') for _, a in located]
-  assert len(exs) == expected
+  assert len(exs) == expected and rep['views_in_csvs'] == len(_views(manifest))
   # The tree holds merges within a split and across the official split.
   assert sorted(merged) == ['P_00001_RIGHT_CC', 'P_00001_RIGHT_MLO', 'P_00007_LEFT_CC',
                             'P_00007_LEFT_MLO']

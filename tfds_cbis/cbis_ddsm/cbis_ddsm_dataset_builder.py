@@ -1,4 +1,4 @@
-"""TFDS builder `cbis_ddsm`: CBIS-DDSM patch datasets straight from the TCIA DICOM download.
+"""TFDS builder `cbis_ddsm`: CBIS-DDSM patch and whole-image datasets from the TCIA DICOM files.
 
 The heavy lifting is in plain modules (build_lock, build_plan, build_report, pool, patches and
 below); this file declares the configs and features and wires the pieces into TFDS, with or
@@ -116,7 +116,7 @@ _WORKER_DIED = ('cbis_ddsm: a worker process died while reading mammograms (out 
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
-  """CBIS-DDSM abnormality patches read directly from the DICOM files."""
+  """CBIS-DDSM abnormality patches or whole breast views read directly from the DICOM files."""
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {

@@ -2,7 +2,8 @@
 
 Run `python -m tfds_cbis.cbis_ddsm.make_dummy_data` (or `make dummy-data`). The tree is the
 NBIA Data Retriever layout with the four CSVs at its root; every synthetic quirk is present.
-After regenerating, update the exact split counts in tests/tfds_cbis/test_cbis_ddsm_builder.py.
+After regenerating, update the exact split counts in tests/tfds_cbis/test_cbis_ddsm_builder.py,
+tests/tfds_cbis/test_whole.py and tests/mammo_jax/test_whole_inputs.py.
 """
 
 import os
