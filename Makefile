@@ -9,7 +9,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export NO_GCE_CHECK ?= true
 PYTEST_WORKERS ?= 2
 
-.PHONY: install test test-slow test-all demo benchmark dummy-data clean
+.PHONY: install test test-slow test-all demo demo-whole benchmark dummy-data clean
 
 install: $(STAMP)
 
@@ -38,6 +38,14 @@ test-all: install
 # synthetic CBIS-DDSM; ends with the report's path. A second run reuses the members.
 demo: install
 	$(PY) -m mammo_jax.main --config=configs/ensemble4.py --workdir=runs/demo
+
+# Shen's whole-image classifier at demo size (configs/whole.py:demo: small scratch backbone,
+# 288x224 images) on the synthetic CBIS-DDSM, then its report; ends with the report's path.
+# TODO(lead): end with `python -m mammo_jax.predict` on a synthetic DICOM file (printing its
+# heatmap's path) once the predict branch lands (issue 13, item 6).
+demo-whole: install
+	$(PY) -m mammo_jax.main --config=configs/whole.py:demo --workdir=runs/demo_whole
+	$(PY) -m mammo_jax.report --workdir=runs/demo_whole
 
 benchmark: install
 	$(PY) benchmarks/build_throughput.py

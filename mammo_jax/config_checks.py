@@ -45,6 +45,7 @@ def enum_fields() -> dict[str, tuple[str, ...]]:
       'augment.fill_mode': augment.FILL_MODES,
       'data.inputs': input_pipeline.INPUTS,
       'class_balance': tasks.CLASS_BALANCE,
+      'checkpoint_metric': ('loss', 'auc'),
       'data.synthetic.layout': synthetic_naming.LAYOUTS,
   }
 
@@ -93,6 +94,12 @@ def check_training(config: ml_collections.ConfigDict) -> None:
   except ValueError as e:
     raise ConfigError(str(e)) from None
   check_batch_sizes(config, 'batch_size', 'eval_batch_size')
+  _number(config, 'grad_accum_steps', lambda v: v >= 1 and v == int(v), 'integers >= 1')
+  if config.batch_size % (parallel.device_count() * config.grad_accum_steps):
+    raise ConfigError(f'config.grad_accum_steps={config.grad_accum_steps} does not divide the '
+                      f'per-device batch (batch_size={config.batch_size} over '
+                      f'{parallel.device_count()} devices); set a batch_size that is a multiple '
+                      f'of devices x grad_accum_steps')
   _number(config, 'data.image_size', lambda v: v == 0 or v >= 1 and v == int(v),
           '0 (as stored) or integers >= 1')
   _number(config, 'optimizer.learning_rate', lambda v: v > 0, 'numbers > 0')

@@ -16,6 +16,7 @@ from mammo_jax import calibration
 from mammo_jax import distributed
 from mammo_jax import evaluators
 from mammo_jax import input_pipeline
+from mammo_jax import localisation
 from mammo_jax import parallel
 from mammo_jax import plots
 from mammo_jax import tasks
@@ -73,6 +74,24 @@ def add_uncertainty(config, evaluator: evaluators.Evaluator, results: dict, outp
           'auc': evaluator.evaluate(scaled, labels, class_names)['auc']}
 
 
+def add_flip_tta(config, evaluator: evaluators.Evaluator, results: dict, outputs: dict,
+                 ids: dict, p_eval_flipped, state, splits: dict, task: tasks.Task) -> None:
+  """Adds to each split's metrics `auc_flip_tta`, the AUC of the mean class probabilities of
+  each image and its horizontal mirror (Shen's flip test-time augmentation, one flip), and its
+  patient-bootstrap interval as ci95['auc_flip_tta'] (same resamples as the other metrics)."""
+  ci = evaluators.ci_settings(config)
+  for split, (probs, labels) in outputs.items():
+    _, flipped, _ = evaluate(p_eval_flipped, state, splits[split], config.eval_batch_size, task,
+                             evaluator)
+    mean = (probs + flipped) / 2
+    values = results[split]
+    values['auc_flip_tta'] = evaluator.evaluate(mean, labels, task.class_names)['auc']
+    interval = evaluators.intervals(evaluator, mean.argmax(-1), mean, labels, ids[split],
+                                    len(task.class_names), *ci).get('ci95', {})
+    if 'auc' in interval:
+      values.setdefault('ci95', {})['auc_flip_tta'] = interval['auc']
+
+
 def _write_plots(workdir: str, metrics_path: str, outputs: dict, class_names) -> None:
   plots.write_run_plots(workdir, plots.read_metrics(metrics_path), outputs, class_names)
   for split, (probs, labels) in outputs.items():
@@ -84,15 +103,18 @@ def final_evaluation(config, workdir, ckpt, state, loop, splits, p_eval_step, ta
                      synthetic: bool, steps_per_epoch: int, param_counts: tuple[int, int],
                      ids: dict[str, np.ndarray],
                      without_baseline: dict[str, int] | None = None,
-                     data_provenance: str | None = None) -> dict:
-  """Evaluates the best-validation-loss checkpoint once on validation and test.
+                     data_provenance: str | None = None, p_eval_flipped=None) -> dict:
+  """Evaluates the best checkpoint (config.checkpoint_metric) once on validation and test;
+  with `p_eval_flipped` (config.evaluation.flip_tta), on the mirrored images too.
 
   Writes results.json, the plots, and predictions.npz: per split, the example ids, the
   class probabilities, the task labels and the 4-class labels, for ensembles and composites
   (mammo_jax.ensemble), which combine runs without running their models again. Pair runs
   also record `examples_without_baseline` per split: examples left out of training and of
   every evaluation (their ids are not in predictions.npz either). `data_provenance` is the
-  dataset's provenance_id (None for a build that predates provenance).
+  dataset's provenance_id (None for a build that predates provenance). With
+  config.evaluation.localisation, the finished run then gets localisation.json and its test
+  heatmaps (mammo_jax.localisation.evaluate_run: per-image AUC, pointing game).
   """
   evaluator = evaluators.of_config(config)
   best = ckpt.restore_best(state, loop['best_step'])
@@ -103,6 +125,8 @@ def final_evaluation(config, workdir, ckpt, state, loop, splits, p_eval_step, ta
     results[split] = values
     outputs[split] = (probs, labels)
   add_uncertainty(config, evaluator, results, outputs, ids, task.class_names)
+  if p_eval_flipped is not None:
+    add_flip_tta(config, evaluator, results, outputs, ids, p_eval_flipped, best, splits, task)
   log.write(loop['best_step'], 'test', results['test'], epoch=loop['best_epoch'],
             checkpoint='best')
   summary = {
@@ -120,6 +144,8 @@ def final_evaluation(config, workdir, ckpt, state, loop, splits, p_eval_step, ta
                                 {s: splits[s]['label'] for s in workdir_lib.SPLITS})
   workdir_lib.write_results(workdir, summary)  # last: marks the run finished
   distributed.on_main(_write_plots, workdir, log.path, outputs, task.class_names)
+  if (config.get('evaluation') or {}).get('localisation'):  # reads the finished run's files
+    distributed.on_main(localisation.evaluate_run, workdir)
   test_ci = results['test'].get('ci95', {}).get('accuracy')
   print(f'Best checkpoint: epoch {loop["best_epoch"]} (step {loop["best_step"]}); validation '
         f'acc {results["validation"]["accuracy"]:.4f}, test acc '

@@ -3,9 +3,11 @@
 The study's three tasks derive from the 4-class label of cbis_ddsm/roi150: labels 0..3 are
 BENIGN_MASS, MALIGNANT_MASS, BENIGN_CALCIFICATION, MALIGNANT_CALCIFICATION
 (docs/REFERENCE_STUDY.md §1.4). `five_class` is Shen et al.'s patch task (docs/SHEN_2019.md) on
-cbis_ddsm/s10_224, whose five labels put BACKGROUND first, then those four. Binary tasks use
-one logit and sigmoid cross-entropy, the others softmax cross-entropy, as the Keras models did
-(on logits here, for stability).
+cbis_ddsm/s10_224, whose five labels put BACKGROUND first, then those four. `whole_image` is
+Shen et al.'s image task on the whole-image configs (cbis_ddsm/whole_1152x896, whole_288x224:
+BENIGN or MALIGNANT per breast view), a 2-way softmax as in their code. Binary tasks use one
+logit and sigmoid cross-entropy, the others softmax cross-entropy, as the Keras models did (on
+logits here, for stability).
 """
 
 import dataclasses
@@ -20,6 +22,8 @@ ROI150 = 'cbis_ddsm/roi150'
 S10 = 'cbis_ddsm/s10_224'
 FOUR_LABELS = ('BENIGN_MASS', 'MALIGNANT_MASS', 'BENIGN_CALCIFICATION', 'MALIGNANT_CALCIFICATION')
 FIVE_LABELS = ('BACKGROUND',) + FOUR_LABELS
+WHOLE = 'cbis_ddsm/whole_1152x896'
+IMAGE_LABELS = ('BENIGN', 'MALIGNANT')
 CLASS_BALANCE = ('none', 'batch')  # config.class_balance: 'batch' uses balance_weights
 
 
@@ -89,6 +93,8 @@ TASKS = {
                                 lambda y: (y % 2).astype(jnp.int32)),
     'five_class': Task('five_class', FIVE_LABELS, 5, _identity, dataset=S10,
                        dataset_labels=FIVE_LABELS),
+    'whole_image': Task('whole_image', IMAGE_LABELS, 2, _identity, dataset=WHOLE,
+                        dataset_labels=IMAGE_LABELS),
 }
 
 

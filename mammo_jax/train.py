@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from mammo_jax import accumulation
 from mammo_jax import augment
 from mammo_jax import checkpointing
 from mammo_jax import distributed
@@ -115,9 +116,10 @@ def l2_penalty(params, l2: float) -> jnp.ndarray:
 
 def train_step(state: TrainState, batch: dict, rng: jax.Array, *, task: tasks.Task,
                spec: augment.AugmentSpec, preprocess_mode: str, l2: float, trainable: str,
-               class_balance: str = 'none'):
+               class_balance: str = 'none', grad_accum_steps: int = 1):
   """One update on a per-device slice of the global batch (runs under pmap).
-  class_balance 'batch' weighs each example by 1 / its class's share of the global batch."""
+  class_balance 'batch' weighs each example by 1 / its class's share of the global batch;
+  grad_accum_steps > 1 computes the gradients in micro-batches (mammo_jax.accumulation)."""
   step_rng = jax.random.fold_in(rng, state.step)
   aug_rng, dropout_rng = jax.random.split(step_rng)
   device = lax.axis_index(parallel.AXIS)
@@ -126,36 +128,49 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, task: tasks.Ta
   keys = jax.vmap(jax.random.fold_in, (None, 0))(aug_rng, index)
   images = preprocessing.train_inputs(batch['image'], keys, spec, preprocess_mode)
   dropout_rng = jax.random.fold_in(dropout_rng, device)
+  weights = None
+  if class_balance == 'batch':
+    weights = tasks.balance_weights(task.target(batch['label']), len(task.class_names),
+                                    parallel.AXIS)
   # Gradients only for trainable parameters: nothing is back-propagated into frozen layers.
   train_params, frozen_params = freezing.partition(state.params, trainable)
 
-  def loss_fn(train_params):
+  def loss_fn(train_params, batch_stats, images, labels, weights, dropout_rng):
     params = freezing.combine(train_params, frozen_params)
-    logits, updates = state.apply_fn(_variables(state, params), images, train=True,
-                                     rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
-    loss = task.loss(logits, batch['label'])
-    if class_balance == 'batch':
-      loss = loss * tasks.balance_weights(task.target(batch['label']),
-                                          len(task.class_names), parallel.AXIS)
+    logits, updates = state.apply_fn(_variables(state.replace(batch_stats=batch_stats), params),
+                                     images, train=True, rngs={'dropout': dropout_rng},
+                                     mutable=['batch_stats'])
+    loss = task.loss(logits, labels)
+    if weights is not None:
+      loss = loss * weights
     loss = loss.mean()
     total = loss + l2_penalty(params, l2) if l2 else loss
-    return total, (loss, logits, updates)
+    return total, (loss, logits, updates.get('batch_stats'))
 
-  grads, (loss, logits, updates) = jax.grad(loss_fn, has_aux=True)(train_params)
+  grad_fn = jax.grad(loss_fn, has_aux=True)
+  args = (train_params, state.batch_stats, images, batch['label'], weights, dropout_rng)
+  if grad_accum_steps > 1:
+    grads, (loss, logits, batch_stats) = accumulation.accumulate(grad_fn, grad_accum_steps, *args)
+  else:
+    grads, (loss, logits, batch_stats) = grad_fn(*args)
   grads = lax.pmean(grads, parallel.AXIS)
   # Frozen parameters get zeros, which the masked optimizer ignores (set_to_zero).
   grads = freezing.combine(grads, jax.tree.map(jnp.zeros_like, frozen_params))
   state = state.apply_gradients(grads=grads)
   if state.batch_stats is not None:  # already synced by BatchNorm's axis_name; pmean is exact
-    state = state.replace(batch_stats=lax.pmean(updates['batch_stats'], parallel.AXIS))
+    state = state.replace(batch_stats=lax.pmean(batch_stats, parallel.AXIS))
   correct = task.probabilities(logits).argmax(-1) == task.target(batch['label'])
   metrics = {'loss': loss, 'accuracy': correct.mean()}
   return state, lax.pmean(metrics, parallel.AXIS)
 
 
-def eval_step(state: TrainState, batch: dict, *, task: tasks.Task, preprocess_mode: str):
-  """Per-example loss and class probabilities; masking happens on the host."""
+def eval_step(state: TrainState, batch: dict, *, task: tasks.Task, preprocess_mode: str,
+              flip: bool = False):
+  """Per-example loss and class probabilities; masking happens on the host. flip: of the
+  horizontally flipped images (flip test-time augmentation)."""
   images = preprocessing.preprocess(batch['image'], preprocess_mode)
+  if flip:
+    images = images[:, :, ::-1]
   logits = state.apply_fn(_variables(state), images, train=False)
   return {'loss': task.loss(logits, batch['label']), 'probs': task.probabilities(logits)}
 
@@ -165,13 +180,14 @@ def make_train_step(config: ml_collections.ConfigDict, task: tasks.Task):
                            spec=augment.AugmentSpec.from_config(config.augment),
                            preprocess_mode=config.model.preprocess, l2=config.l2,
                            trainable=config.model.trainable,
-                           class_balance=config.class_balance)
+                           class_balance=config.class_balance,
+                           grad_accum_steps=config.grad_accum_steps)
   return jax.pmap(step, axis_name=parallel.AXIS, in_axes=(None, 0, None),
                   out_axes=(None, None))
 
 
-def make_eval_step(task: tasks.Task, preprocess_mode: str = 'unit'):
-  step = functools.partial(eval_step, task=task, preprocess_mode=preprocess_mode)
+def make_eval_step(task: tasks.Task, preprocess_mode: str = 'unit', flip: bool = False):
+  step = functools.partial(eval_step, task=task, preprocess_mode=preprocess_mode, flip=flip)
   return jax.pmap(step, axis_name=parallel.AXIS, in_axes=(None, 0))
 
 
@@ -216,9 +232,24 @@ def _new_loop_state() -> dict:
   # early_loss: the lowest loss of the first steps (EARLY_STEPS), kept so a resumed run compares
   # with the same level. A checkpoint from before it existed restores this default, and the
   # level is then taken from the steps after the resumption.
-  return {'epoch': 0, 'best_val_loss': None, 'best_epoch': None, 'best_step': None,
-          'bad_epochs': 0, 'epoch_sums': {'loss': 0.0, 'accuracy': 0.0, 'steps': 0},
+  return {'epoch': 0, 'best_val_loss': None, 'best_val_auc': None, 'best_epoch': None,
+          'best_step': None, 'bad_epochs': 0,
+          'epoch_sums': {'loss': 0.0, 'accuracy': 0.0, 'steps': 0},
           'early_loss': {'lowest': None, 'steps': 0}, 'stop_reason': None}
+
+
+def improved(metric: str, val: dict, loop: dict) -> bool:
+  """Whether validation metrics `val` beat the best so far by config.checkpoint_metric: the
+  lowest validation loss ('loss') or the highest validation AUC ('auc', Shen's whole-image
+  choice). An undefined AUC (a validation split of one class) is kept only while there is no
+  best checkpoint at all, so that a run always has one."""
+  if metric == 'auc':
+    best = loop['best_val_auc']
+    if best is None:
+      return bool(loop['best_step'] is None or np.isfinite(val['auc']))
+    return bool(np.isfinite(val['auc']) and val['auc'] > best)
+  best = loop['best_val_loss']
+  return bool(np.isfinite(val['loss']) and (best is None or val['loss'] < best))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
@@ -289,22 +320,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     val, _, _ = evaluation.evaluate(p_eval_step, state, splits['validation'],
                                    config.eval_batch_size, task, evaluator)
     log.write(step, 'validation', val, epoch=loop['epoch'])
-    improved = np.isfinite(val['loss']) and (loop['best_val_loss'] is None
-                                             or val['loss'] < loop['best_val_loss'])
-    if improved:
-      loop.update(best_val_loss=val['loss'], best_epoch=loop['epoch'], best_step=step,
-                  bad_epochs=0)
+    if improved(config.checkpoint_metric, val, loop):
+      auc = val['auc'] if np.isfinite(val['auc']) else None
+      loop.update(best_val_loss=val['loss'], best_val_auc=auc, best_epoch=loop['epoch'],
+                  best_step=step, bad_epochs=0)
       ckpt.save_best(step, state, loop)
     else:
       loop['bad_epochs'] += 1
-    best = loop['best_val_loss']
+    metric = config.checkpoint_metric
+    best = loop[f'best_val_{metric}']
     print(f'epoch {loop["epoch"]:>4} step {step}: val loss {val["loss"]:.4f} acc '
-          f'{val["accuracy"]:.4f} auc {val["auc"]:.4f} (best '
+          f'{val["accuracy"]:.4f} auc {val["auc"]:.4f} (best {metric} '
           f'{"none" if best is None else f"{best:.4f}"} at epoch {loop["best_epoch"]})',
           flush=True)
     if config.patience and loop['bad_epochs'] >= config.patience:
-      loop['stop_reason'] = (f'early stopping: no validation-loss improvement for '
-                             f'{config.patience} epochs')
+      loop['stop_reason'] = (f'early stopping: no validation-{config.checkpoint_metric} '
+                             f'improvement for {config.patience} epochs')
       return True
     return False
 
@@ -375,5 +406,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   summary = evaluation.final_evaluation(
       config, workdir, ckpt, state, loop, splits, p_eval_step, task, log, synthetic=synthetic,
       steps_per_epoch=steps_per_epoch, param_counts=(n_trainable, n_total), ids=ids,
-      without_baseline=without_baseline, data_provenance=data_provenance)
+      without_baseline=without_baseline, data_provenance=data_provenance,
+      p_eval_flipped=(make_eval_step(task, config.model.preprocess, flip=True)
+                      if config.evaluation.flip_tta else None))
   return state, summary

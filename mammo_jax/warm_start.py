@@ -1,7 +1,8 @@
 """A fresh run's starting parameters: another run's best checkpoint, or pretrained weights.
 
 `config.init_from` (a workdir, or '@STAGE' for the sibling workdir STAGE, which is how pipeline
-stages chain) restores every parameter and batch statistic of that run's best checkpoint; it
+stages chain) restores every parameter and batch statistic of that run's best checkpoint (a
+whole-image model from a run of another model, an S10 patch classifier: its backbone only); it
 takes precedence over `config.model.pretrained`, which the model family's own loader merges
 (models.REGISTRY's `family`: `check_pretrained(spec)` and `load(variables, spec, ...)`,
 {'params', 'batch_stats'?} in and out). Merges
@@ -18,6 +19,7 @@ from mammo_jax import checkpointing
 from mammo_jax import distributed
 from mammo_jax import models
 from mammo_jax import workdir as workdir_lib
+from mammo_jax.models import whole
 
 
 def resolve_init_from(init_from: str, workdir: str) -> str:
@@ -53,13 +55,38 @@ def check_sources(config: ml_collections.ConfigDict, workdir: str) -> None:
     family.check_pretrained(config.model.pretrained)
 
 
-def _merge(target, loaded, source: str, fix: str):
+def _merge(target, loaded, source: str, fix: str, keep: str | None = None):
   """Strict merge whose error names where the values came from and what to change."""
   from mammo_jax.weights import merge  # pylint: disable=g-import-not-at-top
   try:
-    return merge.merge_params(target, loaded)
+    return merge.merge_params(target, loaded, keep=keep)
   except ValueError as e:
     raise ValueError(f'{source}: {e}\n{fix}') from None
+
+
+def _patch_backbone(config: ml_collections.ConfigDict, source: str) -> str | None:
+  """The backbone subtree to load when a whole-image model starts from another model's run."""
+  backbone = whole.backbone_of(models.get_model(config.model.name))
+  source_model = workdir_lib.read_config(source).get('model', {}).get('name')
+  return backbone if backbone and source_model != config.model.name else None
+
+
+def _load_backbone(backbone: str, params, batch_stats, best_params, best_stats, what: str):
+  """The patch run's `backbone` parameters and statistics, strictly; the rest (Shen's top, the
+  output layer) keeps its initialisation, and the patch run's head is left out."""
+  fix = (f'A whole-image model with the {backbone} backbone starts from an S10 patch run of '
+         f'model.name={backbone} (configs/shen_patch.py:{backbone}); compare its config.json.')
+  if backbone not in best_params:
+    raise ValueError(f'{what}: that run has no {backbone} backbone (its parameters: '
+                     f'{", ".join(sorted(best_params))}). {fix}')
+  keep = f'^(?!{backbone}/)'
+  params = _merge(params, {backbone: best_params[backbone]}, what, fix, keep)
+  if batch_stats is not None and backbone in batch_stats:
+    loaded = (best_stats or {}).get(backbone)
+    if loaded is None:
+      raise ValueError(f'{what}: that run\'s {backbone} has no batch statistics. {fix}')
+    batch_stats = _merge(batch_stats, {backbone: loaded}, what, fix, keep)
+  return params, batch_stats
 
 
 def warm_start(config: ml_collections.ConfigDict, workdir: str, state):
@@ -71,13 +98,19 @@ def warm_start(config: ml_collections.ConfigDict, workdir: str, state):
     what = f'init_from={config.init_from} ({source}, best step {best_step})'
     fix = ('The model (model.name, model.fc, the task) must be the one that run trained; '
            'compare its config.json.')
-    params = _merge(params, best_params, what, fix)
-    if (batch_stats is None) != (best_stats is None):
-      raise ValueError(f'{what}: one of the two models has batch norm and the other not. {fix}')
-    if batch_stats is not None:
-      batch_stats = _merge(batch_stats, best_stats, what, fix)
-    print(f'Parameters initialised from the best checkpoint of {source} (step {best_step})',
-          flush=True)
+    backbone = _patch_backbone(config, source)
+    if backbone:
+      params, batch_stats = _load_backbone(backbone, params, batch_stats, best_params,
+                                           best_stats, what)
+    else:
+      params = _merge(params, best_params, what, fix)
+      if (batch_stats is None) != (best_stats is None):
+        raise ValueError(f'{what}: one of the two models has batch norm and the other not. '
+                         f'{fix}')
+      if batch_stats is not None:
+        batch_stats = _merge(batch_stats, best_stats, what, fix)
+    print(f'{"The " + backbone + " backbone" if backbone else "Parameters"} initialised from '
+          f'the best checkpoint of {source} (step {best_step})', flush=True)
     workdir_lib.write_init_from(workdir, source)
   elif config.model.pretrained:
     cache = os.path.join(config.data.cache_dir, 'weights') if config.data.cache_dir else None

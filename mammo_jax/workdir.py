@@ -65,7 +65,7 @@ ADDED_FIELDS = ('published', 'model.dont_load', 'evaluator', 'evaluation', 'ense
 # while they hold these values (what every earlier run used), so earlier runs still resume
 # while a run on fold 1 never resumes as fold 2.
 DEFAULT_FIELDS = {'data.protocol': 'official', 'data.fold': 0, 'class_balance': 'none',
-                  'data.image_size': 0}
+                  'data.image_size': 0, 'grad_accum_steps': 1, 'checkpoint_metric': 'loss'}
 
 SPLITS = ('validation', 'test')
 

@@ -8,5 +8,6 @@ import only this package (tests/mammo_jax/test_config_lib.py checks it):
   loader     'path.py:arg' -> ConfigDict, relative paths against a project root;
   stages     multi-stage (pipeline) configs; mammo_jax.pipeline runs them;
   ensembles  ensemble configs and their members' resolved configs; mammo_jax.ensemble runs them;
-  pairs, vgg16, mobilenet  the Dual/Siamese, VGG16 and MobileNet experiment families.
+  pairs, vgg16, mobilenet  the Dual/Siamese, VGG16 and MobileNet experiment families;
+  whole      Shen et al.'s whole-image classifier (configs/whole.py).
 """

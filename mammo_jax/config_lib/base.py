@@ -3,8 +3,8 @@
 Experiment configs start from `base_config()` and set what differs. Fields added after runs
 were first written stay out of the config fingerprint (resumption and ensemble member hashes;
 mammo_jax.workdir.ADDED_FIELDS): `published`, the study's published numbers where a config
-has them, `model.dont_load`, `evaluator`, `evaluation` and `divergence_factor`; `class_balance`
-and `data.image_size` only at their defaults ('none', 0).
+has them, `model.dont_load`, `evaluator`, `evaluation` and `divergence_factor`; `class_balance`,
+`data.image_size`, `grad_accum_steps` and `checkpoint_metric` only at their defaults.
 """
 
 import ml_collections
@@ -33,10 +33,14 @@ def evaluation() -> ml_collections.ConfigDict:
   """config.evaluation: what the final evaluation adds to the metrics (mammo_jax.bootstrap,
   mammo_jax.calibration): patient-bootstrap 95 % intervals from ci_resamples resamples drawn
   with ci_seed (ensembles: for each method), and, when temperature_scaling is set, calibrated
-  numbers (a temperature fitted on validation only) beside the uncalibrated ones. Not part of
-  the fingerprint."""
+  numbers (a temperature fitted on validation only) beside the uncalibrated ones; with flip_tta,
+  `auc_flip_tta`: the AUC of the mean probabilities of each image and its horizontal mirror
+  (whole mammograms), with its interval; with localisation (whole-image runs), the per-image
+  AUC and pointing game of mammo_jax.localisation on the test split, with test heatmaps. Not
+  part of the fingerprint."""
   return ml_collections.ConfigDict(
-      {'ci_resamples': 2000, 'ci_seed': 0, 'temperature_scaling': False})
+      {'ci_resamples': 2000, 'ci_seed': 0, 'temperature_scaling': False, 'flip_tta': False,
+       'localisation': False})
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -87,10 +91,16 @@ def base_config() -> ml_collections.ConfigDict:
   config.augment = ml_collections.ConfigDict(augmentation('A'))
 
   config.batch_size = 128  # global, split over local devices
+  # > 1: each device's batch in this many micro-batches, gradients averaged into one update
+  # (mammo_jax.accumulation: BatchNorm sees micro-batches).
+  config.grad_accum_steps = 1
   config.eval_batch_size = 128  # the last batch is padded and masked
   config.num_epochs = 500  # an epoch is one pass over the training split
   config.num_train_steps = -1  # > 0 caps the run
-  config.patience = 80  # epochs without validation-loss improvement; 0 = no early stopping
+  config.patience = 80  # epochs without validation improvement; 0 = no early stopping
+  # What picks the best checkpoint and counts towards patience: the lowest validation 'loss'
+  # or the highest validation 'auc'.
+  config.checkpoint_metric = 'loss'
   # A step's training loss above this many times its early level (mammo_jax.train.EARLY_STEPS)
   # stops the run as a non-finite one does; 0 = only NaN/inf stops it. 100: the study's
   # configs peak at 32x (smoke runs at batch 4, RMSprop's first update; 2.4x at batch 32 on the

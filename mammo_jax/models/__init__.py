@@ -22,6 +22,8 @@ pair models (§2.6 Dual CNN, §2.7 Siamese; models/pairs.py) take (abnormality, 
 stacked as two channels. VGG16 (§2.4; models/vgg16.py) is the ImageNet base with the study's
 head; ResNet50 (§2.5; models/resnet.py) the report's feature extractor, in Keras's and
 torchvision's variants; MobileNet v1 (§2.5; models/mobilenet.py) the report's other one.
+The whole-image models (models/whole.py) are Shen et al.'s: a patch classifier's backbone on the
+whole mammogram with Shen's top and a 2-way softmax (docs/SHEN_2019.md).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from mammo_jax.models.pairs import DualCNN, SiameseCNN
 from mammo_jax.models.resnet import ResNet50, ResNet50Classifier
 from mammo_jax.models.scratch import ScratchCNN
 from mammo_jax.models.vgg16 import VGG16, VGG16Classifier
+from mammo_jax.models import whole
+from mammo_jax.models.whole import WholeImageClassifier
 
 ALL_PREPROCESS = ('unit', 'caffe', 'torch', 'tf', 'shen')
 
@@ -59,6 +63,10 @@ _exp = functools.partial(ScratchCNN, num_outputs=1)
 _stem5 = dict(first_kernel=5, first_stride=2)
 # 'caffe' / 'torch' turn one grey channel into RGB; a pair's two channels are two images.
 _pair = functools.partial(ModelEntry, inputs='image+baseline', preprocess=('unit',))
+
+
+_whole = functools.partial(ModelEntry, from_config=lambda m: {'dropout': m.dropout},
+                           preprocess=('shen', 'caffe'), family='mammo_jax.models.resnet')
 
 
 def _resnet_head(model_config) -> dict:
@@ -103,6 +111,15 @@ REGISTRY: dict[str, ModelEntry] = {
         from_config=lambda m: {'alpha': m.alpha, 'fc': m.fc, 'dropout': m.dropout,
                                'input_size': m.input_size or None},
         head_follows_task=True, preprocess=('tf',), family='mammo_jax.models.mobilenet'),
+    # Whole mammograms (models/whole.py): Shen's ResNet50 + [512-512-1024]x2 and VGG16 + 512x1,
+    # and a small scratch backbone for CPU demos.
+    'whole_resnet50': _whole(WholeImageClassifier(backbone='resnet50', top_kind='resnet')),
+    'whole_vgg16': _whole(WholeImageClassifier(backbone='vgg16', top_kind='vgg',
+                                               top_blocks=whole.VGG_TOP),
+                          preprocess=('shen', 'caffe', 'torch'), family='mammo_jax.models.vgg16'),
+    'whole_small': _whole(WholeImageClassifier(backbone='small', top_kind='vgg',
+                                               top_blocks=((64, 1),)),
+                          preprocess=('shen',), family=None),
 }
 
 
@@ -197,4 +214,4 @@ def family_of(name: str):
 __all__ = ['REGISTRY', 'ModelEntry', 'get_entry', 'get_model', 'create_model', 'inputs_of',
            'family_of', 'pretrained', 'ScratchCNN', 'DualCNN', 'SiameseCNN', 'VGG16',
            'VGG16Classifier', 'ResNet50', 'ResNet50Classifier', 'MobileNet',
-           'MobileNetClassifier']
+           'MobileNetClassifier', 'WholeImageClassifier']

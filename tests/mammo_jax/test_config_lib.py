@@ -30,6 +30,7 @@ VARIANTS = {
     'cv': ['configs/scratch2.py:exp5', 'configs/vgg16_2.py:pipeline'],
     'repeat': ['configs/benmal.py:run1'],
     'shen_patch': ['', 'resnet50', 'vgg16', 'resnet50,demo', 'vgg16,demo'],
+    'whole': ['', 'resnet50', 'vgg16', 'demo'],
 }
 HEAVY = ('jax', 'flax', 'optax', 'tensorflow', 'tensorflow_datasets', 'orbax')
 

@@ -29,9 +29,24 @@ KERAS_PARAMS = {
     # keras.applications.MobileNet(alpha=0.5, include_top=False) (829,536, BN moving
     # statistics included) + global average pool -> Dense(1) (§2.5).
     'mobilenet': 829_536 + 512 + 1,
+    # Whole-image models (Shen et al.): BN layers count 4 x width (scale, bias, mean, var).
+    # ResNet50 base + two blocks of two bottleneck units [512-512-1024] (each block's first
+    # with a 1x1 projection) + Dense(2).
+    'whole_resnet50': 23_587_712 + sum(
+        cin * cout + cout + 4 * cout for cin, cout in (
+            (2048, 1024), (2048, 512), (9 * 512, 512), (512, 1024),  # block 1, unit 1
+            (1024, 512), (9 * 512, 512), (512, 1024),  # block 1, unit 2
+            (1024, 1024), (1024, 512), (9 * 512, 512), (512, 1024),  # block 2, unit 1
+            (1024, 512), (9 * 512, 512), (512, 1024))) + 1024 * 2 + 2,  # block 2, unit 2
+    # VGG16 base + two blocks of conv3x3(512) + BN + Dense(2).
+    'whole_vgg16': 14_714_688 + 2 * (9 * 512 * 512 + 512 + 4 * 512) + 512 * 2 + 2,
+    # Three bias-free conv3x3 + BN (16, 32, 64), one conv3x3(64) + BN, Dense(2).
+    'whole_small': (9 * (3 * 16 + 16 * 32 + 32 * 64) + 4 * (16 + 32 + 64)
+                    + 9 * 64 * 64 + 64 + 4 * 64 + 64 * 2 + 2),
 }
 PREPROCESS = {'vgg16': 'caffe', 'resnet50': 'caffe', 'resnet50_torchvision': 'torch',
-              'mobilenet': 'tf'}
+              'mobilenet': 'tf', 'whole_resnet50': 'shen', 'whole_vgg16': 'shen',
+              'whole_small': 'shen'}
 
 
 def _count(tree):
