@@ -3,12 +3,15 @@
   python -m mammo_jax.main --config=configs/shen_patch.py:resnet50 --workdir=runs/shen_resnet50 \
       --config.data.manual_dir=/data/CBIS-DDSM
   python -m mammo_jax.main --config=configs/shen_patch.py:vgg16 --workdir=runs/shen_vgg16 ...
-  python -m mammo_jax.main --config=configs/shen_patch.py:vgg16,demo --workdir=/tmp/shen_demo
-The argument is the backbone (`resnet50` or `vgg16`), optionally with `,demo` (synthetic data,
-random initialisation, 32x32 inputs, 200 steps in all; 17 minutes on 2 shared CPU cores,
-test balanced accuracy 0.27 and macro AUC 0.61: above chance, but only just) and/or `,smoke`
-(the tiny test size). The run is a pipeline of three stages in WORKDIR/{head,top,all}, each from the
+  python -m mammo_jax.main --config=configs/shen_patch.py:resnet50,demo --workdir=/tmp/shen_demo
+The argument is the backbone (`resnet50` or `vgg16`), optionally with `,demo` or `,smoke` (the
+tiny test size). The run is a pipeline of three stages in WORKDIR/{head,top,all}, each from the
 previous stage's best checkpoint with a fresh Adam; config_lib/shen.py has the details.
+
+Demo (synthetic data, no ImageNet weights): one stage, WORKDIR/all, training every layer of
+the randomly initialised backbone, BatchNorm in training mode, on 160 synthetic patients with
+easier lesions (difficulty 0.1), patches resized to 32x32, Adam 1e-3 for 300 steps of 32, no
+augmentation (config_lib/shen.py says why). DEMO_RESULT
 
 Data: cbis_ddsm/s10_224 (224x224 patches of images resized to 1152x896: 10 per abnormality
 at >= 0.9 overlap and 10 background patches per image; five labels, BACKGROUND first), task
