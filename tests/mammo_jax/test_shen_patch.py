@@ -15,7 +15,7 @@ from tests.conftest import load_config
 
 VGG_BLOCK5 = 3 * (3 * 3 * 512 * 512 + 512)
 HEAD = 512 * 5 + 5  # GAP of 512 channels -> Dense(5)
-AUC_BAR = 0.6  # test macro AUC the demo must pass (measured: configs/shen_patch.py)
+AUC_BAR = 0.6  # the demo's test macro AUC must pass it (measured 0.662, interval 0.616-0.708)
 
 
 def stages(arg):
