@@ -1,7 +1,5 @@
 """configs/shen_patch.py: Shen et al.'s three stages (docs/SHEN_2019.md) for both backbones."""
 
-import os
-
 import jax
 import jax.numpy as jnp
 import pytest
@@ -17,6 +15,7 @@ from tests.conftest import load_config
 
 VGG_BLOCK5 = 3 * (3 * 3 * 512 * 512 + 512)
 HEAD = 512 * 5 + 5  # GAP of 512 channels -> Dense(5)
+AUC_BAR = 0.6  # the demo's test macro AUC must pass it (measured 0.662, interval 0.616-0.708)
 
 
 def stages(arg):
@@ -44,8 +43,21 @@ def test_shen_settings_reach_every_stage():
     config_checks.check_training(config)
   assert configs['top'].init_from == '@head' and configs['all'].init_from == '@top'
   assert configs['head'].model.pretrained == 'weights/vgg16_keras_notop.msgpack'
-  demo = stages('vgg16,demo')
-  assert all(c.model.pretrained == '' and c.data.image_size == 32 for c in demo.values())
+
+
+def test_demo_trains_every_layer_from_random_init_in_one_stage():
+  for variant in shen.VARIANTS:
+    demo = stages(f'{variant},demo')
+    assert list(demo) == ['all']  # no head or top stage on a frozen random backbone
+    config = demo['all']
+    assert config.model.trainable == 'all' and config.init_from == ''
+    assert config.model.pretrained == '' and config.data.image_size == 32
+    assert config.data.synthetic.patients == 160 and config.data.synthetic.difficulty == 0.1
+    assert config.num_train_steps == 300 and config.optimizer.learning_rate == 1e-3
+    assert not (config.augment.rotation or config.augment.horizontal_flip)
+    config_checks.check_training(config)
+  smoke = stages('resnet50,smoke')  # the smoke runs Shen's three stages, tiny
+  assert list(smoke) == ['head', 'top', 'all'] and smoke['all'].init_from == '@top'
 
 
 def test_vgg16_stages_train_the_head_then_block5_then_everything():
@@ -82,27 +94,22 @@ def test_resnet50_stages_unfreeze_res5c():
   assert top == head + convs + 2 * (512 + 512 + 2048)
 
 
-# 17 minutes on 2 cores: longer than the whole slow suite, so it runs only when asked
-# (MAMMO_JAX_LONG_TESTS=1 make test-slow).
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get('MAMMO_JAX_LONG_TESTS'),
-                    reason='17-minute demo training; set MAMMO_JAX_LONG_TESTS=1 to run it')
-def test_vgg16_demo_learns_five_classes_above_chance(tmp_path, data_cache):
-  """The demo pipeline (random init, 32x32, 20 + 150 + 30 steps) on the synthetic S10 patches
-  of 80 patients; chance is 0.2 balanced accuracy and 0.5 macro AUC. Measured with the same
-  command (17 min on 2 heavily shared cores): balanced accuracy 0.274, macro AUC 0.607 on 670
-  test patches. The margin is modest: a random-init VGG16 learns little in 200 steps."""
+def test_resnet50_demo_learns_five_classes_above_chance(tmp_path, data_cache):
+  """The demo (one stage, every layer of a random-init ResNet50, 300 steps at 32x32) on the
+  synthetic S10 patches of 160 patients, dataset build included; chance is 0.2 balanced
+  accuracy and 0.5 macro AUC. Measured numbers and time: configs/shen_patch.py."""
   from mammo_jax import runners  # pylint: disable=g-import-not-at-top
-  config = load_config('shen_patch', 'vgg16,demo')
+  config = load_config('shen_patch', 'resnet50,demo')
   config.data.cache_dir = data_cache
   runners.run(config, str(tmp_path / 'run'))
-  results = workdir_lib.read_results(str(tmp_path / 'run' / 'all'))
-  test = results['test']
-  print(f"shen vgg16 demo: test accuracy {test['accuracy']:.3f}, balanced accuracy "
-        f"{test['balanced_accuracy']:.3f}, macro AUC {test['auc']:.3f}, per class "
-        f"{test['auc_per_class']}")
+  test = workdir_lib.read_results(str(tmp_path / 'run' / 'all'))['test']
+  print(f"shen resnet50 demo: test accuracy {test['accuracy']:.3f}, balanced accuracy "
+        f"{test['balanced_accuracy']:.3f} (95 % interval {test['ci95']['balanced_accuracy']}), "
+        f"macro AUC {test['auc']:.3f} ({test['ci95']['auc']}), per class {test['auc_per_class']}")
   assert set(test['auc_per_class']) == set(tasks.get_task('five_class').class_names)
-  assert test['balanced_accuracy'] > 0.24 and test['auc'] > 0.57
+  assert test['ci95']['balanced_accuracy'][0] > 0.2  # the patient-bootstrap lower bound
+  assert test['auc'] > AUC_BAR
 
 
 def test_vgg16_head_pools_globally_without_a_hidden_layer():
