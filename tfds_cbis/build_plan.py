@@ -21,7 +21,7 @@ from tfds_cbis import patches
 from tfds_cbis import provenance as provenance_lib
 from tfds_cbis import splits as splits_lib
 
-SPLITS = ('train', 'validation', 'test')
+SPLITS = (*splits_lib.SPLITS, splits_lib.LEAKING)
 
 
 def plan_build(manual_dir: str, config: Any, instructions: str = '') -> tuple[dict, dict]:
@@ -54,9 +54,8 @@ def plan_build(manual_dir: str, config: Any, instructions: str = '') -> tuple[di
   skips: list[patches.Skip] = []
   found_images = 0
   for case in all_cases:
-    split = plan.split_of.get(case.subject)
-    if split is None:
-      continue  # an official-train image of a patient who is in the test CSVs
+    # Not in the plan: an official-train image of a patient who is in the test CSVs.
+    split = plan.split_of.get(case.subject, splits_lib.LEAKING)
     task, case_skips = patches.resolve(case, split, index)
     skips.extend(case_skips)
     if task is not None:
@@ -92,9 +91,10 @@ def plan_build(manual_dir: str, config: Any, instructions: str = '') -> tuple[di
   }
   build_report.log_inputs(report)
   logging.info('cbis_ddsm: %d images planned (%s); %d patients of the official test CSVs '
-               'excluded from train/validation', sum(len(t) for t in tasks.values()),
+               'excluded from train/validation (their official-train images: split %s)',
+               sum(len(t) for t in tasks.values()),
                ', '.join(f'{s} {len(t)}' for s, t in tasks.items()),
-               len(plan.excluded_patients))
+               len(plan.excluded_patients), splits_lib.LEAKING)
   return tasks, report
 
 
