@@ -21,8 +21,8 @@ about the study's): the same four members, each trained briefly with batch 16 an
 stopping, on a synthetic set with easier lesions than the default (difficulty 0.25, not 0.5: at
 0.5 the scratch members learned mass vs calcification but hardly benign vs malignant in a
 demo's hundred steps), of 400 patients (not 160: validation, on which the weighted average's
-weights are chosen, then has 68 patches of 31 patients instead of 25 of 12, and test 199
-patches of 94 patients), with every patch resized to 64x64 (data.image_size; it reaches every
+weights are chosen, then has 68 patches of 30 patients instead of 25 of 12, and test 199
+patches of 93 patients), with every patch resized to 64x64 (data.image_size; it reaches every
 member: a 150x150 VGG16 step is about 5.5 times a 64x64 one's arithmetic, and the scratch
 members learned better at 64: M3's test balanced accuracy went from 47 to 61 % in the same 104
 steps, on the 160-patient set). M1-M3 (6 epochs, 216 steps, each) use model.preprocess='torch'
