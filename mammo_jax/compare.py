@@ -12,8 +12,10 @@ The two are aligned by example id (runs evaluated on different examples are refu
 compared with one set of patient resamples (mammo_jax.bootstrap) applied to both: for
 accuracy and AUC (the evaluator's definitions) the difference A - B, its paired percentile 95 %
 interval and a two-sided bootstrap p-value (bootstrap.paired_p_value); for accuracy also
-McNemar's exact test on the examples that exactly one of the two gets right. `--out` writes
-{"accuracy": {"difference", "ci95", "p_value", "mcnemar_p_value", ...}, "auc": {...}, ...}.
+McNemar's exact test on the examples that exactly one of the two gets right, for AUC also
+DeLong's test (`delong`; it takes examples as independent). `--out` writes
+{"accuracy": {"difference", "ci95", "p_value", "mcnemar_p_value", ...},
+ "auc": {..., "delong_p_value", "delong_se"}, ...}.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from scipy import stats
 
 from mammo_jax import bootstrap
 from mammo_jax import evaluators
+from mammo_jax import metrics
 from mammo_jax import tasks
 from mammo_jax import workdir as workdir_lib
 
@@ -118,6 +121,48 @@ def mcnemar_p_value(a_right: np.ndarray, b_right: np.ndarray) -> tuple[float, in
   return float(stats.binomtest(only_a, only_a + only_b, 0.5).pvalue), only_a, only_b
 
 
+def _auc_classes(labels: np.ndarray, k: int) -> list[int]:
+  """The classes whose one-vs-rest AUCs make the evaluator's AUC: class 1 of two, else every
+  class with both positives and negatives (their mean)."""
+  if k == 2:
+    return [1]
+  return [c for c in range(k) if 0 < np.sum(labels == c) < len(labels)]
+
+
+def _influence(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
+  """Per example, its share of the one-vs-rest AUC's deviation (DeLong's structural components
+  minus the AUC): (V10 - AUC) / m for each of the m positives, (V01 - AUC) / n for each of the
+  n negatives. V10: the share of negatives a positive outranks, V01: the share of positives
+  that outrank a negative, ties counting 1/2 (from midranks, as Sun and Xu's fast DeLong)."""
+  m, n = int(positive.sum()), int((~positive).sum())
+  ranks = stats.rankdata(scores)
+  v = np.empty(len(scores))
+  v[positive] = (ranks[positive] - stats.rankdata(scores[positive])) / n
+  v[~positive] = 1.0 - (ranks[~positive] - stats.rankdata(scores[~positive])) / m
+  auc = v[positive].mean()
+  return np.where(positive, (v - auc) / m, (v - auc) / n)
+
+
+def delong(a_scores: np.ndarray, b_scores: np.ndarray, labels: np.ndarray,
+           k: int) -> tuple[float, float]:
+  """DeLong's test of AUC(A) = AUC(B) on the same examples: (standard error of the difference,
+  two-sided p-value). For two classes this is DeLong et al. (1988); for the macro AUC of more,
+  the same variance of the mean of the one-vs-rest differences, summed per true class:
+  sum over classes y of n_y times the sample variance of the examples' influences. Examples
+  count as independent (the patient bootstrap does not assume that)."""
+  classes = _auc_classes(labels, k)
+  d = np.mean([_influence(a_scores[:, c], labels == c) - _influence(b_scores[:, c], labels == c)
+               for c in classes], axis=0)
+  var = sum(np.sum(labels == y) * np.var(d[labels == y], ddof=1)
+            for y in np.unique(labels) if np.sum(labels == y) > 1)
+  difference = np.mean([metrics.roc_auc(a_scores[:, c], labels == c)
+                        - metrics.roc_auc(b_scores[:, c], labels == c) for c in classes])
+  if var <= 0:  # no spread at all: equal AUCs are not different, others undecided
+    return 0.0, 1.0 if difference == 0 else float('nan')
+  se = float(np.sqrt(var))
+  return se, float(2 * stats.norm.sf(abs(difference) / se))
+
+
 def compare(a: Predictions, b: Predictions, split: str = 'test',
             resamples: int = bootstrap.DEFAULT_RESAMPLES, seed: int = bootstrap.DEFAULT_SEED
             ) -> dict:
@@ -146,6 +191,9 @@ def compare(a: Predictions, b: Predictions, split: str = 'test',
                    'resamples_skipped': skipped}
   p, only_a, only_b = mcnemar_p_value(a.pred == a.labels, b.pred == b.labels)
   out['accuracy'].update(mcnemar_p_value=p, only_a_right=only_a, only_b_right=only_b)
+  if a.scores is not None and b.scores is not None and _auc_classes(a.labels, k):
+    se, p = delong(a.scores, b.scores, a.labels, k)
+    out['auc'].update(delong_p_value=p, delong_se=se)
   return out
 
 
@@ -162,14 +210,14 @@ def table(result: dict) -> str:
            f'resamples, seed {result["seed"]})',
            f'  A = {result["run_a"]}', f'  B = {result["run_b"]}',
            f'{"metric":<9} {"A":>7} {"B":>7} {"A - B":>8} {"95 % interval":>19} '
-           f'{"p (bootstrap)":>13} {"p (McNemar)":>11}']
+           f'{"p (bootstrap)":>13} {"p (McNemar, DeLong)":>19}']
   for metric in ('accuracy', 'auc'):
     r = result[metric]
     ci = '[' + ', '.join(_num(v, sign=True) for v in r['ci95']) + ']' if r['ci95'] else 'n/a'
-    mcnemar = _num(r['mcnemar_p_value']) if 'mcnemar_p_value' in r else ''
+    exact = _num(r.get('mcnemar_p_value', r.get('delong_p_value')))
     lines.append(f'{metric:<9} {_num(r["a"]):>7} {_num(r["b"]):>7} '
                  f'{_num(r["difference"], sign=True):>8} {ci:>19} {_num(r["p_value"]):>13} '
-                 f'{mcnemar:>11}')
+                 f'{exact:>19}')
   acc = result['accuracy']
   lines.append(f'McNemar: {acc["only_a_right"]} examples only A gets right, '
                f'{acc["only_b_right"]} only B.')

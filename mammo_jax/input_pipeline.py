@@ -89,7 +89,8 @@ def describe(builder: tfds.core.DatasetBuilder) -> str:
     lines.append(f'  {split:<10} {info.num_examples:>6} examples ({per_class}{extra})')
   if report:
     lines.append(f'  patients: {report.get("patients")}; excluded from train/validation '
-                 f'(also in the official test CSVs): {len(report.get("excluded_patients", []))}')
+                 f'(also in the official test CSVs): {len(report.get("excluded_patients", []))}'
+                 f' (their official-train images: split {splits_lib.LEAKING})')
     lines.append(f'  skipped: {report.get("skip_counts") or "nothing"} '
                  f'(details in {cbis_report.REPORT_NAME})')
     if report.get('duplicate_series_count') or report.get('unused_series_count'):
@@ -174,9 +175,10 @@ def load_splits(builder: tfds.core.DatasetBuilder, data: ml_collections.ConfigDi
   `data.fold`; tfds_cbis.splits), resized to data.image_size when it is not 0, and per split
   how many lacked a baseline.
 
-  'official' is the build's own splits. Another protocol re-partitions every built example by
-  its patient, so switching protocol or fold never rebuilds. The build holds no official-train
-  image of the patients the official split leaks into test, so no protocol sees those images.
+  'official' is the build's own splits; it leaves out the build's `leaking` split (official-train
+  images of patients who are also in the official test CSVs). Another protocol re-partitions
+  every built example, those included, by its patient, so switching protocol or fold never
+  rebuilds.
   """
   if data.protocol == 'official':
     loaded = {s: load_inputs(builder, s, data.inputs) for s in SPLITS}

@@ -23,7 +23,7 @@ from tfds_cbis import provenance as provenance_lib
 from tfds_cbis import splits as splits_lib
 from tfds_cbis import whole
 
-SPLITS = ('train', 'validation', 'test')
+SPLITS = (*splits_lib.SPLITS, splits_lib.LEAKING)
 
 
 def plan_build(manual_dir: str, config: Any, instructions: str = '') -> tuple[dict, dict]:
@@ -62,16 +62,15 @@ def plan_build(manual_dir: str, config: Any, instructions: str = '') -> tuple[di
   else:
     planned = []
     for case in all_cases:
-      split = plan.split_of.get(case.subject)
-      if split is None:
-        continue  # an official-train image of a patient who is in the test CSVs
+      # Not in the plan: an official-train image of a patient who is in the test CSVs.
+      split = plan.split_of.get(case.subject, splits_lib.LEAKING)
       task, case_skips = patches.resolve(case, split, index)
       skips.extend(case_skips)
       if task is not None:
         planned.append(task)
   for task in planned:
     tasks[task.split].append(task)
-  if not any(index.files(c.image.series_key) for c in all_cases if c.subject in plan.split_of):
+  if not any(index.files(c.image.series_key) for c in all_cases):
     raise ValueError(
         f'manual_dir {manual_dir} holds no CBIS-DDSM image of the CSVs: {index.num_files} '
         f'readable .dcm files, {len(index.unreadable)} unreadable, '
@@ -102,9 +101,10 @@ def plan_build(manual_dir: str, config: Any, instructions: str = '') -> tuple[di
   }
   build_report.log_inputs(report)
   logging.info('cbis_ddsm: %d images planned (%s); %d patients of the official test CSVs '
-               'excluded from train/validation', sum(len(t) for t in tasks.values()),
+               'excluded from train/validation (their official-train images: split %s)',
+               sum(len(t) for t in tasks.values()),
                ', '.join(f'{s} {len(t)}' for s, t in tasks.items()),
-               len(plan.excluded_patients))
+               len(plan.excluded_patients), splits_lib.LEAKING)
   return tasks, report
 
 

@@ -26,6 +26,7 @@ from tfds_cbis import dicom
 from tfds_cbis import geometry
 from tfds_cbis import index as index_lib
 from tfds_cbis import patches
+from tfds_cbis import splits as splits_lib
 
 LABEL_NAMES = ('BENIGN', 'MALIGNANT')  # BENIGN_WITHOUT_CALLBACK counts as BENIGN
 ABNORMALITY_TYPES = ('mass', 'calcification')
@@ -88,13 +89,13 @@ def merged_views(all_cases: Sequence[cases_lib.Case]) -> dict[str, list[str]]:
           for view, cases in group_views(all_cases).items() if len(cases) > 1}
 
 
-def view_split(cases: Sequence[cases_lib.Case], split_of: Mapping[str, str]) -> str | None:
+def view_split(cases: Sequence[cases_lib.Case], split_of: Mapping[str, str]) -> str:
   """The split of a view: test when any of its subjects is in test, else that of its first
-  placed subject; None when the protocol places none (e.g. a leaking patient's
-  official-train view)."""
+  placed subject; `leaking` when the plan places none (a leaking patient's official-train
+  view, which the official protocol leaves out and the others place by patient)."""
   placed = [split_of[c.subject] for c in cases if c.subject in split_of]
   if not placed:
-    return None
+    return splits_lib.LEAKING
   return 'test' if 'test' in placed else placed[0]
 
 
@@ -111,8 +112,6 @@ def plan_views(all_cases: Sequence[cases_lib.Case], split_of: Mapping[str, str],
   views = group_views(all_cases)
   for view, cases in views.items():
     split = view_split(cases, split_of)
-    if split is None:
-      continue
     cases = sorted(cases, key=lambda c: (split_of.get(c.subject) != split, c.subject))
     images = {c.subject: patches.find_image(c, split, index) for c in cases}
     paths = frozenset(h.path for h, _ in images.values() if h is not None)
@@ -129,7 +128,8 @@ def plan_views(all_cases: Sequence[cases_lib.Case], split_of: Mapping[str, str],
     skips.extend(dataclasses.replace(s, reason=MERGED_FILE_UNUSED, detail=(
         f'{s.reason}: {s.detail}; view {view} uses another subject\'s file'))
                  for s in image_skips)
-    used.update(c.subject for c in cases)
+    if split != splits_lib.LEAKING:
+      used.update(c.subject for c in cases)
     if len(cases) > 1:
       merged.append({'view': view, 'split': split,
                      'subjects': sorted(c.subject for c in cases),

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from mammo_jax import bootstrap, compare, metrics
 from mammo_jax import workdir as workdir_lib
@@ -45,6 +46,7 @@ def test_compare_two_runs_with_a_known_difference(tmp_path, capsys):
                                                                            target == 1)
   assert auc['difference'] == pytest.approx(expected) and expected > 0
   assert auc['ci95'][0] <= expected <= auc['ci95'][1]
+  assert (auc['delong_se'], auc['delong_p_value']) == compare.delong(probs_a, probs_b, target, 2)
   assert set(result) >= {'accuracy', 'auc', 'split', 'examples', 'patients', 'resamples'}
   assert (result['examples'], result['patients'], result['resamples']) == (40, 20, 2000)
   printed = capsys.readouterr().out
@@ -104,3 +106,50 @@ def test_paired_p_value():
   # Differences centred on the observed 0.1: |d - 0.1| >= 0.1 for 0.0 and 0.2 of these four.
   assert bootstrap.paired_p_value(np.array([0.0, 0.1, 0.1, 0.2]), 0.1) == pytest.approx(3 / 5)
   assert bootstrap.paired_p_value(np.array([np.nan]), 0.1) is None
+
+
+def test_delong_on_a_hand_computed_case():
+  # Positives (label 1) then negatives. A: V10 = (1, 1/2), V01 = (1/2, 1), AUC 3/4.
+  # B: V10 = (1/2, 0), V01 = (1/2, 0), AUC 1/4. Differences: V10 (1/2, 1/2), sample variance 0;
+  # V01 (0, 1), sample variance 1/2; var = 0 / 2 + (1/2) / 2 = 1/4, so se 1/2, z = 1.
+  labels = np.array([1, 1, 0, 0])
+  two = lambda p: np.stack([1 - np.array(p), np.array(p)], axis=1)  # noqa: E731
+  se, p = compare.delong(two([0.9, 0.4, 0.5, 0.1]), two([0.6, 0.2, 0.3, 0.7]), labels, 2)
+  assert se == pytest.approx(0.5) and p == pytest.approx(0.31731050786291415)  # 2 (1 - Phi(1))
+
+
+def _delong_pairwise(a, b, labels, classes):
+  """An independent DeLong: V10 and V01 from every positive-negative pair (not from ranks), the
+  covariance matrix of the per-class AUCs of both models, and the contrast of their means."""
+  groups = np.unique(labels)
+  influences = []  # per (model, class): the example's (V - AUC) / group size
+  for scores in (a, b):
+    for c in classes:
+      pos, neg = scores[labels == c, c], scores[labels != c, c]
+      psi = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+      auc = psi.mean()
+      v = np.empty(len(labels))
+      v[labels == c] = (psi.mean(axis=1) - auc) / len(pos)
+      v[labels != c] = (psi.mean(axis=0) - auc) / len(neg)
+      influences.append(v)
+  influences = np.array(influences)
+  cov = sum(np.sum(labels == y) * np.cov(influences[:, labels == y]) for y in groups)
+  contrast = np.r_[np.full(len(classes), 1 / len(classes)), np.full(len(classes),
+                                                                     -1 / len(classes))]
+  return float(np.sqrt(contrast @ cov @ contrast))
+
+
+@pytest.mark.parametrize('k', [2, 4])
+def test_delong_equals_an_independent_pairwise_implementation(k):
+  rng = np.random.default_rng(k)
+  labels = rng.integers(0, k, 60)
+  a = rng.random((60, k)).round(1) + 0.3 * np.eye(k)[labels]  # rounded: ties too
+  b = rng.random((60, k)).round(1) + 0.1 * np.eye(k)[labels]
+  classes = [1] if k == 2 else list(range(k))
+  se, p = compare.delong(a, b, labels, k)
+  assert se == pytest.approx(_delong_pairwise(a, b, labels, classes), rel=1e-9)
+  difference = np.mean([metrics.roc_auc(a[:, c], labels == c) - metrics.roc_auc(b[:, c],
+                                                                                 labels == c)
+                        for c in classes])
+  assert p == pytest.approx(2 * stats.norm.sf(abs(difference) / se), rel=1e-9)
+  assert compare.delong(a, a, labels, k) == (0.0, 1.0)  # a model against itself

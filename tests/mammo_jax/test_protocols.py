@@ -128,3 +128,22 @@ def test_build_cases_are_the_csvs_the_build_read(tmp_path):
   with pytest.raises(ValueError, match=f'^{own}, the CSV {tmp_path} was built from, is missing '
                                        'or changed'):
     input_pipeline.build_cases(builder)
+
+
+def test_leaking_patients_official_train_images_are_placed_by_patient_except_under_official(
+    built):
+  config, builder, patient_of = built
+  leaking = {i.decode() for i in input_pipeline.load_split(builder, 'leaking', ('id',))['id']}
+  all_cases = input_pipeline.build_cases(builder)
+  official = splits.plan_splits(all_cases)
+  assert leaking and {patient_of[i] for i in leaking} <= set(official.excluded_patients)
+  assert {i.split('/')[0] for i in leaking} <= set(official.excluded_subjects)
+  config.data.protocol, config.data.fold = 'official', 0
+  loaded, _ = input_pipeline.load_splits(builder, config.data)
+  assert not leaking & set(sum(_ids(loaded).values(), []))  # official: in no split
+  for protocol in ('tfds', 'kfold5'):
+    config.data.protocol = protocol
+    ids = _ids(input_pipeline.load_splits(builder, config.data)[0])
+    split_of = splits.assign_patients(protocol, all_cases)
+    for i in leaking:  # exactly once, in the split of their patient
+      assert [s for s, split_ids in ids.items() if i in split_ids] == [split_of[patient_of[i]]]

@@ -30,10 +30,11 @@ class Roi150DummyDataTest(tfds.testing.DatasetBuilderTestCase):
   SKIP_CHECKSUMS = True
   MOCK_OUT_FORBIDDEN_OS_FUNCTIONS = False  # pydicom opens files itself
   # 27 abnormalities on 25 images in the CSVs: 8 official-test (test = 8). Of the 19
-  # official-train ones, patient P_00001's 4 are dropped (P_00001 is also in the calc test CSV);
-  # validation is 1 of the 7 remaining patients (P_00006: 2 images, 2 abnormalities); and
-  # 2 masks differ in size from their image and are skipped: train = 19 - 4 - 2 - 2 = 11.
-  SPLITS = {'train': 11, 'validation': 2, 'test': 8}
+  # official-train ones, patient P_00001's 4 (on 4 images) are split `leaking` (P_00001 is also
+  # in the calc test CSV); validation is 1 of the 7 remaining patients (P_00006: 2 images, 2
+  # abnormalities); and 2 masks differ in size from their image and are skipped:
+  # train = 19 - 4 - 2 - 2 = 11.
+  SPLITS = {'train': 11, 'validation': 2, 'test': 8, 'leaking': 4}
 
 
 class S10DummyDataTest(tfds.testing.DatasetBuilderTestCase):
@@ -43,8 +44,9 @@ class S10DummyDataTest(tfds.testing.DatasetBuilderTestCase):
   MOCK_OUT_FORBIDDEN_OS_FUNCTIONS = False
   # 10 patches per kept abnormality + 10 background patches per image with a kept
   # abnormality (as TFDS: Calc-Training_P_00010_LEFT_MLO's only mask has the wrong size):
-  # train 10 * (11 + 10 images) = 210, validation 10 * (2 + 2) = 40, test 10 * (8 + 8) = 160.
-  SPLITS = {'train': 210, 'validation': 40, 'test': 160}
+  # train 10 * (11 + 10 images) = 210, validation 10 * (2 + 2) = 40, test 10 * (8 + 8) = 160,
+  # leaking 10 * (4 + 4) = 80.
+  SPLITS = {'train': 210, 'validation': 40, 'test': 160, 'leaking': 80}
 
 
 def build(manual_dir, data_dir, config='roi150', builder_cls=builder_lib.Builder,
@@ -160,13 +162,12 @@ def test_quirks(trees, roi):
     excluded = image['subject'] in rep['excluded_images']
     for quirk in abn['quirks']:
       seen.add(quirk)
-    if excluded:
-      assert f'{key[0]}/abnorm_{key[1]}' not in exs
-    elif 'mask_size_mismatch' in abn['quirks']:
+    if 'mask_size_mismatch' in abn['quirks']:
       assert skipped[key]['reason'] == 'mask_size_mismatch'
       assert abn['mask_path'].split('/')[-1] in skipped[key]['detail']
-    else:
-      assert f'{key[0]}/abnorm_{key[1]}' in exs, (key, abn['quirks'])
+    else:  # a leaking patient's official-train image in split `leaking`, and only there
+      ex = exs[f'{key[0]}/abnorm_{key[1]}']
+      assert (ex['split'] == 'leaking') == excluded, (key, ex['split'])
   assert {'swapped', 'two_series', 'mask_size_mismatch', 'blank_series_description'} <= seen
   assert any(len(i['abnormalities']) > 1 for i in trees['manifest']['images'])
 
@@ -183,7 +184,7 @@ def test_resize_mismatched_masks_option(trees, roi, tmp_path):
   exs, rep = examples(builder), report(builder)
   kept = rejected = 0
   for image, abn in _abnormalities(trees['manifest']):
-    if 'mask_size_mismatch' not in abn['quirks'] or image['subject'] in rep['excluded_images']:
+    if 'mask_size_mismatch' not in abn['quirks']:
       continue
     key = f'{image["subject"]}/abnorm_{abn["abnormality_id"]}'
     if abn['mask_aspect_ok']:
@@ -202,15 +203,17 @@ def test_splits_are_patient_disjoint_and_the_leak_is_reported(trees, roi):
   by_split = {}
   for ex in exs.values():
     by_split.setdefault(ex['split'], set()).add(ex['patient_id'].decode())
-  assert set(by_split) == {'train', 'validation', 'test'}
-  splits = list(by_split.values())
+  assert set(by_split) == {'train', 'validation', 'test', 'leaking'}
+  splits = [by_split[s] for s in ('train', 'validation', 'test')]
   for i, a in enumerate(splits):
     for b in splits[i + 1:]:
       assert not a & b
   leaked = {i['patient_id'] for i in trees['manifest']['images'] if i['official_split'] == 'test'}
   leaked &= {i['patient_id'] for i in trees['manifest']['images']
              if i['official_split'] == 'train'}
-  assert leaked and set(rep['excluded_patients']) == leaked
+  assert leaked and set(rep['excluded_patients']) == leaked == by_split['leaking']
+  assert {k.split('/')[0] for k, ex in exs.items() if ex['split'] == 'leaking'} == set(
+      rep['excluded_images'])
 
 
 def test_report_counts_match_the_dataset(roi):
@@ -273,7 +276,8 @@ def test_a_split_without_any_readable_image_fails_clearly(trees, roi, tmp_path):
       full.write_bytes(full.read_bytes()[:-2000])  # truncated pixel data
   with pytest.raises(ValueError, match=f"split 'test' under manual_dir {tree} gave an exa"):
     build(tree, tmp_path / 'tfds')
-  assert not (tmp_path / 'tfds' / 'cbis_ddsm' / 'roi150' / '1.0.0').exists()
+  assert not (tmp_path / 'tfds' / 'cbis_ddsm' / 'roi150' / str(builder_lib.Builder.VERSION)
+              ).exists()
 
 
 def test_no_images_or_malformed_csv_fail_with_a_clear_error(trees, tmp_path):
@@ -373,7 +377,8 @@ def test_tfds_build_cli(trees, roi, tmp_path):
       env=env, capture_output=True, text=True, timeout=600, check=False)
   assert done.returncode == 0, done.stderr[-3000:]
   rep = json.loads(
-      (tmp_path / 'cbis_ddsm' / 'roi150' / '1.0.0' / build_report.REPORT_NAME).read_text())
+      (tmp_path / 'cbis_ddsm' / 'roi150' / str(builder_lib.Builder.VERSION)
+       / build_report.REPORT_NAME).read_text())
   assert rep['examples'] == roi[2]['examples']  # the NBIA tree through the CLI = classic
 
 

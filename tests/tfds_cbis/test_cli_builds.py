@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from tests.conftest import ROOT
+from tfds_cbis.cbis_ddsm import cbis_ddsm_dataset_builder as builder_lib
 
 
 def _readme_loop() -> str:
@@ -29,7 +30,8 @@ def test_readme_builds_both_configs_from_both_layouts(tmp_path):
   assert done.returncode == 0, done.stderr[-3000:]
   for layout in ('nbia', 'classic'):
     for config in ('roi150', 's10_224'):
-      version_dir = tmp_path / f'tfds_{layout}' / 'cbis_ddsm' / config / '1.0.0'
+      version_dir = (tmp_path / f'tfds_{layout}' / 'cbis_ddsm' / config
+                     / str(builder_lib.Builder.VERSION))
       assert (version_dir / 'build_report.json').exists(), version_dir
       assert list(version_dir.glob('cbis_ddsm-train.tfrecord-*'))
 

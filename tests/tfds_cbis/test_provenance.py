@@ -1,7 +1,9 @@
 """A build's provenance: its source, the CSVs' digests and officialness, the matched series;
 and the builder's refusal to reuse a build of another source."""
 
+import logging
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -16,8 +18,9 @@ from tfds_cbis import cases
 from tfds_cbis import provenance
 from tfds_cbis import synthetic
 from tfds_cbis.cbis_ddsm import cbis_ddsm_dataset_builder as builder_lib
+from tfds_cbis.patches import PatchSpec
 
-CONFIG = types.SimpleNamespace(name='roi150', validation_fraction=0.1)
+CONFIG = types.SimpleNamespace(name='roi150', validation_fraction=0.1, spec=PatchSpec())
 
 
 @pytest.fixture(scope='module')
@@ -128,3 +131,22 @@ def test_tfds_build_refuses_a_build_of_another_source(tree, tmp_path):
   assert (f'ValueError: {version_dir} holds a build of synthetic data (difficulty=0.5'
           in done.stderr), done.stderr[-3000:]
   assert f'not of manual_dir {other}; use another data_dir' in done.stderr
+
+
+def test_a_build_of_an_older_version_is_left_alone_with_one_warning(tree, tmp_path, caplog):
+  data_dir = tmp_path / 'tfds'
+  version_dir = pathlib.Path(_prepare(data_dir, tree).data_dir)
+  old = version_dir.parent / '1.0.0'  # as tfds_cbis 1.0.0 left it: no `leaking` split
+  version_dir.rename(old)
+  before = _files(old)
+  caplog.set_level(logging.WARNING)
+  builder = _prepare(data_dir, tree)
+  notes = [r.getMessage() for r in caplog.records if 'older tfds_cbis' in r.getMessage()]
+  assert notes == [f'cbis_ddsm: {old.parent} holds version 1.0.0, built by an older tfds_cbis; '
+                   f'building {builder_lib.Builder.VERSION} beside it (delete the old folder '
+                   'to free its space)']
+  assert pathlib.Path(builder.data_dir) == version_dir and 'leaking' in builder.info.splits
+  assert _files(old) == before  # never read into, or mixed with, the new build
+  caplog.clear()
+  _prepare(data_dir, tree)  # reusing the new build: no note
+  assert not [r for r in caplog.records if 'older tfds_cbis' in r.getMessage()]

@@ -15,8 +15,9 @@ from tfds_cbis import build_report
 from tfds_cbis import dicom
 from tfds_cbis import synthetic
 from tfds_cbis.cbis_ddsm import cbis_ddsm_dataset_builder as builder_lib
+from tfds_cbis.patches import PatchSpec
 
-CONFIG = types.SimpleNamespace(name='roi150', validation_fraction=0.1)
+CONFIG = types.SimpleNamespace(name='roi150', validation_fraction=0.1, spec=PatchSpec())
 
 
 @pytest.fixture(scope='module')

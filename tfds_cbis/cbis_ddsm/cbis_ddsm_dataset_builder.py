@@ -26,6 +26,7 @@ from tfds_cbis import cases as cases_lib
 from tfds_cbis import patches
 from tfds_cbis import pool as pool_lib
 from tfds_cbis import provenance as provenance_lib
+from tfds_cbis import splits as splits_lib
 from tfds_cbis import strict_json
 from tfds_cbis import whole
 
@@ -118,10 +119,13 @@ _WORKER_DIED = ('cbis_ddsm: a worker process died while reading mammograms (out 
 class Builder(tfds.core.GeneratorBasedBuilder):
   """CBIS-DDSM abnormality patches or whole breast views read directly from the DICOM files."""
 
-  VERSION = tfds.core.Version('1.0.0')
+  VERSION = tfds.core.Version('1.1.0')
   RELEASE_NOTES = {
-      '1.0.0': 'Initial release: DICOM input in both NBIA layouts; roi150 and s10_224; '
-               'whole_1152x896 and whole_288x224.',
+      '1.0.0': 'Initial release: DICOM input in both NBIA layouts; roi150 and s10_224.',
+      '1.1.0': 'Split `leaking`: the official-train images of the patients who are also in an '
+               'official test CSV (1.0.0 left them out), for the protocols other than '
+               'official, which place them by patient. Whole-image configs whole_1152x896 '
+               'and whole_288x224.',
   }
   BUILDER_CONFIGS = [ROI150, S10_224, WHOLE_1152x896, WHOLE_288x224]
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
@@ -215,8 +219,10 @@ manual_dir when all four are there, else from the official copies shipped with t
     """
     self._final_data_dir = os.fspath(self.data_dir)  # TFDS builds in a temporary folder
     config = download_config or tfds.download.DownloadConfig()
-    if (config.download_mode == tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
-        and self.data_path.exists()):
+    reuse = config.download_mode == tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
+    if reuse and not self.data_path.exists():
+      _note_older_versions(self.data_path)
+    if reuse and self.data_path.exists():
       if config.manual_dir:
         provenance_lib.check_reuse(self.data_dir, config.manual_dir)
       # Reused as is: nothing is written, so a read-only data_dir still works.
@@ -253,7 +259,7 @@ manual_dir when all four are there, else from the official copies shipped with t
     for split in build_plan.SPLITS:
       if tasks[split]:
         generators[split] = self._generate_examples(split, tasks[split])
-      else:
+      elif split != splits_lib.LEAKING:  # a release without leaking patients has none
         logging.warning('cbis_ddsm: split %r has no image; it is left out.', split)
     return generators
 
@@ -338,6 +344,18 @@ def _whole_features(spec: whole.WholeSpec) -> dict:
 def _processor(spec):
   """The worker function for a config's spec: whole views or patches."""
   return whole.process if isinstance(spec, whole.WholeSpec) else patches.process
+
+
+def _note_older_versions(data_path: epath.Path) -> None:
+  """One warning when data_path's config folder holds builds of older versions, which are
+  left as they are (never read or mixed into the new build)."""
+  parent = data_path.parent
+  older = sorted(p.name for p in parent.iterdir() if p.is_dir() and p.name != data_path.name
+                 and tfds.core.Version.is_valid(p.name)) if parent.exists() else []
+  if older:
+    logging.warning('cbis_ddsm: %s holds version %s, built by an older tfds_cbis; building '
+                    '%s beside it (delete the old folder to free its space)', parent,
+                    ', '.join(older), data_path.name)
 
 
 def _beam_transform(split: str, tasks: list, spec: patches.PatchSpec | whole.WholeSpec,

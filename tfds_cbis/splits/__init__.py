@@ -5,7 +5,9 @@ Three named protocols, each a pure function of the four description CSVs:
             train and validation (the official split leaks 31 patients across mass and
             calcification). validation is a label-stratified, patient-level share of the
             remaining official-train patients, chosen by a stable hash, so it is the same on
-            every machine and in every Beam worker. The cbis_ddsm builder builds these splits.
+            every machine and in every Beam worker. The cbis_ddsm builder builds these splits,
+            and a fourth, `leaking`: the leaking patients' official-train images, which this
+            protocol leaves out and the others place by patient.
   tfds      TFDS's patient split of curated_breast_imaging_ddsm/patches: the sorted patient ids
             of all four CSVs, shuffled by numpy's legacy generator seeded 0x12345, cut at
             15 % test, 76.5 % train, the rest validation.
@@ -31,6 +33,9 @@ from tfds_cbis import cases as cases_lib
 
 PROTOCOLS = ('official', 'tfds', 'kfoldK')  # K an integer >= 2, e.g. kfold5
 SPLITS = ('train', 'validation', 'test')
+# The built split of the official-train images of patients who are also in an official test
+# CSV: in no split of the official protocol, in their patient's split under the others.
+LEAKING = 'leaking'
 TFDS_SEED = 0x12345
 TFDS_FRACTIONS = {'test': 0.15, 'train': 0.765}  # validation: the rest (0.085)
 
