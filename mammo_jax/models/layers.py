@@ -39,8 +39,9 @@ _DN = ('NHWC', 'HWIO', 'NHWC')
 # chunks (too little work per matmul).
 _CHUNK_ROWS = 8192
 # 3x3 stride-1 convolutions (forward and input gradient) with at least this many input and
-# output channels run as Winograd F(2x2, 3x3) matmuls (models/winograd.py); with fewer, the
-# matmuls are too thin to beat XLA's convolution.
+# output channels, on images of at most winograd.MAX_TILES 2x2 output tiles, run as Winograd
+# F(2x2, 3x3) matmuls (models/winograd.py); with fewer channels, the matmuls are too thin to
+# beat XLA's convolution.
 _WINOGRAD_MIN_CHANNELS = 16
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
@@ -61,7 +62,9 @@ def _resolve_padding(spatial, window, strides, padding) -> Pads:
 def _conv(x, kernel, strides, pads: Pads, bias=None):
   """lax convolution (NHWC, HWIO) [+ bias], routed to the fastest equal form XLA:CPU has."""
   kh, kw, cin, cout = kernel.shape
-  if (kh, kw) == (3, 3) and strides == (1, 1) and min(cin, cout) >= _WINOGRAD_MIN_CHANNELS:
+  if ((kh, kw) == (3, 3) and strides == (1, 1) and min(cin, cout) >= _WINOGRAD_MIN_CHANNELS and
+      winograd.tiles_per_image(x.shape[1] + sum(pads[0]) - 2, x.shape[2] + sum(pads[1]) - 2)
+      <= winograd.MAX_TILES):
     return winograd.conv3x3(x, kernel, pads, bias)
   unpadded = all(p == 0 for pair in pads for p in pair)
   if unpadded and cin == 1 and strides == (1, 1):

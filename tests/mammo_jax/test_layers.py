@@ -110,20 +110,22 @@ def test_conv_matches_autodiff_on_every_registry_3x3_shape(padding):
     jax.tree.map(_close, fast, ref)  # output, d/dx, d/dkernel, d/dbias
 
 
-@pytest.mark.parametrize('cin,cout,convolutions', [(16, 32, 0), (8, 32, 2), (32, 8, 2)])
-def test_winograd_replaces_xla_convolutions_with_enough_channels(cin, cout, convolutions):
-  """Forward and input gradient are matmuls from 16 input and output channels on."""
-  x, w = jnp.ones((2, 12, 12, cin)), jnp.ones((3, 3, cin, cout))
+@pytest.mark.parametrize('side,cin,cout,convolutions', [
+    (12, 16, 32, 0), (12, 8, 32, 2), (12, 32, 8, 2), (90, 16, 16, 0), (92, 16, 16, 2)])
+def test_winograd_replaces_xla_convolutions_with_enough_channels(side, cin, cout, convolutions):
+  """Forward and input gradient are matmuls from 16 input and output channels on, on images
+  of up to winograd.MAX_TILES (2048) 2x2 output tiles (90x90: 2025; 92x92: 2116)."""
+  x, w = jnp.ones((1, side, side, cin)), jnp.ones((3, 3, cin, cout))
   loss = lambda x, w: jnp.sum(layers.conv2d(x, w, padding='SAME') ** 2)
   hlo = jax.jit(jax.grad(loss, (0, 1))).lower(x, w).compile().as_text()
   assert hlo.count(' convolution(') == convolutions
   assert hlo.count(' dot(') >= 1
 
 
-@pytest.mark.parametrize('tiles', [7, 40, 10_000])
-def test_winograd_bands_images_and_remainders(monkeypatch, tiles):
-  """Bands of tile rows (7), several images with a remainder (40: 2 of 5), all at once."""
-  x, w, b = _normal(1, (5, 9, 13, 4)), _normal(2, (3, 3, 4, 3)), _normal(3, (3,))
+@pytest.mark.parametrize('tiles', [1, 40, 10_000])
+def test_winograd_image_chunks_and_remainders(monkeypatch, tiles):
+  """One image per loop step (1), 3 of 5 and a remainder of 2 (40 >= 3 x 12 tiles), all."""
+  x, w, b = _normal(1, (5, 7, 9, 4)), _normal(2, (3, 3, 4, 3)), _normal(3, (3,))
   monkeypatch.setattr(winograd, '_TILES', tiles)
   for pads in (((0, 0), (0, 0)), ((1, 1), (1, 1)), ((2, 2), (2, 2)), ((0, 2), (1, 0))):
     expected = jax.lax.conv_general_dilated(
