@@ -2,13 +2,15 @@
 Winograd: forward, input gradient and filter gradient, in ms and GFLOP/s.
 
     python benchmarks/conv_layers.py [--batch 32] [--rounds 3] [--only vgg16|m2]
+        [--dtype bfloat16] [--forward_only]
 
 'before' is `layers.conv2d` with Winograd switched off (XLA's forward convolution, also for the
 input gradient; the chunked im2col filter gradient), 'after' is `layers.conv2d` as the models
 run it. GFLOP/s counts a direct convolution's 2 * 9 * Cin * Cout multiply-adds per output
 pixel for each of the three operations, so Winograd's figures are effective rates. The two are
 timed alternately, op by op (median of --rounds calls after two warm-ups), as the machine this
-was written on is shared and noisy.
+was written on is shared and noisy. --dtype bfloat16 casts inputs and kernels (what
+half_precision does to a frozen VGG16 base) to see whether the CPU's bfloat16 units help.
 """
 
 from __future__ import annotations
@@ -57,9 +59,11 @@ def main():
   parser.add_argument('--batch', type=int, default=32)
   parser.add_argument('--rounds', type=int, default=3)
   parser.add_argument('--only', choices=sorted(SHAPES), default=None)
+  parser.add_argument('--dtype', choices=['float32', 'bfloat16'], default='float32')
+  parser.add_argument('--forward_only', action='store_true')
   args = parser.parse_args()
   print(f'# {platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__}, batch '
-        f'{args.batch}, median of {args.rounds} after 2 warm-ups; ms (GFLOP/s)\n')
+        f'{args.batch}, {args.dtype}, median of {args.rounds} after 2 warm-ups; ms (GFLOP/s)\n')
   print('| layer (input -> Cout, padding) | op | before | after | speed-up |')
   print('|---|---|---:|---:|---:|')
   rng = np.random.default_rng(0)
@@ -72,12 +76,15 @@ def main():
       x = rng.standard_normal((args.batch, side, side, cin), np.float32)
       w = (rng.standard_normal((3, 3, cin, cout)) / np.sqrt(9 * cin)).astype(np.float32)
       g = rng.standard_normal((args.batch, out, out, cout), np.float32)
+      x, w, g = (jax.numpy.asarray(a, args.dtype) for a in (x, w, g))
       gflop = 2 * args.batch * out * out * 9 * cin * cout / 1e9
       conv = lambda x, w: layers.conv2d(x, w, padding=padding)
       ops = {'fwd': lambda x, w, g: conv(x, w),
              'd/dx': lambda x, w, g: jax.vjp(lambda x: conv(x, w), x)[1](g)[0],
              'd/dw': lambda x, w, g: jax.vjp(lambda w: conv(x, w), w)[1](g)[0]}
-      if cin <= 3:
+      if args.forward_only:
+        ops = {'fwd': ops['fwd']}
+      elif cin <= 3:
         del ops['d/dx']  # a first layer's input gradient is never computed
       for op, fn in ops.items():
         t = _alternate({k: _timer(_with_winograd(on, fn), x, w, g) for k, on in impls.items()},
