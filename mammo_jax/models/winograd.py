@@ -8,9 +8,9 @@ matmuls (tiles x Cin) @ (Cin x Cout), which XLA:CPU runs near its matmul speed, 
 convolution runs at a fraction of it. The transforms are additions only (B, A) or act on the
 small kernel (G).
 
-The tiles are processed a few hundred at a time (whole images) in a loop: transformed tiles take 4x the
-input's memory and the matmul outputs 4x the output's, and at batch size they would fall out
-of cache (and, as fresh buffers, cost a page fault per 4 KiB) on every step. In float32 the
+The tiles are processed a few hundred at a time (whole images) in a loop: transformed tiles
+take 4x the input's memory and the matmul outputs 4x the output's, and at batch size they
+would fall out of cache (and, as fresh buffers, cost a page fault per 4 KiB) on every step. In float32 the
 result differs from a direct convolution by summation order only (about 1e-6 relative).
 """
 
