@@ -10,8 +10,9 @@ small kernel (G).
 
 The tiles are processed a few hundred at a time (whole images) in a loop: transformed tiles
 take 4x the input's memory and the matmul outputs 4x the output's, and at batch size they
-would fall out of cache (and, as fresh buffers, cost a page fault per 4 KiB) on every step. In float32 the
-result differs from a direct convolution by summation order only (about 1e-6 relative).
+would fall out of cache (and, as fresh buffers, cost a page fault per 4 KiB) on every step.
+In float32 the result differs from a direct convolution by summation order only (about 1e-6
+relative).
 """
 
 import jax.numpy as jnp
