@@ -2,7 +2,7 @@
 
     python benchmarks/train_throughput.py [--model m2|vgg16_ft|resnet50_ft] [--batch_size 128]
         [--steps 5] [--rounds 2] [--peak_tflops_fp32 T] [--peak_tflops_bf16 T]
-        [--baseline_root DIR]
+        [--baseline_root DIR] [--skip_keras_xla] [--skip_xla_conv]
 
 The study's 4-class model M2 (150x150x1, C64-C128-C256, D64, RMSprop lr 1e-3, decay 5e-4),
 batch 128, float32, in one invocation on the same machine:
@@ -257,6 +257,8 @@ def main():
   parser.add_argument('--rounds', type=int, default=2)
   parser.add_argument('--pipeline_batches', type=int, default=200)
   parser.add_argument('--skip_keras_xla', action='store_true')
+  parser.add_argument('--skip_xla_conv', action='store_true',
+                      help="leave out M1-M3's conv_impl=xla row (nn.Conv/nn.max_pool, slow on CPU)")
   parser.add_argument('--baseline_root', default='',
                       help='another mammo_jax checkout whose M1-M3 train step is timed in the '
                            'same rounds (e.g. a git worktree of the commit before a refactor)')
@@ -271,6 +273,8 @@ def main():
   variants = _variants(args, accelerator)
   if args.skip_keras_xla:
     variants.pop('Keras/TF XLA (jit_compile)')
+  if args.skip_xla_conv:
+    variants.pop('mammo_jax, conv_impl=xla', None)
   runs = {k: [] for k in variants}
   flops, device, n_devices = {}, None, 1
   for r in range(args.rounds):

@@ -9,7 +9,10 @@ rewrites which run fast (benchmarks/conv_backward.py measures each one):
   * max-pool's gradient (select-and-scatter) is 3-8x slower than an elementwise mask: for
     non-overlapping windows, each window's first maximum is found by comparing the input with
     the pooled output;
-  * XLA:CPU hands forward convolutions to YNNPACK, which is ~2x slower on an unpadded
+  * XLA:CPU's own convolutions run at a fraction of its matmul speed: 3x3 stride-1
+    convolutions with enough channels (forward and input gradient) are Winograd F(2x2, 3x3),
+    16 matmuls with 2.25x fewer multiplications (models/winograd.py);
+  * XLA:CPU hands the other forward convolutions to YNNPACK, which is ~2x slower on an unpadded
     convolution than on the same one padded by a row: unpadded convolutions with 8 or more
     input channels get one extra zero row at the bottom, and the extra output row is sliced
     off (bit-identical); a one-channel convolution is a fused sum of kh*kw broadcast products.
@@ -27,12 +30,19 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from mammo_jax.models import winograd
+
 _DN = ('NHWC', 'HWIO', 'NHWC')
 # Output pixels per filter-gradient matmul (the contracted dimension). Measured on M2's layers:
 # ~10k rows (1 image of 148x148, 2 of 72x72, 8 of 34x34) beat both a whole-batch matmul
 # (patches fall out of cache, and a long thin contraction barely parallelises) and smaller
 # chunks (too little work per matmul).
 _CHUNK_ROWS = 8192
+# 3x3 stride-1 convolutions (forward and input gradient) with at least this many input and
+# output channels, on images of at most winograd.MAX_TILES 2x2 output tiles, run as Winograd
+# F(2x2, 3x3) matmuls (models/winograd.py); with fewer channels, the matmuls are too thin to
+# beat XLA's convolution.
+_WINOGRAD_MIN_CHANNELS = 16
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
@@ -49,23 +59,28 @@ def _resolve_padding(spatial, window, strides, padding) -> Pads:
   return tuple(_pair(p) for p in padding)
 
 
-def _conv(x, kernel, strides, pads: Pads):
-  """lax convolution (NHWC, HWIO), routed to the fastest equal form XLA:CPU has for it."""
-  kh, kw, cin, _ = kernel.shape
+def _conv(x, kernel, strides, pads: Pads, bias=None):
+  """lax convolution (NHWC, HWIO) [+ bias], routed to the fastest equal form XLA:CPU has."""
+  kh, kw, cin, cout = kernel.shape
+  if ((kh, kw) == (3, 3) and strides == (1, 1) and min(cin, cout) >= _WINOGRAD_MIN_CHANNELS and
+      winograd.tiles_per_image(x.shape[1] + sum(pads[0]) - 2, x.shape[2] + sum(pads[1]) - 2)
+      <= winograd.MAX_TILES):
+    return winograd.conv3x3(x, kernel, pads, bias)
   unpadded = all(p == 0 for pair in pads for p in pair)
   if unpadded and cin == 1 and strides == (1, 1):
     # One input channel: a sum of kh*kw broadcast products, one fused elementwise loop.
     out_h, out_w = x.shape[1] - kh + 1, x.shape[2] - kw + 1
-    return sum(x[:, i:i + out_h, j:j + out_w] * kernel[i, j, 0]
-               for i in range(kh) for j in range(kw))
-  if unpadded and cin >= 8:
+    y = sum(x[:, i:i + out_h, j:j + out_w] * kernel[i, j, 0]
+            for i in range(kh) for j in range(kw))
+  elif unpadded and cin >= 8:
     # Unpadded convolutions run on a ~2x slower path than padded ones (measured for 8 to 256
     # input channels; slower with fewer): pad one output row's worth and slice it off.
     out_h = (x.shape[1] - kh) // strides[0] + 1
     y = lax.conv_general_dilated(x, kernel, strides, ((0, strides[0]), (0, 0)),
-                                 dimension_numbers=_DN)
-    return y[:, :out_h]
-  return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_DN)
+                                 dimension_numbers=_DN)[:, :out_h]
+  else:
+    y = lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_DN)
+  return y if bias is None else y + bias
 
 
 def _patches(x, kh: int, kw: int, out_h: int, out_w: int):
@@ -107,18 +122,13 @@ def _filter_grads(xp, g, kh: int, kw: int):
   return dw.reshape(kh, kw, cin, cout), db
 
 
-def _conv_bias(x, kernel, bias, strides, pads: Pads):
-  y = _conv(x, kernel, strides, pads)
-  return y if bias is None else y + bias
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _conv_s1(x, kernel, bias, pads: Pads):
-  return _conv_bias(x, kernel, bias, (1, 1), pads)
+  return _conv(x, kernel, (1, 1), pads, bias)
 
 
 def _conv_s1_fwd(x, kernel, bias, pads):
-  return _conv_bias(x, kernel, bias, (1, 1), pads), (x, kernel, bias)  # None: no leaves
+  return _conv(x, kernel, (1, 1), pads, bias), (x, kernel, bias)  # None: no leaves
 
 
 def _conv_s1_bwd(pads, res, g):
@@ -142,7 +152,7 @@ def conv2d(x, kernel, bias=None, strides=(1, 1), padding='VALID'):
   pads = _resolve_padding(x.shape[1:3], kernel.shape[:2], strides, padding)
   in_range = all(0 <= p < k for pair, k in zip(pads, kernel.shape[:2]) for p in pair)
   if strides != (1, 1) or not in_range:
-    return _conv_bias(x, kernel, bias, strides, pads)  # autodiff: rare here, and correct
+    return _conv(x, kernel, strides, pads, bias)  # autodiff: rare here, and correct
   return _conv_s1(x, kernel, bias, pads)
 
 

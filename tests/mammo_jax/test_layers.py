@@ -1,5 +1,6 @@
 """layers.Conv and layers.max_pool equal nn.Conv and nn.max_pool, values and gradients."""
 
+import dataclasses
 import functools
 
 import flax.linen as nn
@@ -10,7 +11,7 @@ import optax
 import pytest
 
 from mammo_jax import models
-from mammo_jax.models import layers
+from mammo_jax.models import layers, winograd
 
 
 def _normal(seed, shape, scale=1.0):
@@ -69,6 +70,67 @@ def test_conv_filter_gradient_chunks_with_a_remainder(monkeypatch):
   for rows in (1, 3 * 7 * 6):
     monkeypatch.setattr(layers, '_CHUNK_ROWS', rows)
     _close(jax.jit(jax.grad(lambda w: jnp.sum(jnp.sin(layers.conv2d(x, w)))))(w), expected)
+
+
+def _registry_3x3_channels() -> list[tuple[int, int]]:
+  """(cin, cout) of every 3x3 kernel of the registry's models that take a conv_impl."""
+  found = set()
+  for name, entry in models.REGISTRY.items():
+    if 'conv_impl' not in {f.name for f in dataclasses.fields(entry.template)}:
+      continue
+    channels = 2 if models.inputs_of(name) == 'image+baseline' else 3 if name == 'vgg16' else 1
+    shapes = jax.eval_shape(entry.template.init, jax.random.key(0),
+                            jnp.zeros((1, 128, 128, channels)))
+    found |= {leaf.shape[2:] for leaf in jax.tree.leaves(shapes) if leaf.shape[:2] == (3, 3)}
+  return sorted(found)
+
+
+@pytest.mark.parametrize('padding', ['VALID', 'SAME'])
+def test_conv_matches_autodiff_on_every_registry_3x3_shape(padding):
+  """Winograd (forward, input gradient) and the chunked filter gradient against autodiff of
+  the XLA convolution, on small odd-sized images with every channel pair the models use."""
+  channels = _registry_3x3_channels()
+  assert {(1, 32), (3, 64), (64, 128), (128, 256), (512, 512)} <= set(channels), channels
+  dn = ('NHWC', 'HWIO', 'NHWC')
+  reference = lambda x, w, b: jax.lax.conv_general_dilated(
+      x, w, (1, 1), padding, dimension_numbers=dn) + b
+  cases = []
+  for i, (cin, cout) in enumerate(channels):
+    x = _normal(i, (2, 11, 9, cin))
+    w, b = _normal(i + 1, (3, 3, cin, cout), 1 / np.sqrt(9 * cin)), _normal(i + 2, (cout,))
+    cases.append((x, w, b, _normal(i + 3, jax.eval_shape(reference, x, w, b).shape)))
+
+  @jax.jit
+  def outputs_and_grads(cases):
+    return [[(f(x, w, b), jax.grad(lambda *a: jnp.sum(f(*a) * g), argnums=(0, 1, 2))(x, w, b))
+             for f in (functools.partial(layers.conv2d, padding=padding), reference)]
+            for x, w, b, g in cases]
+
+  for fast, ref in outputs_and_grads(cases):
+    jax.tree.map(_close, fast, ref)  # output, d/dx, d/dkernel, d/dbias
+
+
+@pytest.mark.parametrize('side,cin,cout,convolutions', [
+    (12, 16, 32, 0), (12, 8, 32, 2), (12, 32, 8, 2), (90, 16, 16, 0), (92, 16, 16, 2)])
+def test_winograd_replaces_xla_convolutions_with_enough_channels(side, cin, cout, convolutions):
+  """Forward and input gradient are matmuls from 16 input and output channels on, on images
+  of up to winograd.MAX_TILES (2048) 2x2 output tiles (90x90: 2025; 92x92: 2116)."""
+  x, w = jnp.ones((1, side, side, cin)), jnp.ones((3, 3, cin, cout))
+  loss = lambda x, w: jnp.sum(layers.conv2d(x, w, padding='SAME') ** 2)
+  hlo = jax.jit(jax.grad(loss, (0, 1))).lower(x, w).compile().as_text()
+  assert hlo.count(' convolution(') == convolutions
+  assert hlo.count(' dot(') >= 1
+
+
+@pytest.mark.parametrize('tiles', [1, 40, 10_000])
+def test_winograd_image_chunks_and_remainders(monkeypatch, tiles):
+  """One image per loop step (1), 3 of 5 and a remainder of 2 (40 >= 3 x 12 tiles), all."""
+  x, w, b = _normal(1, (5, 7, 9, 4)), _normal(2, (3, 3, 4, 3)), _normal(3, (3,))
+  monkeypatch.setattr(winograd, '_TILES', tiles)
+  for pads in (((0, 0), (0, 0)), ((1, 1), (1, 1)), ((2, 2), (2, 2)), ((0, 2), (1, 0))):
+    expected = jax.lax.conv_general_dilated(
+        x, w, (1, 1), pads, dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + b
+    _close(jax.jit(winograd.conv3x3, static_argnums=2)(x, w, pads, b), expected)
 
 
 def test_unused_input_gradient_is_not_computed_under_jit():
