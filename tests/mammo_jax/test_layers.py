@@ -78,7 +78,9 @@ def _registry_3x3_channels() -> list[tuple[int, int]]:
   for name, entry in models.REGISTRY.items():
     if 'conv_impl' not in {f.name for f in dataclasses.fields(entry.template)}:
       continue
-    channels = 2 if models.inputs_of(name) == 'image+baseline' else 3 if name == 'vgg16' else 1
+    # RGB ImageNet backbones (VGG16, and the whole-image models built on VGG16 or ResNet50).
+    rgb = name == 'vgg16' or getattr(entry.template, 'backbone', '') in ('vgg16', 'resnet50')
+    channels = 2 if models.inputs_of(name) == 'image+baseline' else 3 if rgb else 1
     shapes = jax.eval_shape(entry.template.init, jax.random.key(0),
                             jnp.zeros((1, 128, 128, channels)))
     found |= {leaf.shape[2:] for leaf in jax.tree.leaves(shapes) if leaf.shape[:2] == (3, 3)}
