@@ -25,6 +25,8 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from mammo_jax import compile_cache
+from mammo_jax import input_pipeline
 from mammo_jax import runners
 from mammo_jax import workdir as workdir_lib
 from mammo_jax import workdir_lock
@@ -33,6 +35,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for this run\'s checkpoints and outputs.')
 config_flags.DEFINE_config_file('config', None, 'Experiment config file, e.g. '
                                 'configs/scratch2.py:exp5', lock_config=True)
+flags.DEFINE_bool('compilation_cache', True, 'Keep compiled steps in CACHE/jax_compilation '
+                  'for later runs (mammo_jax.compile_cache); --nocompilation_cache: off.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -117,6 +121,8 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   _quiet_console()
   print(f'JAX devices: {jax.local_devices()}', flush=True)  # on the console, not the log
+  if FLAGS.compilation_cache:
+    compile_cache.enable(input_pipeline.cache_dir(FLAGS.config.data))
   try:
     runners.run(FLAGS.config, FLAGS.workdir)
   except workdir_lock.WorkdirError as e:  # the line says it all; the folder is not ours
