@@ -36,9 +36,10 @@ SYNTHETIC_BANNER = """
 ************************************************************************************"""
 
 
-def cache_dir(data: ml_collections.ConfigDict) -> str:
-  return os.path.expanduser(data.cache_dir or os.environ.get('MAMMO_JAX_CACHE')
-                            or '~/.cache/mammo_jax')
+def cache_dir(data: ml_collections.ConfigDict | None = None) -> str:
+  """data.cache_dir, else $MAMMO_JAX_CACHE, else ~/.cache/mammo_jax."""
+  return os.path.expanduser((data.cache_dir if data is not None else '')
+                            or os.environ.get('MAMMO_JAX_CACHE') or '~/.cache/mammo_jax')
 
 
 def synthetic_tree(data: ml_collections.ConfigDict) -> str:

@@ -7,7 +7,6 @@ starts in subprocesses, whose MAMMO_JAX_CACHE is a temporary folder, share it.
 
 import os
 
-import ml_collections
 import pytest
 
 from mammo_jax import compile_cache
@@ -16,8 +15,7 @@ from mammo_jax.config_lib import loader
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-_COMPILED = compile_cache.enable(input_pipeline.cache_dir(ml_collections.ConfigDict(
-    {'cache_dir': ''})))
+_COMPILED = compile_cache.enable(input_pipeline.cache_dir())
 if _COMPILED:
   os.environ[compile_cache.ENV] = _COMPILED
 
