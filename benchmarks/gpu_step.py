@@ -282,31 +282,39 @@ def main():
   device = jax.devices()[0].device_kind
   result = {'device': device, 'platform': args.platform, 'machine': platform.machine(),
             'cpus': os.cpu_count(), 'jax': jax.__version__, 'args': vars(args)}
+  out = args.out or os.path.join(ROOT, 'benchmarks', 'results', f'gpu_step-{args.platform}.json')
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+
+  def write():  # after every row, so that a run stopped at its time limit keeps what it timed
+    with open(out, 'w') as f:
+      json.dump(result, f, indent=1)
+
   if args.host_overhead:
     result['host_overhead'] = host_overhead(args)
     print(json.dumps(result['host_overhead'], indent=1))
   else:
-    result['peak_tflops_bf16'] = peak = peak_tflops(device, args.peak_tflops)
-    result['rows'] = rows = benchmark(args, peak)
     if not args.no_torch:
       import torch  # pylint: disable=g-import-not-at-top
       result['torch'] = torch.__version__
-    print(f'{device}, bf16 peak {peak or "unknown"} TFLOP/s, batch {args.batch_size}')
-    print('| model | framework | images/s | step ms | TFLOP/s | MFU |\n|---|---|---:|---:|---:|---:|')
-    for r in (r for r in rows if 'error' not in r):
-      mfu = f'{r["mfu"]:.1%}' if r['mfu'] is not None else '-'
-      print(f'| {r["model"]} | {r["framework"]} | {r["images_per_s"]:.1f} | '
-            f'{r["seconds_per_step"] * 1e3:.2f} | {r["tflops"]:.2f} | {mfu} |')
-  out = args.out or os.path.join(ROOT, 'benchmarks', 'results', f'gpu_step-{args.platform}.json')
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  with open(out, 'w') as f:
-    json.dump(result, f, indent=1)
+    result['peak_tflops_bf16'] = peak = peak_tflops(device, args.peak_tflops)
+    result['rows'] = []
+    print(f'{device}, bf16 peak {peak or "unknown"} TFLOP/s, batch {args.batch_size}', flush=True)
+    print('| model | framework | images/s | step ms | TFLOP/s | MFU |\n'
+          '|---|---|---:|---:|---:|---:|', flush=True)
+    for r in benchmark(args, peak):
+      result['rows'].append(r)
+      write()
+      if 'error' not in r:
+        mfu = f'{r["mfu"]:.1%}' if r['mfu'] is not None else '-'
+        print(f'| {r["model"]} | {r["framework"]} | {r["images_per_s"]:.1f} | '
+              f'{r["seconds_per_step"] * 1e3:.2f} | {r["tflops"]:.2f} | {mfu} |', flush=True)
+  write()
   print(f'wrote {out}')
 
 
-def benchmark(args, peak: float) -> list[dict]:
-  """One row per (model, framework variant); a failing torch.compile is a row with its error."""
-  rows = []
+def benchmark(args, peak: float):
+  """Yields one row per (model, framework variant) as it is timed; a torch.compile that fails
+  is a row with its error. The fastest torch row of a model is marked best_torch."""
   for name in args.models.split(','):
     if name not in MODELS:
       raise SystemExit(f'--models: unknown {name!r}; known: {", ".join(MODELS)}')
@@ -317,24 +325,27 @@ def benchmark(args, peak: float) -> list[dict]:
     for label, augment in variants:
       out = time_jax(name, side, args, augment)
       flops, module = flops or out['flops_per_step'], module or out['module']
-      rows.append(_row(name, side, label, out['seconds_per_step'], flops, args, peak))
+      yield _row(name, side, label, out['seconds_per_step'], flops, args, peak)
     if args.no_torch:
       continue
     compiles = {'auto': (False, True), 'on': (True,), 'off': (False,)}[args.torch_compile]
+    best = None
     for compiled in compiles:
       label = 'torch, torch.compile' if compiled else 'torch, eager'
       try:
         out = time_torch(name, side, args, module, compiled)
       except Exception as e:  # pylint: disable=broad-except  (inductor may fail; say so)
-        rows.append({'model': name, 'framework': label, 'error': f'{type(e).__name__}: {e}'})
         print(f'{name}: {label} failed: {type(e).__name__}: {e}', file=sys.stderr)
+        yield {'model': name, 'framework': label, 'error': f'{type(e).__name__}: {e}'}
         continue
-      rows.append(_row(name, side, label, out['seconds_per_step'], flops, args, peak))
-    torch_rows = [r for r in rows if r['model'] == name and 'images_per_s' in r
-                  and r['framework'].startswith('torch')]
-    if torch_rows:
-      max(torch_rows, key=lambda r: r['images_per_s'])['best_torch'] = True
-  return rows
+      row = _row(name, side, label, out['seconds_per_step'], flops, args, peak)
+      if best is None or row['images_per_s'] > best['images_per_s']:
+        if best is not None:
+          best['best_torch'] = False
+        row['best_torch'], best = True, row
+      else:
+        row['best_torch'] = False
+      yield row
 
 
 def _row(name, side, label, seconds, flops, args, peak) -> dict:
