@@ -62,17 +62,20 @@ def peak_tflops(device_kind: str, override: float) -> float:
   return next((p for name, p in PEAK_TFLOPS_BF16.items() if name in device_kind), 0.0)
 
 
-def _time(run_steps, sync, steps: int, rounds: int, warmup: int) -> float:
-  """Median over rounds of the seconds per step of `steps` steps dispatched back to back."""
+def _time(run_steps, sync, steps: int, rounds: int, warmup: int) -> tuple[float, float]:
+  """Seconds per step of `steps` steps dispatched back to back, the median over rounds: wall
+  time, and this process's CPU time (all threads), which other jobs on the machine leave
+  alone. On an accelerator the CPU time is the host's own cost of a step."""
   run_steps(warmup)
   sync()
-  per_step = []
+  wall, cpu = [], []
   for _ in range(rounds):
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     run_steps(steps)
     sync()
-    per_step.append((time.perf_counter() - start) / steps)
-  return statistics.median(per_step)
+    wall.append((time.perf_counter() - start) / steps)
+    cpu.append((time.process_time() - start_cpu) / steps)
+  return statistics.median(wall), statistics.median(cpu)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,9 +152,10 @@ def time_jax(name: str, side: int, args, augment: bool) -> dict:
       b, loop['counter'] = sample(loop['counter'])
       loop['state'], _ = step(loop['state'], b, rng)
 
-  seconds = _time(run_steps, lambda: jax.block_until_ready(loop['state']), args.steps,
-                  args.rounds, args.warmup)
-  return {'seconds_per_step': seconds, 'flops_per_step': flops, 'module': model}
+  seconds, cpu = _time(run_steps, lambda: jax.block_until_ready(loop['state']), args.steps,
+                       args.rounds, args.warmup)
+  return {'seconds_per_step': seconds, 'cpu_seconds_per_step': cpu, 'flops_per_step': flops,
+          'module': model}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,8 +218,9 @@ def time_torch(name: str, side: int, args, module, compiled: bool) -> dict:
       opt.step()
 
   sync = torch.cuda.synchronize if device.type == 'cuda' else lambda: None
-  warmup = args.warmup + (2 if compiled else 0)
-  return {'seconds_per_step': _time(run_steps, sync, args.steps, args.rounds, warmup)}
+  seconds, cpu = _time(run_steps, sync, args.steps, args.rounds,
+                       args.warmup + (2 if compiled else 0))
+  return {'seconds_per_step': seconds, 'cpu_seconds_per_step': cpu}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,13 +248,16 @@ def host_overhead(args) -> dict:
       loop['state'], _ = step(loop['state'], next(host), rng)
 
   sync = lambda: jax.block_until_ready(loop['state'])
-  out = {}
+  rounds = {}
   for _ in range(args.rounds):  # alternate, so that machine noise hits both
     for label, run in (('device_resident', on_device), ('from_host', from_host)):
-      out.setdefault(label, []).append(_time(run, sync, args.steps, 1, args.warmup))
-  result = {k: statistics.median(v) for k, v in out.items()}
-  result['host_overhead_ms'] = (result['from_host'] - result['device_resident']) * 1e3
-  result.update(model='m2', image_size=side, batch_size=batch, rounds=out)
+      rounds.setdefault(label, []).append(_time(run, sync, args.steps, 1, args.warmup))
+  result = {'model': 'm2', 'image_size': side, 'batch_size': batch, 'rounds': rounds}
+  for i, clock in enumerate(('wall', 'cpu')):
+    per_step = {k: statistics.median(r[i] for r in v) for k, v in rounds.items()}
+    result[clock] = per_step
+    result[f'host_overhead_{clock}_ms'] = (per_step['from_host']
+                                           - per_step['device_resident']) * 1e3
   return result
 
 
@@ -325,7 +333,7 @@ def benchmark(args, peak: float):
     for label, augment in variants:
       out = time_jax(name, side, args, augment)
       flops, module = flops or out['flops_per_step'], module or out['module']
-      yield _row(name, side, label, out['seconds_per_step'], flops, args, peak)
+      yield _row(name, side, label, out, flops, args, peak)
     if args.no_torch:
       continue
     compiles = {'auto': (False, True), 'on': (True,), 'off': (False,)}[args.torch_compile]
@@ -338,7 +346,7 @@ def benchmark(args, peak: float):
         print(f'{name}: {label} failed: {type(e).__name__}: {e}', file=sys.stderr)
         yield {'model': name, 'framework': label, 'error': f'{type(e).__name__}: {e}'}
         continue
-      row = _row(name, side, label, out['seconds_per_step'], flops, args, peak)
+      row = _row(name, side, label, out, flops, args, peak)
       if best is None or row['images_per_s'] > best['images_per_s']:
         if best is not None:
           best['best_torch'] = False
@@ -348,10 +356,12 @@ def benchmark(args, peak: float):
       yield row
 
 
-def _row(name, side, label, seconds, flops, args, peak) -> dict:
+def _row(name, side, label, timed: dict, flops, args, peak) -> dict:
+  seconds = timed['seconds_per_step']
   tflops = flops / seconds / 1e12
   return {'model': name, 'image_size': side, 'framework': label,
           'batch_size': args.batch_size, 'seconds_per_step': seconds,
+          'host_cpu_seconds_per_step': timed['cpu_seconds_per_step'],
           'images_per_s': args.batch_size / seconds, 'flops_per_step': flops,
           'tflops': tflops, 'mfu': tflops / peak if peak else None}
 
