@@ -181,6 +181,7 @@ def time_torch(name: str, side: int, args, module, compiled: bool) -> dict:
   task = tasks.get_task(config.task)
   scale, offsets = _TORCH_PREPROCESS[config.model.preprocess]
   device = torch.device('cuda' if args.platform == 'gpu' else 'cpu')
+  torch.backends.cudnn.benchmark = True  # pick convolution algorithms by timing, as XLA does
   torch.manual_seed(0)
   net = torch_nets.build(module, side, 1 if offsets is None else 3, trainable)
   net = net.to(device, memory_format=torch.channels_last).train()
