@@ -9,7 +9,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export NO_GCE_CHECK ?= true
 PYTEST_WORKERS ?= 2
 
-.PHONY: install test test-slow test-all demo demo-whole benchmark dummy-data clean
+.PHONY: install test test-slow test-all demo demo-whole benchmark gpu-benchmark dummy-data clean
 
 install: $(STAMP)
 
@@ -51,6 +51,12 @@ benchmark: install
 	$(PY) benchmarks/build_throughput.py
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/train_throughput.py --model vgg16_ft --steps 3 --rounds 1
+
+# bfloat16 train steps against PyTorch on a GPU (benchmarks/gpu_step.py), with the GPU machine's
+# own python3 (JAX with CUDA, torch): no .venv. `benchmarks/gpu_run.sh prepare` first fetches
+# the wheels that machine lacks; benchmarks/gpu_run.sh installs them and writes JSON to $$OUT.
+gpu-benchmark:
+	benchmarks/gpu_run.sh
 
 # Regenerates tfds_cbis/cbis_ddsm/dummy_data (tiny synthetic CBIS-DDSM for the builder tests).
 dummy-data: install

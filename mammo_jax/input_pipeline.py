@@ -4,6 +4,9 @@
 `data.data_dir` (reused across runs, local or gs://). Synthetic data are generated and built
 once per parameter set under `data.cache_dir`, in their own TFDS data_dir, so a synthetic build
 can never be mistaken for a real one.
+
+TensorFlow and TFDS are imported by the functions that read datasets, not by this module, so
+the trainer's step code imports on a machine without them (a GPU box running benchmarks).
 """
 
 from __future__ import annotations
@@ -11,17 +14,20 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from absl import logging
 import ml_collections
 import numpy as np
-import tensorflow_datasets as tfds
 
 import tfds_cbis  # noqa: F401  (registers cbis_ddsm)
 from tfds_cbis import build_report as cbis_report
 from tfds_cbis import cases as cases_lib
 from tfds_cbis import splits as splits_lib
 from tfds_cbis import synthetic
+
+if TYPE_CHECKING:
+  import tensorflow_datasets as tfds
 
 SYNTHETIC_BANNER = """
 ************************************************************************************
@@ -30,9 +36,10 @@ SYNTHETIC_BANNER = """
 ************************************************************************************"""
 
 
-def cache_dir(data: ml_collections.ConfigDict) -> str:
-  return os.path.expanduser(data.cache_dir or os.environ.get('MAMMO_JAX_CACHE')
-                            or '~/.cache/mammo_jax')
+def cache_dir(data: ml_collections.ConfigDict | None = None) -> str:
+  """data.cache_dir, else $MAMMO_JAX_CACHE, else ~/.cache/mammo_jax."""
+  return os.path.expanduser((data.cache_dir if data is not None else '')
+                            or os.environ.get('MAMMO_JAX_CACHE') or '~/.cache/mammo_jax')
 
 
 def synthetic_tree(data: ml_collections.ConfigDict) -> str:
@@ -55,6 +62,7 @@ def synthetic_tree(data: ml_collections.ConfigDict) -> str:
 
 def prepare_builder(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   """Builds (or reuses) the dataset named by `data.name`; returns its builder."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   if data.manual_dir:
     manual_dir = os.path.expanduser(data.manual_dir)
     data_dir = data.data_dir or None
@@ -116,6 +124,7 @@ def load_split(builder: tfds.core.DatasetBuilder, split: str,
   batching, as batches go to devices.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')  # keep TF off accelerators JAX needs
   if split not in builder.info.splits:
     raise ValueError(f'{builder.info.full_name} has no split {split!r}; it has '

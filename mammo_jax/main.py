@@ -26,7 +26,9 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from mammo_jax import compile_cache
 from mammo_jax import distributed
+from mammo_jax import input_pipeline
 from mammo_jax import runners
 from mammo_jax import workdir as workdir_lib
 from mammo_jax import workdir_lock
@@ -40,6 +42,8 @@ flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0, in a r
 flags.DEFINE_integer('num_processes', None, 'How many processes the run has (1: one, without '
                      'looking for a cluster).')
 flags.DEFINE_integer('process_id', None, 'This process\'s index, 0 to num_processes - 1.')
+flags.DEFINE_bool('compilation_cache', True, 'Keep compiled steps in CACHE/jax_compilation '
+                  'for later runs (mammo_jax.compile_cache); --nocompilation_cache: off.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -132,6 +136,8 @@ def main(argv):
   processes = (f' (process {jax.process_index()} of {jax.process_count()})'
                if jax.process_count() > 1 else '')
   print(f'JAX devices: {jax.local_devices()}{processes}', flush=True)  # console, not the log
+  if FLAGS.compilation_cache:
+    compile_cache.enable(input_pipeline.cache_dir(FLAGS.config.data))
   try:
     runners.run(FLAGS.config, FLAGS.workdir)
   except workdir_lock.WorkdirError as e:  # the line says it all; the folder is not ours

@@ -1,12 +1,23 @@
-"""Shared test helpers: loading config files as main.py does, and one synthetic-data cache."""
+"""Shared test helpers: loading config files as main.py does, and one synthetic-data cache.
+
+The suite compiles far more than it runs, so it uses the project's persistent compilation
+cache (mammo_jax.compile_cache; MAMMO_JAX_COMPILATION_CACHE=0 turns it off), and the runs it
+starts in subprocesses, whose MAMMO_JAX_CACHE is a temporary folder, share it.
+"""
 
 import os
 
 import pytest
 
+from mammo_jax import compile_cache
+from mammo_jax import input_pipeline
 from mammo_jax.config_lib import loader
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_COMPILED = compile_cache.enable(input_pipeline.cache_dir())
+if _COMPILED:
+  os.environ[compile_cache.ENV] = _COMPILED
 
 
 def load_config(name: str, arg: str | None = None):
