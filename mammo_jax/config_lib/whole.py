@@ -40,11 +40,14 @@ PATIENCE = 10
 # `small` (the whole_small backbone, pooling and Dense(5)) from random weights on the synthetic
 # CBIS-DDSM's S10 patches at the whole images' pixel scale (a 224-px patch of the 1152x896
 # image is 56 px of the 288x224 one), then `top` and `all` train whole_small on its backbone.
+# The synthetic set is easier than its default (difficulty 0.5): at 0.25 the patch classifier
+# separates the five classes (test macro AUC 0.92 against 0.82 at 0.5, same epochs).
 DEMO_PATIENTS = 160
+DEMO_DIFFICULTY = 0.25
 DEMO_PATCH_SIZE = 56
 DEMO_CHAIN = ('patch',) + CHAIN
 DEMO_LEARNING_RATES = {'patch': 1e-3, 'top': 1e-3, 'all': 1e-3}
-DEMO_EPOCHS = {'patch': 3, 'top': 2, 'all': 6}
+DEMO_EPOCHS = {'patch': 6, 'top': 2, 'all': 6}
 
 
 def base_config(variant: str) -> ml_collections.ConfigDict:
@@ -102,8 +105,10 @@ def get_config(arg: str | None, config_file: str) -> ml_collections.ConfigDict:
   config.log_every_steps = 10
   epochs = DEMO_EPOCHS
   if smoke:
-    base.smoke(config)
+    base.smoke(config)  # the tests' shared synthetic set (difficulty 0.5)
     epochs = {s: config.num_epochs for s in DEMO_CHAIN}
+  elif variant == 'demo':
+    config.data.synthetic.difficulty = DEMO_DIFFICULTY
   if variant != 'demo':
     return stages_lib.make_config(config, stage_overrides(DEMO_LEARNING_RATES, epochs, ''), CHAIN)
   overrides = stage_overrides(DEMO_LEARNING_RATES, epochs, '@patch')
