@@ -46,8 +46,8 @@ DEMO_PATIENTS = 160
 DEMO_DIFFICULTY = 0.25
 DEMO_PATCH_SIZE = 56
 DEMO_CHAIN = ('patch',) + CHAIN
-DEMO_LEARNING_RATES = {'patch': 1e-3, 'top': 1e-3, 'all': 1e-3}
-DEMO_EPOCHS = {'patch': 6, 'top': 2, 'all': 6}
+DEMO_LEARNING_RATES = {'patch': 1e-3, 'top': 1e-3, 'all': 1e-4}
+DEMO_EPOCHS = {'patch': 6, 'top': 8, 'all': 8}
 
 
 def base_config(variant: str) -> ml_collections.ConfigDict:
