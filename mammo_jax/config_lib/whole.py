@@ -9,7 +9,8 @@ two stages, each in WORKDIR/STAGE:
        left out);
   all  every layer, from the first stage's best checkpoint.
 The best checkpoint of each stage is the one with the highest validation AUC; the final
-evaluation adds the AUC with horizontal-flip test-time augmentation.
+evaluation adds the AUC with horizontal-flip test-time augmentation. The demo (and `smoke`)
+trains its own S10 patch classifier first, as stage `patch` (DEMO_CHAIN).
 """
 
 from __future__ import annotations
