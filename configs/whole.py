@@ -7,13 +7,16 @@ backbone, at 1152x896, in two stages WORKDIR/{top,all}:
   python -m mammo_jax.main --config=configs/whole.py:resnet50 --workdir=runs/whole_resnet50 \
       --config.data.manual_dir=/data/CBIS-DDSM
   (another patch run: --config.stages.top.init_from=PATCH_WORKDIR/all)
-  python -m mammo_jax.main --config=configs/whole.py:demo --workdir=runs/demo_whole  # demo-whole
+  python -m mammo_jax.main --config=configs/whole.py:demo --workdir=runs/demo_whole  # demo-whole,
+      # its patch classifier included (WORKDIR/{patch,top,all})
 Variants: `resnet50` (ResNet50 + [512-512-1024]x2: two residual blocks of two bottleneck units,
 the first of each with stride 2 and a projection shortcut), `vgg16` (VGG16 + 512x1: two blocks
-of one conv3x3-BN-ReLU and a 2x2 max-pool; the block count is inferred), `demo` (synthetic
-CBIS-DDSM at 288x224, the small scratch backbone `whole_small`, both stages from random
-weights; minutes on 2 CPU cores), each optionally with `,smoke` (the tiny test size, synthetic
-data, random weights); `smoke` alone is the demo at that size.
+of one conv3x3-BN-ReLU and a 2x2 max-pool; the block count is inferred), `demo` (Shen's
+recipe at CPU scale on the synthetic CBIS-DDSM at difficulty 0.25: stage `patch` trains the S10
+patch classifier `small` on 56x56 patches, the 288x224 images' pixel scale, then `top` and
+`all` train `whole_small` on its backbone; minutes on 2 CPU cores; README "Whole mammograms"
+has its numbers), each optionally with `,smoke` (the tiny test size, synthetic data, random
+weights); `smoke` alone is the demo at that size, its patch stage included.
 
 From Shen's code: the top's units (he_normal kernels, BatchNorm, ReLU), global average pooling
 and Dense(2) softmax; stage 1 trains the new layers only, stage 2 everything; the best

@@ -9,7 +9,8 @@ two stages, each in WORKDIR/STAGE:
        left out);
   all  every layer, from the first stage's best checkpoint.
 The best checkpoint of each stage is the one with the highest validation AUC; the final
-evaluation adds the AUC with horizontal-flip test-time augmentation.
+evaluation adds the AUC with horizontal-flip test-time augmentation. The demo (and `smoke`)
+trains its own S10 patch classifier first, as stage `patch` (DEMO_CHAIN).
 """
 
 from __future__ import annotations
@@ -36,12 +37,19 @@ BATCH_SIZE = 2
 # patience (on the validation loss there); the CBIS-DDSM value is unverified.
 PATIENCE = 10
 
-# The demo: no S10 run and no ImageNet weights, so the small scratch backbone (whole_small)
-# on the 288x224 images of the synthetic CBIS-DDSM; both stages train from random weights,
-# the first one the top only.
+# The demo follows Shen's recipe at CPU scale: stage `patch` trains the S10 patch classifier
+# `small` (the whole_small backbone, pooling and Dense(5)) from random weights on the synthetic
+# CBIS-DDSM's S10 patches at the whole images' pixel scale (a 224-px patch of the 1152x896
+# image is 56 px of the 288x224 one), then `top` and `all` train whole_small on its backbone.
+# The synthetic set is easier than its default (difficulty 0.5): at 0.25 the patch classifier
+# reached test macro AUC 0.92 in 6 epochs (0.82 in 3 at 0.5), the whole-image model still only
+# 0.61 (README "Whole mammograms").
 DEMO_PATIENTS = 160
-DEMO_LEARNING_RATES = {'top': 1e-3, 'all': 1e-3}
-DEMO_EPOCHS = {'top': 2, 'all': 6}
+DEMO_DIFFICULTY = 0.25
+DEMO_PATCH_SIZE = 56
+DEMO_CHAIN = ('patch',) + CHAIN
+DEMO_LEARNING_RATES = {'patch': 1e-3, 'top': 1e-3, 'all': 1e-4}
+DEMO_EPOCHS = {'patch': 6, 'top': 8, 'all': 8}
 
 
 def base_config(variant: str) -> ml_collections.ConfigDict:
@@ -100,6 +108,17 @@ def get_config(arg: str | None, config_file: str) -> ml_collections.ConfigDict:
   config.log_every_steps = 10
   epochs = DEMO_EPOCHS
   if smoke:
-    base.smoke(config)
-    epochs = {s: config.num_epochs for s in CHAIN}
-  return stages_lib.make_config(config, stage_overrides(DEMO_LEARNING_RATES, epochs, ''), CHAIN)
+    base.smoke(config)  # the tests' shared synthetic set (difficulty 0.5)
+    epochs = {s: config.num_epochs for s in DEMO_CHAIN}
+  elif variant == 'demo':
+    config.data.synthetic.difficulty = DEMO_DIFFICULTY
+  if variant != 'demo':
+    return stages_lib.make_config(config, stage_overrides(DEMO_LEARNING_RATES, epochs, ''), CHAIN)
+  overrides = stage_overrides(DEMO_LEARNING_RATES, epochs, '@patch')
+  overrides['patch'] = {
+      'task': 'five_class', 'data': {'name': 'cbis_ddsm/s10_224', 'image_size': DEMO_PATCH_SIZE},
+      'model': {'name': 'small', 'trainable': 'all'}, 'init_from': '',
+      'optimizer': {'learning_rate': DEMO_LEARNING_RATES['patch']},
+      'num_epochs': epochs['patch'], 'checkpoint_metric': 'loss',
+      'evaluation': {'flip_tta': False}}
+  return stages_lib.make_config(config, overrides, DEMO_CHAIN)

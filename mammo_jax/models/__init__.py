@@ -117,6 +117,10 @@ REGISTRY: dict[str, ModelEntry] = {
     'whole_vgg16': _whole(WholeImageClassifier(backbone='vgg16', top_kind='vgg',
                                                top_blocks=whole.VGG_TOP),
                           preprocess=('shen', 'caffe', 'torch'), family='mammo_jax.models.vgg16'),
+    # The demo's S10 patch classifier: the `small` backbone, pooling and a task-sized Dense, so
+    # that its `small` subtree loads into whole_small (configs/whole.py:demo, stage `patch`).
+    'small': _whole(WholeImageClassifier(backbone='small', top_blocks=()), head_follows_task=True,
+                    preprocess=('shen',), family=None),
     'whole_small': _whole(WholeImageClassifier(backbone='small', top_kind='vgg',
                                                top_blocks=((64, 1),)),
                           preprocess=('shen',), family=None),

@@ -43,10 +43,12 @@ KERAS_PARAMS = {
     # Three bias-free conv3x3 + BN (16, 32, 64), one conv3x3(64) + BN, Dense(2).
     'whole_small': (9 * (3 * 16 + 16 * 32 + 32 * 64) + 4 * (16 + 32 + 64)
                     + 9 * 64 * 64 + 64 + 4 * 64 + 64 * 2 + 2),
+    # The demo's patch classifier: the same three conv + BN blocks, then Dense(2) (the task's).
+    'small': 9 * (3 * 16 + 16 * 32 + 32 * 64) + 4 * (16 + 32 + 64) + 64 * 2 + 2,
 }
 PREPROCESS = {'vgg16': 'caffe', 'resnet50': 'caffe', 'resnet50_torchvision': 'torch',
               'mobilenet': 'tf', 'whole_resnet50': 'shen', 'whole_vgg16': 'shen',
-              'whole_small': 'shen'}
+              'whole_small': 'shen', 'small': 'shen'}
 
 
 def _count(tree):

@@ -192,7 +192,8 @@ def test_checkpoint_metric_auc_keeps_the_highest_validation_auc():
                                               ('demo', 'small')])
 def test_whole_config_trains_the_new_layers_then_everything(variant, backbone):
   stages = dict(pipeline.stage_configs(load_config('whole', variant)))
-  assert list(stages) == ['top', 'all']
+  patch = stages.pop('patch', None)
+  assert list(stages) == ['top', 'all'] and (patch is None) == (variant != 'demo')
   top, everything = stages['top'], stages['all']
   for config in stages.values():
     assert config.task == 'whole_image' and config.model.name == f'whole_{backbone}'
@@ -206,7 +207,11 @@ def test_whole_config_trains_the_new_layers_then_everything(variant, backbone):
   new = sum(int(np.prod(x.shape)) for k in ('top', 'logits')
             for x in jax.tree.leaves(params[k]))
   assert trainable == new < total
-  if variant != 'demo':
+  if variant == 'demo':  # Shen's S10 patch classifier first, at the whole images' pixel scale
+    assert (patch.task, patch.model.name, patch.model.trainable) == ('five_class', 'small', 'all')
+    assert (patch.data.name, patch.data.image_size) == ('cbis_ddsm/s10_224', 56)
+    assert top.data.name == 'cbis_ddsm/whole_288x224' and top.init_from == '@patch'
+  else:
     assert top.data.name == 'cbis_ddsm/whole_1152x896' and top.batch_size == 2
     assert top.init_from == f'runs/shen_{variant}/all'
     assert (top.optimizer.learning_rate, everything.optimizer.learning_rate) == (1e-4, 1e-5)
@@ -214,7 +219,8 @@ def test_whole_config_trains_the_new_layers_then_everything(variant, backbone):
     load_config('whole', 'resnet18')
   smoke = dict(pipeline.stage_configs(load_config('whole', 'smoke')))['top']
   assert smoke.model.name == 'whole_small' and smoke.batch_size == 4
-  assert smoke.data.name == 'cbis_ddsm/whole_288x224' and smoke.init_from == ''
+  assert smoke.data.name == 'cbis_ddsm/whole_288x224' and smoke.init_from == '@patch'
+  assert list(dict(pipeline.stage_configs(load_config('whole', 'vgg16,smoke')))) == ['top', 'all']
 
 
 def test_smoke_config_trains_both_stages_and_reports_flip_tta(tmp_path, data_cache):
@@ -222,13 +228,31 @@ def test_smoke_config_trains_both_stages_and_reports_flip_tta(tmp_path, data_cac
   from mammo_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   config = load_config('whole', 'smoke')
   config.data.cache_dir = data_cache
-  config.stages.top.num_epochs = config.stages.all.num_epochs = 1
+  for stage in ('patch', 'top', 'all'):
+    config.stages[stage].num_epochs = 1
   runners.run(config, str(tmp_path / 'run'))
-  top, everything = (workdir_lib.read_results(str(tmp_path / 'run' / s)) for s in ('top', 'all'))
+  patch, top, everything = (workdir_lib.read_results(str(tmp_path / 'run' / s))
+                            for s in ('patch', 'top', 'all'))
+  assert patch['examples']['test'] > everything['examples']['test']  # S10 patches, not images
   assert top['trainable_params'] < everything['trainable_params'] == everything['total_params']
-  assert workdir_lib.read_json(str(tmp_path / 'run' / 'all' / 'init_from.json'))['init_from'] \
-      == str(tmp_path / 'run' / 'top')
+  for stage, start in (('top', 'patch'), ('all', 'top')):
+    assert workdir_lib.read_json(str(tmp_path / 'run' / stage / 'init_from.json'))['init_from'] \
+        == str(tmp_path / 'run' / start)
   test = everything['test']
   assert everything['synthetic_data'] and everything['examples']['test'] == 5
   assert 0 <= test['auc'] <= 1 and 0 <= test['auc_flip_tta'] <= 1
   assert len(test['ci95']['auc_flip_tta']) == 2
+
+
+@pytest.mark.slow
+def test_demo_learns_from_the_patch_classifiers_backbone(tmp_path, data_cache):
+  """The bar of `make demo-whole`: test per-image AUC above chance (patient bootstrap)."""
+  from mammo_jax import runners  # pylint: disable=g-import-not-at-top
+  from mammo_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  config = load_config('whole', 'demo')
+  config.data.cache_dir = data_cache
+  runners.run(config, str(tmp_path / 'run'))
+  test = workdir_lib.read_results(str(tmp_path / 'run' / 'all'))['test']
+  print(f'demo-whole: test AUC {test["auc"]:.3f} {test["ci95"]["auc"]}, flip TTA '
+        f'{test["auc_flip_tta"]:.3f} {test["ci95"]["auc_flip_tta"]}')
+  assert test['count'] > 50 and test['ci95']['auc'][0] > 0.5
