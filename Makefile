@@ -39,13 +39,22 @@ test-all: install
 demo: install
 	$(PY) -m mammo_jax.main --config=configs/ensemble4.py --workdir=runs/demo
 
-# Shen's whole-image classifier at demo size (configs/whole.py:demo: small scratch backbone,
-# 288x224 images) on the synthetic CBIS-DDSM, then its report; ends with the report's path.
-# TODO(lead): end with `python -m mammo_jax.predict` on a synthetic DICOM file (printing its
-# heatmap's path) once the predict branch lands (issue 13, item 6).
+# Shen's whole-image classifier at demo size (configs/whole.py:demo: an S10 patch classifier,
+# then the whole-image model on its backbone, 288x224 images) on the synthetic CBIS-DDSM, its
+# report, then `predict` on one synthetic test mammogram (DICOM): prints the report's path and
+# the prediction's CSV, JSON and heatmap PNG.
+DEMO_WHOLE_TEST_IMAGE = import re, ml_collections, pathlib; \
+  from mammo_jax import input_pipeline, workdir; \
+  data = ml_collections.ConfigDict(workdir.read_config('runs/demo_whole/all')['data']); \
+  tree = pathlib.Path(input_pipeline.synthetic_tree(data)); \
+  print(min(p for p in tree.rglob('*') if p.is_dir() and \
+            re.fullmatch(r'(Mass|Calc)-Test_P_[0-9]+_(LEFT|RIGHT)_(CC|MLO)', p.name)))
 demo-whole: install
 	$(PY) -m mammo_jax.main --config=configs/whole.py:demo --workdir=runs/demo_whole
 	$(PY) -m mammo_jax.report --workdir=runs/demo_whole
+	$(PY) -m mammo_jax.predict --workdir=runs/demo_whole/all --out=runs/demo_whole/predict \
+	  "$$($(PY) -c "$(DEMO_WHOLE_TEST_IMAGE)")"
+	@ls runs/demo_whole/predict/*.png
 
 benchmark: install
 	$(PY) benchmarks/build_throughput.py

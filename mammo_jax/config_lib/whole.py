@@ -120,5 +120,6 @@ def get_config(arg: str | None, config_file: str) -> ml_collections.ConfigDict:
       'model': {'name': 'small', 'trainable': 'all'}, 'init_from': '',
       'optimizer': {'learning_rate': DEMO_LEARNING_RATES['patch']},
       'num_epochs': epochs['patch'], 'checkpoint_metric': 'loss',
-      'evaluation': {'flip_tta': False}}
+      # No localisation: its heatmaps take ResNet50/VGG16 patch classifiers, not `small`.
+      'evaluation': {'flip_tta': False, 'localisation': False}}
   return stages_lib.make_config(config, overrides, DEMO_CHAIN)
