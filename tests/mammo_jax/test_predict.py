@@ -3,7 +3,6 @@ good ones, the CSV and JSON contents, and the prediction path against the run's 
 
 import csv
 import glob
-import json
 import os
 import subprocess
 import sys

@@ -92,7 +92,8 @@ def test_the_next_build_removes_a_killed_builds_incomplete_folder(tree, tmp_path
       manual_dir=tree, try_download_gcs=False))
   assert not os.path.exists(left) and os.path.exists(other_config)
   assert builder.info.splits['train'].num_examples > 0
-  assert sorted(os.listdir(tmp_path / 'cbis_ddsm' / 'roi150')) == ['1.0.0', '1.0.0.lock']
+  version = str(builder_lib.Builder.VERSION)
+  assert sorted(os.listdir(tmp_path / 'cbis_ddsm' / 'roi150')) == [version, f'{version}.lock']
 
 
 def test_a_build_while_another_builds_is_refused_and_writes_nothing(tree, tmp_path):

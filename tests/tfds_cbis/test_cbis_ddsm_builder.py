@@ -181,7 +181,7 @@ class ResizeMasks(builder_lib.Builder):
 
 def test_resize_mismatched_masks_option(trees, roi, tmp_path):
   builder = build(trees['classic'], tmp_path, 'roi150_resized', ResizeMasks)
-  exs, rep = examples(builder), report(builder)
+  exs = examples(builder)
   kept = rejected = 0
   for image, abn in _abnormalities(trees['manifest']):
     if 'mask_size_mismatch' not in abn['quirks']:
