@@ -29,13 +29,9 @@ import jax
 import numpy as np
 import pydicom
 
-from mammo_jax import checkpointing
 from mammo_jax import heatmaps
 from mammo_jax import pipeline
 from mammo_jax import predict
-from mammo_jax import tasks
-from mammo_jax import train
-from mammo_jax import workdir as workdir_lib
 from mammo_jax.config_lib import loader
 from tfds_cbis import dicom
 
@@ -47,12 +43,7 @@ def make_run(model: str, workdir: str) -> None:
   config = dict(pipeline.stage_configs(
       loader.load_config(f'configs/shen_patch.py:{model}', ROOT)))['head']
   config.model.pretrained = ''
-  task = tasks.get_task(config.task)
-  state = train.create_train_state(jax.random.key(0), config, train.create_model(config, task),
-                                   (224, 224, 1))
-  checkpointing.Checkpoints(workdir).save_best(0, state, {})
-  workdir_lib.write_config(config, workdir)
-  workdir_lib.write_results(workdir, {'best_step': 0, 'task': task.name})
+  predict.write_untrained_run(config, workdir, (224, 224, 1))
 
 
 def make_files(folder: str, count: int, shape: tuple[int, int]) -> list[str]:

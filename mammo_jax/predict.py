@@ -118,6 +118,19 @@ def _supports_cam(model) -> bool:
   return 'cam' in inspect.signature(type(model).__call__).parameters
 
 
+def write_untrained_run(config: ml_collections.ConfigDict, workdir: str,
+                        input_shape: tuple[int, int, int]) -> None:
+  """A finished-run folder whose best checkpoint (step 0) is the config's freshly initialised
+  model, with the config.json and results.json a run writes: what the predict benchmark times
+  (random weights cost what trained ones do) and the tests read without training."""
+  task = tasks.get_task(config.task)
+  state = train.create_train_state(jax.random.key(0), config, train.create_model(config, task),
+                                   input_shape)
+  checkpointing.Checkpoints(workdir).save_best(0, state, {})
+  workdir_lib.write_config(config, workdir)
+  workdir_lib.write_results(workdir, {'best_step': 0, 'task': task.name})
+
+
 def load_run(workdir: str) -> Run:
   """The best checkpoint of the finished run in `workdir`; RunError says what is wrong."""
   if not os.path.isdir(workdir):

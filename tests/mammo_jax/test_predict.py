@@ -7,11 +7,9 @@ import os
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 
-from mammo_jax import checkpointing
 from mammo_jax import heatmaps
 from mammo_jax import input_pipeline
 from mammo_jax import localisation
@@ -19,8 +17,6 @@ from mammo_jax import pipeline
 from mammo_jax import predict
 from mammo_jax import preprocessing
 from mammo_jax import runners
-from mammo_jax import tasks
-from mammo_jax import train
 from mammo_jax import workdir as workdir_lib
 from tests.conftest import ROOT, load_config
 from tfds_cbis import dicom
@@ -44,12 +40,7 @@ def patch_run(tmp_path_factory, data_cache):
   its best checkpoint (step 0), with the config.json and results.json a run writes."""
   config = _head_stage(data_cache)
   workdir = str(tmp_path_factory.mktemp('predict') / 'head')
-  task = tasks.get_task(config.task)
-  state = train.create_train_state(jax.random.key(0), config, train.create_model(config, task),
-                                   (32, 32, 1))
-  checkpointing.Checkpoints(workdir).save_best(0, state, {})
-  workdir_lib.write_config(config, workdir)
-  workdir_lib.write_results(workdir, {'best_step': 0, 'task': task.name})
+  predict.write_untrained_run(config, workdir, (32, 32, 1))
   return workdir
 
 

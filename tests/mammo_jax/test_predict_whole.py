@@ -5,17 +5,14 @@ import csv
 import glob
 import os
 
-import jax
 import numpy as np
 import pytest
 
-from mammo_jax import checkpointing
 from mammo_jax import input_pipeline
 from mammo_jax import localisation
 from mammo_jax import pipeline
 from mammo_jax import predict
 from mammo_jax import runners
-from mammo_jax import tasks
 from mammo_jax import train
 from mammo_jax import workdir as workdir_lib
 from tests.conftest import load_config
@@ -28,12 +25,7 @@ def whole_run(tmp_path_factory):
   """configs/whole.py:smoke's first stage, its initialised model saved as the best checkpoint."""
   config = dict(pipeline.stage_configs(load_config('whole', 'smoke')))['top']
   workdir = str(tmp_path_factory.mktemp('whole') / 'top')
-  task = tasks.get_task(config.task)
-  state = train.create_train_state(jax.random.key(0), config, train.create_model(config, task),
-                                   (288, 224, 1))
-  checkpointing.Checkpoints(workdir).save_best(0, state, {})
-  workdir_lib.write_config(config, workdir)
-  workdir_lib.write_results(workdir, {'best_step': 0, 'task': task.name})
+  predict.write_untrained_run(config, workdir, (288, 224, 1))
   return workdir
 
 
