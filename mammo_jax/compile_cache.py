@@ -1,4 +1,4 @@
-"""JAX's persistent compilation cache in the project's cache folder (on by default).
+"""JAX's persistent compilation cache in the project's cache folder (off unless asked for).
 
 Short runs spend much of their time compiling: the train and eval steps, the evaluation and
 the augmentation are compiled again by every process. With the cache on, a re-run, a resumed
@@ -14,10 +14,12 @@ devices, and it holds the very executable a fresh compilation would build
 A corrupt or unreadable entry is reported as a warning and compiled again. The folder only
 grows; deleting it is always safe. Keep it private: JAX runs what it finds there.
 
-MAMMO_JAX_COMPILATION_CACHE in the environment overrides the folder, or turns the cache off
-with 0 (main, the test suite and the benchmarks honour it; the test suite sets it for the runs
-it starts in subprocesses). `python -m mammo_jax.main --nocompilation_cache ...` turns it off
-for one run.
+Off by default: in one full slow-suite run (jaxlib 0.10.2, XLA:CPU) a cache write segfaulted
+the process while serialising an executable (jax's put_executable_and_time); the same test
+alone passed, so the cause is not pinned down, and a crash costs more than compiling again.
+`python -m mammo_jax.main --compilation_cache ...` turns it on for one run;
+MAMMO_JAX_COMPILATION_CACHE=DIR turns it on in DIR for main, the test suite (which passes it
+on to the runs it starts in subprocesses) and the benchmarks, and =0 turns it off.
 """
 
 from __future__ import annotations
@@ -36,6 +38,11 @@ MIN_COMPILE_SECS = 0.1
 # No size threshold: what a hit saves is compile time, and small entries are cheap to read
 # from a local disk.
 MIN_ENTRY_BYTES = -1
+
+
+def wanted(flag: bool) -> bool:
+  """Whether a run uses the cache: its flag, or a folder in $MAMMO_JAX_COMPILATION_CACHE."""
+  return flag or os.environ.get(ENV, '0') != '0'
 
 
 def enable(cache_root: str) -> str | None:

@@ -1,8 +1,7 @@
 """Shared test helpers: loading config files as main.py does, and one synthetic-data cache.
 
-The suite compiles far more than it runs, so it uses the project's persistent compilation
-cache (mammo_jax.compile_cache; MAMMO_JAX_COMPILATION_CACHE=0 turns it off), and the runs it
-starts in subprocesses, whose MAMMO_JAX_CACHE is a temporary folder, share it.
+With MAMMO_JAX_COMPILATION_CACHE=DIR the suite uses the persistent compilation cache there
+(mammo_jax.compile_cache; off by default), and so do the runs it starts in subprocesses.
 """
 
 import os
@@ -15,9 +14,8 @@ from mammo_jax.config_lib import loader
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-_COMPILED = compile_cache.enable(input_pipeline.cache_dir())
-if _COMPILED:
-  os.environ[compile_cache.ENV] = _COMPILED
+if compile_cache.wanted(False):
+  os.environ[compile_cache.ENV] = compile_cache.enable(input_pipeline.cache_dir()) or '0'
 
 
 def load_config(name: str, arg: str | None = None):

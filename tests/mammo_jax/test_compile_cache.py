@@ -101,4 +101,13 @@ def test_zero_in_the_environment_turns_it_off(tmp_path, monkeypatch, restore_cac
 
 
 def test_the_test_suite_shares_its_cache_with_its_subprocesses():
-  assert os.environ.get(compile_cache.ENV) in (jax.config.jax_compilation_cache_dir, '0')
+  assert os.environ.get(compile_cache.ENV) in (jax.config.jax_compilation_cache_dir, '0', None)
+
+
+def test_it_is_off_unless_asked_for(monkeypatch):
+  monkeypatch.delenv(compile_cache.ENV, raising=False)
+  assert not compile_cache.wanted(False) and compile_cache.wanted(True)
+  monkeypatch.setenv(compile_cache.ENV, '0')
+  assert not compile_cache.wanted(False)
+  monkeypatch.setenv(compile_cache.ENV, '/some/folder')
+  assert compile_cache.wanted(False)
