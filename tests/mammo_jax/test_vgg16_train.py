@@ -60,6 +60,17 @@ def test_adaptive_avg_pool_matches_torch_bins():
 
 @pytest.mark.slow
 def test_cpu_fast_and_xla_vgg16_agree():
+  """In a fresh process: late in the long slow-suite process, XLA:CPU segfaulted compiling
+  this gradient (three fresh-clone CI runs); alone it passes. The cause is still open."""
+  import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  done = subprocess.run([sys.executable, '-c', 'from tests.mammo_jax.test_vgg16_train import '
+                         'compare_cpu_fast_and_xla; compare_cpu_fast_and_xla()'], cwd=root,
+                        capture_output=True, text=True, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+
+
+def compare_cpu_fast_and_xla():
   x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3)) * 50
   xla = vgg16.VGG16Classifier(num_outputs=4, fc=8, conv_impl='xla')
   fast = xla.clone(conv_impl='cpu_fast')
