@@ -42,9 +42,8 @@ flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0, in a r
 flags.DEFINE_integer('num_processes', None, 'How many processes the run has (1: one, without '
                      'looking for a cluster).')
 flags.DEFINE_integer('process_id', None, 'This process\'s index, 0 to num_processes - 1.')
-flags.DEFINE_bool('compilation_cache', False, 'Keep compiled steps in CACHE/jax_compilation '
-                  'for later runs (mammo_jax.compile_cache; off by default, also on with '
-                  '$MAMMO_JAX_COMPILATION_CACHE=DIR).')
+flags.DEFINE_bool('compilation_cache', True, 'Keep compiled steps in CACHE/jax_compilation '
+                  'for later runs (mammo_jax.compile_cache); --nocompilation_cache: off.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -137,7 +136,7 @@ def main(argv):
   processes = (f' (process {jax.process_index()} of {jax.process_count()})'
                if jax.process_count() > 1 else '')
   print(f'JAX devices: {jax.local_devices()}{processes}', flush=True)  # console, not the log
-  if compile_cache.wanted(FLAGS.compilation_cache):
+  if FLAGS.compilation_cache:
     compile_cache.enable(input_pipeline.cache_dir(FLAGS.config.data))
   try:
     runners.run(FLAGS.config, FLAGS.workdir)

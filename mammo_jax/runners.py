@@ -14,6 +14,9 @@ config names a runner without importing the others. A new runner is one line her
 (mammo_jax.workdir_lock: one run per workdir; process 0 takes it in a run of several
 processes, mammo_jax.distributed), then checks the config for its runner
 (mammo_jax.config_checks), both before anything else is written or any data is prepared.
+When the run ends, the process's compiled programs are released if they crowd its memory
+mappings (mammo_jax.compile_cache.release_if_crowded), so a process that runs many members,
+stages or folds does not die in the compiler.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import importlib
 
 import ml_collections
 
+from mammo_jax import compile_cache
 from mammo_jax import config_checks
 from mammo_jax import distributed
 
@@ -53,4 +57,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
   with distributed.hold_workdir(workdir):
     runner = get_runner(runner_name(config))
     config_checks.check(config)
-    return runner(config, workdir)
+    try:
+      return runner(config, workdir)
+    finally:
+      compile_cache.release_if_crowded()

@@ -1,7 +1,8 @@
 """Shared test helpers: loading config files as main.py does, and one synthetic-data cache.
 
-With MAMMO_JAX_COMPILATION_CACHE=DIR the suite uses the persistent compilation cache there
-(mammo_jax.compile_cache; off by default), and so do the runs it starts in subprocesses.
+The suite compiles far more than it runs, so it uses the project's persistent compilation
+cache (mammo_jax.compile_cache; MAMMO_JAX_COMPILATION_CACHE=0 turns it off), and the runs it
+starts in subprocesses, whose MAMMO_JAX_CACHE is a temporary folder, share it.
 """
 
 import os
@@ -14,8 +15,18 @@ from mammo_jax.config_lib import loader
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-if compile_cache.wanted(False):
-  os.environ[compile_cache.ENV] = compile_cache.enable(input_pipeline.cache_dir()) or '0'
+_COMPILED = compile_cache.enable(input_pipeline.cache_dir())
+if _COMPILED:
+  os.environ[compile_cache.ENV] = _COMPILED
+
+
+@pytest.fixture(autouse=True)
+def release_crowded_programs():
+  """After each test, drops the compiled programs if they crowd the process's memory mappings:
+  one test process runs hundreds of compilations, and past vm.max_map_count XLA:CPU segfaults
+  (mammo_jax.compile_cache.release_if_crowded)."""
+  yield
+  compile_cache.release_if_crowded()
 
 
 def load_config(name: str, arg: str | None = None):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import jax
+import ml_collections
 import pytest
 
 from mammo_jax import compile_cache
@@ -101,13 +102,50 @@ def test_zero_in_the_environment_turns_it_off(tmp_path, monkeypatch, restore_cac
 
 
 def test_the_test_suite_shares_its_cache_with_its_subprocesses():
-  assert os.environ.get(compile_cache.ENV) in (jax.config.jax_compilation_cache_dir, '0', None)
+  assert os.environ.get(compile_cache.ENV) in (jax.config.jax_compilation_cache_dir, '0')
 
 
-def test_it_is_off_unless_asked_for(monkeypatch):
-  monkeypatch.delenv(compile_cache.ENV, raising=False)
-  assert not compile_cache.wanted(False) and compile_cache.wanted(True)
-  monkeypatch.setenv(compile_cache.ENV, '0')
-  assert not compile_cache.wanted(False)
-  monkeypatch.setenv(compile_cache.ENV, '/some/folder')
-  assert compile_cache.wanted(False)
+@pytest.mark.skipif(compile_cache.memory_mappings() is None or compile_cache.mapping_limit()
+                    is None, reason='needs /proc (Linux)')
+def test_release_drops_compiled_programs_only_past_the_fraction_of_the_mapping_limit():
+  assert 0 < compile_cache.memory_mappings() < compile_cache.mapping_limit()
+  add_one = jax.jit(lambda x: x + 1)
+  add_one(1.0)
+  assert add_one._cache_size() == 1  # pylint: disable=protected-access
+  assert not compile_cache.release_if_crowded(fraction=1.0)
+  assert add_one._cache_size() == 1  # pylint: disable=protected-access
+  assert compile_cache.release_if_crowded(fraction=0.0)
+  assert add_one._cache_size() == 0  # pylint: disable=protected-access
+  assert add_one(1.0) == 2.0  # compiled again on its next call
+
+
+def test_release_does_nothing_without_proc(monkeypatch):
+  monkeypatch.setattr(compile_cache, 'memory_mappings', lambda: None)
+  add_one = jax.jit(lambda x: x + 1)
+  add_one(1.0)
+  assert not compile_cache.release_if_crowded(fraction=0.0)
+  assert add_one._cache_size() == 1  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize('fails', [False, True])
+def test_every_run_ends_by_releasing_crowded_programs(tmp_path, monkeypatch, fails):
+  from mammo_jax import runners  # pylint: disable=g-import-not-at-top
+  calls = []
+
+  def runner(config, workdir):
+    del config, workdir
+    calls.append('run')
+    if fails:
+      raise ValueError('bad data')
+    return 'done'
+
+  monkeypatch.setattr(runners, 'get_runner', lambda name: runner)
+  monkeypatch.setattr(runners.config_checks, 'check', lambda config: None)
+  monkeypatch.setattr(compile_cache, 'release_if_crowded', lambda: calls.append('release'))
+  config = ml_collections.ConfigDict({'runner': 'train'})
+  if fails:
+    with pytest.raises(ValueError, match='bad data'):
+      runners.run(config, str(tmp_path))
+  else:
+    assert runners.run(config, str(tmp_path)) == 'done'
+  assert calls == ['run', 'release']
