@@ -265,9 +265,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   print(input_pipeline.describe(builder), flush=True)
   task.check_labels(builder.info.features['label'].names, config.data.name)
   report = input_pipeline.build_report(builder)
-  workdir_lib.check_dataset(report, workdir)  # before anything is written
-  if report is not None:  # what was built, skipped and excluded, and its provenance
-    workdir_lib.write_json(os.path.join(workdir, workdir_lib.DATASET_REPORT_JSON), report)
+  workdir_lib.check_dataset(report, workdir, builder.info.full_name)  # before any writing
+  # What was built, skipped and excluded, its provenance, and the dataset's name and version.
+  workdir_lib.write_json(os.path.join(workdir, workdir_lib.DATASET_REPORT_JSON),
+                         {**(report or {}), workdir_lib.DATASET_KEY: builder.info.full_name})
   data_provenance = (report or {}).get('provenance', {}).get('provenance_id')
   synthetic = not config.data.manual_dir
   splits, without = input_pipeline.load_splits(builder, config.data)

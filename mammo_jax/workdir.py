@@ -7,8 +7,10 @@ A finished run's workdir holds (names below):
                      intervals, ci95, and calibration, ece); written last, so its presence
                      marks the run finished;
   predictions.npz    per split: example ids, class probabilities, task and 4-class labels;
-  dataset_report.json  what the dataset build kept, skipped and excluded, and its
-                     `provenance` (a run on another dataset is refused: check_dataset);
+  dataset_report.json  what the dataset build kept, skipped and excluded, its
+                     `provenance`, and `dataset`, the TFDS name and version the run loaded
+                     (cbis_ddsm/roi150/1.1.0); a run on another dataset, or another version
+                     of it, is refused (check_dataset);
   init_from.json     the finished run a warm-started run began from (its identity);
   checkpoints/       Orbax checkpoints (mammo_jax.checkpointing), tensorboard/, *.png plots;
   .lock              the running process's pid and start time (mammo_jax.workdir_lock);
@@ -33,6 +35,7 @@ import ml_collections
 import numpy as np
 
 from mammo_jax import distributed
+import tfds_cbis
 from tfds_cbis import provenance as provenance_lib
 from tfds_cbis import strict_json
 
@@ -41,6 +44,7 @@ METRICS_JSONL = 'metrics.jsonl'
 RESULTS_JSON = 'results.json'
 PREDICTIONS_NPZ = 'predictions.npz'
 DATASET_REPORT_JSON = 'dataset_report.json'
+DATASET_KEY = 'dataset'  # in dataset_report.json: the TFDS full name the run loaded
 INIT_FROM_JSON = 'init_from.json'
 ERROR_LOG = 'error.log'
 # Written by the runners that combine runs, in their own workdir:
@@ -159,11 +163,25 @@ def read_dataset_report(workdir: str) -> dict | None:
   return read_json(path) if os.path.exists(path) else None
 
 
-def check_dataset(report: dict | None, workdir: str) -> None:
-  """Refuses a workdir whose run used a dataset of another provenance, like a config change.
+def recorded_dataset(workdir: str) -> str | None:
+  """The TFDS full name (name/config/version) the run in workdir loaded; None when it recorded
+  none (a workdir from before runs recorded it)."""
+  return (read_dataset_report(workdir) or {}).get(DATASET_KEY)
 
-  Writes nothing. A workdir or build that predates provenance has none to compare: accepted.
+
+def check_dataset(report: dict | None, workdir: str, dataset: str | None = None) -> None:
+  """Refuses a workdir whose run used a dataset of another provenance, or another version of
+  the dataset (`dataset`: the TFDS full name this run loads), like a config change: a new
+  version may split the same patients differently (1.1.0 added the `leaking` split).
+
+  Writes nothing. A workdir or build that predates provenance, or the recorded name, has none
+  to compare: accepted.
   """
+  before = recorded_dataset(workdir)
+  if dataset and before and before != dataset:
+    raise ValueError(f'workdir {workdir} holds a run on {before}, not {dataset} (another '
+                     'version of the dataset: its splits may differ); use another --workdir '
+                     'or delete this one')
   old = provenance_lib.of_report(read_dataset_report(workdir))
   new = provenance_lib.of_report(report)
   if old is None or new is None or old['provenance_id'] == new['provenance_id']:
@@ -189,7 +207,12 @@ def is_finished(workdir: str) -> bool:
 
 
 def finished_with(config: ml_collections.ConfigDict, workdir: str) -> bool:
-  """True when workdir holds a finished run of exactly this config."""
+  """True when workdir holds a finished run of exactly this config, on this version of the
+  dataset (a run on an older version is not reused; running it again refuses the workdir with
+  one line, check_dataset)."""
+  before = recorded_dataset(workdir)
+  if before and before.rsplit('/', 1)[-1] != tfds_cbis.VERSION:
+    return False
   return is_finished(workdir) and same_config(config, workdir)
 
 

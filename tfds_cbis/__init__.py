@@ -8,12 +8,16 @@ geometry, splits, patches, whole, build_lock, build_plan, build_report, pool, st
 synthetic) stay cheap to import in worker processes.
 """
 
-from tfds_cbis.patches import PatchSpec
+# The cbis_ddsm builder's version (its RELEASE_NOTES say what each changed); here, importable
+# without TFDS, because a run records the dataset version it trained on (mammo_jax.workdir).
+VERSION = '1.1.0'
+
+from tfds_cbis.patches import PatchSpec  # noqa: E402  pylint: disable=g-import-not-at-top
 
 try:
   import tensorflow_datasets  # noqa: F401  pylint: disable=unused-import
 except ImportError:
-  __all__ = ['PatchSpec']
+  __all__ = ['PatchSpec', 'VERSION']
 else:
   from tfds_cbis.cbis_ddsm import Builder, CbisDdsmConfig, WholeImageConfig  # registers cbis_ddsm
-  __all__ = ['Builder', 'CbisDdsmConfig', 'PatchSpec', 'WholeImageConfig']
+  __all__ = ['Builder', 'CbisDdsmConfig', 'PatchSpec', 'VERSION', 'WholeImageConfig']

@@ -15,6 +15,8 @@ import pytest
 
 from mammo_jax import checkpointing, evaluation, input_pipeline, optimizers, parallel
 from mammo_jax import preprocessing, tasks, train
+from mammo_jax import workdir as workdir_lib
+import tfds_cbis
 from tests.conftest import ROOT, load_config
 
 
@@ -335,7 +337,21 @@ def test_a_run_records_its_data_and_another_dataset_is_refused(tmp_path, data_ca
   with open(report_path, 'w') as f:
     json.dump(report, f)
   train.train_and_evaluate(config, workdir)
-  assert json.load(open(report_path))['provenance'] == prov
+  report = json.load(open(report_path))
+  assert report['provenance'] == prov
+  # The dataset's name and version are recorded; a run on another version is refused to
+  # resume, and is not reused as finished.
+  assert report['dataset'] == f'{config.data.name}/{tfds_cbis.VERSION}'
+  assert workdir_lib.finished_with(config, workdir)
+  report['dataset'] = f'{config.data.name}/1.0.0'
+  with open(report_path, 'w') as f:
+    json.dump(report, f)
+  before = _files(workdir)
+  assert not workdir_lib.finished_with(config, workdir)
+  with pytest.raises(ValueError, match=f'holds a run on {config.data.name}/1.0.0, not '
+                     f'{config.data.name}/{tfds_cbis.VERSION} \\(another version'):
+    train.train_and_evaluate(config, workdir)
+  assert _files(workdir) == before
 
 
 def test_a_build_of_another_source_in_data_dir_is_not_reused(data_cache, tmp_path):

@@ -19,6 +19,7 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+import tfds_cbis
 from tfds_cbis import build_lock
 from tfds_cbis import build_plan
 from tfds_cbis import build_report
@@ -119,7 +120,7 @@ _WORKER_DIED = ('cbis_ddsm: a worker process died while reading mammograms (out 
 class Builder(tfds.core.GeneratorBasedBuilder):
   """CBIS-DDSM abnormality patches or whole breast views read directly from the DICOM files."""
 
-  VERSION = tfds.core.Version('1.1.0')
+  VERSION = tfds.core.Version(tfds_cbis.VERSION)
   RELEASE_NOTES = {
       '1.0.0': 'Initial release: DICOM input in both NBIA layouts; roi150 and s10_224.',
       '1.1.0': 'Split `leaking`: the official-train images of the patients who are also in an '
