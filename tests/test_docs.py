@@ -33,3 +33,13 @@ def test_study_citations_point_into_docs_and_exist():
   assert cited_sections and cited_sections <= headings, sorted(cited_sections - headings)
   assert {str(i) for i in range(1, 14)} <= defects
   assert cited_defects <= defects
+
+
+def test_dataset_paths_in_the_docs_name_the_builders_version():
+  """README's commands are run literally (tests/tfds_cbis/test_cli_builds.py): a path into a
+  build must name the version the builder writes, tfds_cbis.VERSION."""
+  import tfds_cbis  # pylint: disable=g-import-not-at-top
+  for path in _tracked_sources() + ['Makefile']:
+    with open(os.path.join(ROOT, path), encoding='utf-8') as f:
+      for version in re.findall(r'cbis_ddsm/[a-z0-9_]+/(\d+\.\d+\.\d+)/', f.read()):
+        assert version == tfds_cbis.VERSION, f'{path}: cbis_ddsm/.../{version}/'
