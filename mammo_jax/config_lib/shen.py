@@ -53,16 +53,21 @@ AUGMENT = {'rotation': 25.0, 'shear': math.degrees(0.2), 'zoom': 0.2, 'width_shi
 # The demo therefore runs one stage, `all`: every layer trains from the first step, BatchNorm
 # in training mode. Synthetic lesions easier than the generator's default (difficulty 0.1, not
 # 0.5: higher contrast, benign and malignant morphology further apart); 160 patients, as 80
-# left 6 validation patients, whose loss picked an early checkpoint at chance on test; patches
-# resized to 32x32 (VGG16's smallest input; ResNet50 pools globally, any size works); no
-# augmentation, which a few hundred steps cannot profit from. Adam 1e-3: at 3e-4 the balanced
-# training loss was still at chance level after 200 steps; batch 16 at 1e-3 was noisier than
-# 32. Measured numbers: configs/shen_patch.py.
+# left 6 validation patients, whose loss picked an early checkpoint at chance on test; no
+# augmentation, which a few hundred steps cannot profit from. Patches resized to 32x32
+# (VGG16's smallest input; ResNet50 pools globally, any size works): 48x48 cost 2.5 times the
+# CPU time for no better test numbers at the same steps. Adam 1e-3 with Keras's time-based
+# decay 1e-2 (lr / (1 + 0.01 step), 2e-4 by step 400): without decay the balanced training
+# loss stayed above the level of uniform predictions through the second epoch (1e-3 at 48x48,
+# 3e-4 at 32x32) and the validation loss was erratic (BatchNorm's running averages trail
+# weights that move fast). 400 steps (about 3 epochs) fit about 8 CPU-minutes. Measured
+# numbers: configs/shen_patch.py.
 DEMO_CHAIN = ('all',)
 DEMO_SYNTHETIC = {'patients': 160, 'difficulty': 0.1}
 DEMO_IMAGE_SIZE = 32
 DEMO_LEARNING_RATE = 1e-3
-DEMO_STEPS = 300
+DEMO_DECAY = 1e-2
+DEMO_STEPS = 400
 DEMO_AUGMENT = {**AUGMENT, 'rotation': 0.0, 'shear': 0.0, 'zoom': 0.0,
                 'horizontal_flip': False, 'vertical_flip': False}
 
@@ -131,6 +136,7 @@ def get_config(arg: str | None, config_file: str) -> ml_collections.ConfigDict:
     chain = DEMO_CHAIN
     config.data.synthetic.update(DEMO_SYNTHETIC)
     learning_rates = {'all': DEMO_LEARNING_RATE}
+    config.optimizer.decay = DEMO_DECAY
     steps = {'all': DEMO_STEPS}
     epochs = {'all': 10}  # the step cap ends the stage first
     config.augment = ml_collections.ConfigDict(DEMO_AUGMENT)
