@@ -26,5 +26,11 @@ export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 # JAX and PyTorch share the GPU in one process: JAX takes half, not its default 75 %.
 export XLA_PYTHON_CLIENT_MEM_FRACTION=0.5
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$OUT/nvidia_smi.txt"
-timeout 480 python3 benchmarks/gpu_step.py --platform gpu --out "$OUT/gpu_step.json" "$@" \
-  2>&1 | tee "$OUT/gpu_step.log"
+python3 -c 'import sys, jax, flax, optax, torch; print("python", sys.version.split()[0], "jax",
+  jax.__version__, "flax", flax.__version__, "optax", optax.__version__, "torch",
+  torch.__version__, jax.devices())' 2>&1 | tee "$OUT/versions.txt"
+# GPU_STEP_SECONDS bounds the train-step rows; the host-overhead rows (a tiny model) follow.
+timeout "${GPU_STEP_SECONDS:-480}" python3 benchmarks/gpu_step.py --platform gpu \
+  --out "$OUT/gpu_step.json" "$@" 2>&1 | tee "$OUT/gpu_step.log"
+timeout 60 python3 benchmarks/gpu_step.py --platform gpu --host_overhead \
+  --out "$OUT/gpu_host_overhead.json" 2>&1 | tail -30 | tee "$OUT/gpu_host_overhead.log"

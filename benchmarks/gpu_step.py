@@ -39,6 +39,7 @@ import platform
 import statistics
 import sys
 import time
+import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -81,15 +82,28 @@ def _time(run_steps, sync, steps: int, rounds: int, warmup: int) -> tuple[float,
 # ---------------------------------------------------------------------------------------------
 # mammo_jax
 
-def jax_setup(name: str, side: int, batch: int, augment: bool, half: bool = True):
-  """(config, task, model, state, step) of MODELS[name] at `side`, as a run builds them."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from mammo_jax import tasks, train  # pylint: disable=g-import-not-at-top
+def model_config(name: str):
+  """The config of MODELS[name], its trainable override applied."""
   from mammo_jax.config_lib import loader  # pylint: disable=g-import-not-at-top
   config_name, arg, trainable, _ = MODELS[name]
   config = loader.load_config(f'configs/{config_name}.py:{arg}', ROOT)
   if trainable:
     config.model.trainable = trainable
+  return config
+
+
+def flax_module(name: str):
+  """The flax module of MODELS[name], built without initialising it."""
+  from mammo_jax import tasks, train  # pylint: disable=g-import-not-at-top
+  config = model_config(name)
+  return train.create_model(config, tasks.get_task(config.task))
+
+
+def jax_setup(name: str, side: int, batch: int, augment: bool, half: bool = True):
+  """(config, task, model, state, step) of MODELS[name] at `side`, as a run builds them."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from mammo_jax import tasks, train  # pylint: disable=g-import-not-at-top
+  config = model_config(name)
   config.batch_size = batch
   config.model.pretrained = ''  # random weights time the same as ImageNet ones
   config.half_precision = half
@@ -114,8 +128,9 @@ def device_batches(images, labels, batch: int):
   mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ('d',))
   shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('d'))
 
+  # The arrays are arguments, not closed-over constants, which XLA could embed in the program.
   @jax.jit
-  def sample(counter):
+  def sample_from(counter, images, labels):
     epoch, offset = counter // steps, counter % steps
     order = jax.random.permutation(jax.random.fold_in(jax.random.key(0), epoch), n)
     idx = jax.lax.dynamic_slice(order, (offset * batch,), (batch,))
@@ -124,7 +139,7 @@ def device_batches(images, labels, batch: int):
            for k, v in out.items()}
     return out, counter + 1
 
-  return sample
+  return lambda counter: sample_from(counter, images, labels)
 
 
 def random_patches(n: int, side: int, classes: int, seed: int = 0):
@@ -322,38 +337,48 @@ def main():
 
 
 def benchmark(args, peak: float):
-  """Yields one row per (model, framework variant) as it is timed; a torch.compile that fails
-  is a row with its error. The fastest torch row of a model is marked best_torch."""
-  for name in args.models.split(','):
+  """Yields one row per (model, framework variant) as it is timed; a failing row (an inductor
+  error, say) is a row with its error. The fastest torch row of a model is marked best_torch.
+  torch.compile rows come after every other row, since compiling is what a time limit cuts."""
+  names = args.models.split(',')
+  for name in names:
     if name not in MODELS:
       raise SystemExit(f'--models: unknown {name!r}; known: {", ".join(MODELS)}')
-    side = args.image_size or MODELS[name][3]
-    variants = [('mammo_jax', False)] + ([('mammo_jax + augmentation', True)]
-                                         if name in args.augment.split(',') else [])
-    flops, module = 0.0, None
-    for label, augment in variants:
-      out = time_jax(name, side, args, augment)
-      flops, module = flops or out['flops_per_step'], module or out['module']
-      yield _row(name, side, label, out, flops, args, peak)
-    if args.no_torch:
-      continue
-    compiles = {'auto': (False, True), 'on': (True,), 'off': (False,)}[args.torch_compile]
-    best = None
-    for compiled in compiles:
-      label = 'torch, torch.compile' if compiled else 'torch, eager'
-      try:
-        out = time_torch(name, side, args, module, compiled)
+  compiles = {'auto': (False, True), 'on': (True,), 'off': (False,)}[args.torch_compile]
+  flops, modules, best = {}, {}, {}
+  for phase in (False, True):  # eager torch with the JAX rows, then compiled torch
+    for name in names:
+      side = args.image_size or MODELS[name][3]
+      if not phase:
+        variants = [('mammo_jax', False)] + ([('mammo_jax + augmentation', True)]
+                                             if name in args.augment.split(',') else [])
+        for label, augment in variants:
+          try:
+            out = time_jax(name, side, args, augment)
+          except Exception as e:  # pylint: disable=broad-except  (one failure ends no run)
+            traceback.print_exc()
+            yield {'model': name, 'framework': label, 'error': f'{type(e).__name__}: {e}'}
+            continue
+          flops.setdefault(name, out['flops_per_step'])
+          modules.setdefault(name, out['module'])
+          yield _row(name, side, label, out, flops[name], args, peak)
+      if args.no_torch or phase not in compiles:
+        continue
+      label = 'torch, torch.compile' if phase else 'torch, eager'
+      try:  # the torch network is built from the flax module
+        module = modules.get(name) or flax_module(name)
+        out = time_torch(name, side, args, module, phase)
       except Exception as e:  # pylint: disable=broad-except  (inductor may fail; say so)
         print(f'{name}: {label} failed: {type(e).__name__}: {e}', file=sys.stderr)
         yield {'model': name, 'framework': label, 'error': f'{type(e).__name__}: {e}'}
         continue
-      row = _row(name, side, label, out, flops, args, peak)
-      if best is None or row['images_per_s'] > best['images_per_s']:
-        if best is not None:
-          best['best_torch'] = False
-        row['best_torch'], best = True, row
-      else:
-        row['best_torch'] = False
+      row = _row(name, side, label, out, flops.get(name, 0.0), args, peak)
+      previous = best.get(name)
+      row['best_torch'] = previous is None or row['images_per_s'] > previous['images_per_s']
+      if row['best_torch']:
+        if previous is not None:
+          previous['best_torch'] = False  # already in the JSON's rows: rewritten next write
+        best[name] = row
       yield row
 
 
