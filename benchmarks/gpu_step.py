@@ -20,8 +20,9 @@ scaled (and, in the '+ augmentation' rows, augmented) inside the step, so the ho
 nothing per step. A step time is the median over --rounds of the mean of --steps steps
 dispatched back to back after warm-up steps (pmap compiles on the first and second call).
 
-Model-FLOP utilisation is XLA's operation count of the compiled mammo_jax step (its
-cost_analysis, without augmentation) over the step time, against the device's dense bf16 peak
+Model-FLOP utilisation is XLA's operation count of the mammo_jax step (the cost_analysis of
+its HLO before compilation, nn.Conv layers, without augmentation: see model_flops) over the
+step time, against the device's dense bf16 peak
 (PEAK_TFLOPS_BF16 by device name, or --peak_tflops); the PyTorch rows use the same count. The
 JSON goes to --out (benchmarks/results/gpu_step-<platform>.json by default).
 
@@ -99,11 +100,14 @@ def flax_module(name: str):
   return train.create_model(config, tasks.get_task(config.task))
 
 
-def jax_setup(name: str, side: int, batch: int, augment: bool, half: bool = True):
+def jax_setup(name: str, side: int, batch: int, augment: bool, half: bool = True,
+              conv_impl: str = ''):
   """(config, task, model, state, step) of MODELS[name] at `side`, as a run builds them."""
   import jax  # pylint: disable=g-import-not-at-top
   from mammo_jax import tasks, train  # pylint: disable=g-import-not-at-top
   config = model_config(name)
+  if conv_impl:
+    config.model.conv_impl = conv_impl
   config.batch_size = batch
   config.model.pretrained = ''  # random weights time the same as ImageNet ones
   config.half_precision = half
@@ -149,6 +153,18 @@ def random_patches(n: int, side: int, classes: int, seed: int = 0):
           rng.integers(0, classes, (n,), dtype=np.int32))
 
 
+def model_flops(name: str, side: int, batch_size: int, batch, rng) -> float:
+  """The step's operation count per global batch, from XLA's cost analysis of the step's HLO
+  before compilation, with nn.Conv layers. Not the compiled program's: on a GPU its
+  convolutions are cuDNN calls that the analysis counts as 0, and on a CPU the cpu_fast layers'
+  Winograd products count fewer multiplications than the model has."""
+  import jax  # pylint: disable=g-import-not-at-top
+  _, _, _, state, step = jax_setup(name, side, batch_size, augment=False, conv_impl='xla')
+  cost = step.lower(state, batch, rng).cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float((cost or {}).get('flops', 0.0)) * jax.local_device_count()
+
+
 def time_jax(name: str, side: int, args, augment: bool) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   _, task, model, state, step = jax_setup(name, side, args.batch_size, augment)
@@ -157,9 +173,7 @@ def time_jax(name: str, side: int, args, augment: bool) -> dict:
   sample = device_batches(images, labels, args.batch_size)
   rng = jax.random.key(1)
   batch, counter = sample(jax.numpy.int32(0))
-  cost = step.lower(state, batch, rng).compile().cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float((cost or {}).get('flops', 0.0)) * jax.local_device_count()
+  flops = model_flops(name, side, args.batch_size, batch, rng)
   loop = {'state': state, 'counter': counter}
 
   def run_steps(k):
