@@ -6,6 +6,7 @@
     python benchmarks/gpu_step.py --platform cpu --batch_size 2 --steps 1 --rounds 1 \
         --image_size 32 --torch_compile off       # every pair, tiny, on a CPU (the fast test)
     python benchmarks/gpu_step.py --platform cpu --host_overhead   # input-feeding cost per step
+    python benchmarks/gpu_step.py --recount FILE.json   # FLOPs and MFU of a GPU run, counted here
 
 Models: the study's 4-class M2 (configs/scratch4.py:m2, 150x150), VGG16 fine-tuning stage 2
 (configs/vgg16_2.py:ft2: block5_conv2/3 and the head trainable) at 150 and 224, and ResNet50
@@ -153,11 +154,41 @@ def random_patches(n: int, side: int, classes: int, seed: int = 0):
           rng.integers(0, classes, (n,), dtype=np.int32))
 
 
+def recount(path: str) -> None:
+  """Fills in model_flops (counted on this machine), TFLOP/s and MFU for every timed row of a
+  JSON written by this script, in place: JAX's GPU backend gives no cost analysis of the HLO
+  before compilation, and the count is the same on every device."""
+  import jax  # pylint: disable=g-import-not-at-top
+  with open(path) as f:
+    result = json.load(f)
+  peak, counted = result.get('peak_tflops_bf16') or 0.0, {}
+  for row in result['rows']:
+    if 'error' in row:
+      continue
+    key = row['model'], row['image_size'], row['batch_size']
+    if key not in counted:
+      name, side, batch_size = key
+      _, task, _, _, _ = jax_setup(name, side, batch_size, augment=False, conv_impl='xla')
+      images, labels = random_patches(batch_size, side, len(task.class_names))
+      batch, _ = device_batches(jax.device_put(images), jax.device_put(labels),
+                                batch_size)(jax.numpy.int32(0))
+      counted[key] = model_flops(name, side, batch_size, batch, jax.random.key(1))
+      print(f'{name} at {side}, batch {batch_size}: {counted[key] / 1e9:.1f} GFLOP per step',
+            flush=True)
+    tflops = counted[key] / row['seconds_per_step'] / 1e12
+    row.update(flops_per_step=counted[key], tflops=tflops, mfu=tflops / peak if peak else None,
+               flops_counted_on=f'{platform.machine()} CPU, JAX {jax.__version__}')
+  with open(path, 'w') as f:
+    json.dump(result, f, indent=1)
+  print(f'rewrote {path}')
+
+
 def model_flops(name: str, side: int, batch_size: int, batch, rng) -> float:
   """The step's operation count per global batch, from XLA's cost analysis of the step's HLO
   before compilation, with nn.Conv layers. Not the compiled program's: on a GPU its
   convolutions are cuDNN calls that the analysis counts as 0, and on a CPU the cpu_fast layers'
-  Winograd products count fewer multiplications than the model has."""
+  Winograd products count fewer multiplications than the model has. 0 where the backend gives
+  no such analysis (JAX's GPU backend): --recount fills it in on a CPU afterwards."""
   import jax  # pylint: disable=g-import-not-at-top
   _, _, _, state, step = jax_setup(name, side, batch_size, augment=False, conv_impl='xla')
   cost = step.lower(state, batch, rng).cost_analysis()
@@ -310,8 +341,13 @@ def main():
   parser.add_argument('--peak_tflops', type=float, default=0.0,
                       help="the device's dense bf16 peak; default: PEAK_TFLOPS_BF16 by name")
   parser.add_argument('--host_overhead', action='store_true')
+  parser.add_argument('--recount', default='',
+                      help="a JSON of this script whose rows have no FLOP count (XLA on the GPU "
+                      "gave none): count each model's FLOPs here and rewrite its rows' MFU")
   parser.add_argument('--out', default='')
   args = parser.parse_args()
+  if args.recount:
+    args.platform = 'cpu'  # the count does not depend on the device
   os.environ['JAX_PLATFORMS'] = {'gpu': 'cuda', 'cpu': 'cpu'}[args.platform]
   sys.path.insert(0, ROOT)
   import jax  # pylint: disable=g-import-not-at-top
@@ -327,6 +363,9 @@ def main():
     with open(out, 'w') as f:
       json.dump(result, f, indent=1)
 
+  if args.recount:
+    recount(args.recount)
+    return
   if args.host_overhead:
     result['host_overhead'] = host_overhead(args)
     print(json.dumps(result['host_overhead'], indent=1))

@@ -113,3 +113,49 @@ def test_torch_network_has_the_flax_modules_parameters(name, side):
   assert sum(b.numel() for n, b in net.named_buffers() if 'running' in n) == batch_stats
   x = torch.zeros(2, channels, side, side)
   assert net(x).shape == (2, module.num_outputs)
+
+
+def _vgg16_conv_flops(side: int) -> float:
+  """2 x the multiply-adds of VGG16's 13 3x3 'same' convolutions on a side x side x 3 image."""
+  widths = [(64, 2), (128, 2), (256, 3), (512, 3), (512, 3)]
+  flops, c_in = 0.0, 3
+  for block, (c_out, convs) in enumerate(widths):
+    s = side // 2**block
+    for _ in range(convs):
+      flops += 2 * s * s * 9 * c_in * c_out
+      c_in = c_out
+  return flops
+
+
+def test_model_flops_count_the_models_convolutions_not_winograds_or_frozen_gradients():
+  # VGG16 fine-tuning stage 2 trains block5_conv2/3 and the head: the step is the forward
+  # pass plus a little. A Winograd count (cpu_fast's formulation) would be ~2.25x lower in
+  # the convolutions, a count with the frozen layers' gradients ~3x higher.
+  batch_size, side = jax.local_device_count(), 224
+  _, task, _, _, _ = gpu_step.jax_setup('vgg16_ft224', side, batch_size, augment=False)
+  images, labels = gpu_step.random_patches(batch_size, side, len(task.class_names))
+  batch, _ = gpu_step.device_batches(jax.device_put(images), jax.device_put(labels),
+                                     batch_size)(jnp.int32(0))
+  flops = gpu_step.model_flops('vgg16_ft224', side, batch_size, batch, jax.random.key(1))
+  forward = _vgg16_conv_flops(side) * batch_size
+  assert forward < flops < 1.1 * forward
+
+
+def test_recount_fills_in_flops_and_mfu_of_a_run_without_them(tmp_path):
+  out = tmp_path / 'out.json'
+  counted = _run(tmp_path, '--models', 'm2', '--steps', '1', '--no_torch', '--augment', '')
+  row = counted['rows'][0]
+  zeroed = dict(counted, peak_tflops_bf16=100.0,
+                rows=[dict(row, flops_per_step=0.0, tflops=0.0, mfu=0.0),
+                      {'model': 'm2', 'framework': 'torch, torch.compile', 'error': 'E'}])
+  out.write_text(json.dumps(zeroed))
+  done = subprocess.run([sys.executable, os.path.join(_BENCHMARKS, 'gpu_step.py'), '--recount',
+                         str(out)], cwd=ROOT, capture_output=True, text=True, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  recounted = json.loads(out.read_text())['rows']
+  assert recounted[0]['flops_per_step'] == pytest.approx(row['flops_per_step'])
+  tflops = row['flops_per_step'] / row['seconds_per_step'] / 1e12
+  assert recounted[0]['tflops'] == pytest.approx(tflops)
+  assert recounted[0]['mfu'] == pytest.approx(tflops / 100.0)
+  assert 'CPU' in recounted[0]['flops_counted_on']
+  assert recounted[1] == zeroed['rows'][1]  # a failed row stays as it was
