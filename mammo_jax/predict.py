@@ -166,6 +166,11 @@ def load_run(workdir: str) -> Run:
       raise RunError(f'{workdir}: a patch classifier trained on {config.data.name} patches, '
                      "which are not cut from resized whole images (mode 'sampled', e.g. "
                      'cbis_ddsm/s10_224); predict takes S10 patch runs and whole-image runs')
+    if config.model.preprocess in preprocessing.PER_IMAGE_MODES:
+      raise RunError(f'{workdir}: model.preprocess={config.model.preprocess} normalises each '
+                     'patch by its own statistics, which one convolutional pass over a whole '
+                     'image cannot reproduce; predict takes patch runs trained with shen, caffe '
+                     'or torch preprocessing')
     window = config.data.image_size or spec.patch_size
     scale = window / spec.patch_size
     shape = (round(shape[0] * scale), round(shape[1] * scale))

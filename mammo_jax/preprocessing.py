@@ -23,7 +23,15 @@ TORCH_RGB_MEAN, TORCH_RGB_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # channels, minus one fixed scalar: the featurewise mean of their resized CBIS-DDSM training
 # images, which their scripts pass as a constant; no ImageNet means, no division.
 SHEN_MEAN = 52.18
-PREPROCESS_MODES = ('unit', 'caffe', 'torch', 'tf', 'shen')
+# 'standardize', for training from random initialisation: each image on its own, minus its mean
+# over its pixels, over its standard deviation plus 1 grey level of 255 (so that a flat patch
+# is not amplified noise), grey in 3 channels. A patch's brightness then says nothing; a random
+# network need not first learn to ignore it (the synthetic S10 demo: configs/shen_patch.py). No
+# pretrained weights expect it. Per image, so a sliding window over a whole image is not the
+# same computation (PER_IMAGE_MODES: predict refuses such patch runs).
+STANDARDIZE_FLOOR = 1.0
+PREPROCESS_MODES = ('unit', 'caffe', 'torch', 'tf', 'shen', 'standardize')
+PER_IMAGE_MODES = ('standardize',)
 # Shen's recipe fine-tunes Keras's ImageNet weights (trained on 'caffe' inputs: 0..255 minus
 # means) on its own 0..255-minus-one-mean inputs; so 'shen' loads the weights 'caffe' does.
 _WEIGHTS_OF = {'shen': 'caffe'}
@@ -44,7 +52,7 @@ def scale(images: jnp.ndarray, mode: str) -> jnp.ndarray:
     return images.astype(jnp.float32) / 65535.0
   if mode == 'caffe':  # the study's VGG16 input: uint16 / 256, roughly [0, 255]
     return images.astype(jnp.float32) / 256.0
-  if mode == 'shen':  # exactly [0, 255]; augmentation's fill values are these grey values
+  if mode in ('shen', 'standardize'):  # exactly [0, 255]; augmentation fills with these greys
     return images.astype(jnp.float32) * (255.0 / 65535.0)
   raise _unknown(mode)
 
@@ -53,6 +61,10 @@ def finish(images: jnp.ndarray, mode: str) -> jnp.ndarray:
   """Scaled (and possibly augmented) grey images -> model input."""
   if mode == 'unit':
     return images
+  if mode == 'standardize':
+    mean = images.mean(axis=(-3, -2, -1), keepdims=True)
+    std = images.std(axis=(-3, -2, -1), keepdims=True)
+    images = (images - mean) / (std + STANDARDIZE_FLOOR)
   rgb = jnp.repeat(images, 3, axis=-1)  # grey -> 3 channels, as the study's np.repeat
   if mode == 'caffe':
     return rgb[..., ::-1] - jnp.asarray(CAFFE_BGR_MEANS, jnp.float32)
@@ -62,6 +74,8 @@ def finish(images: jnp.ndarray, mode: str) -> jnp.ndarray:
     return rgb * 2.0 - 1.0
   if mode == 'shen':  # the mean after augmentation, as Shen's generator subtracts it
     return rgb - SHEN_MEAN
+  if mode == 'standardize':
+    return rgb
   raise _unknown(mode)
 
 

@@ -43,7 +43,7 @@ from mammo_jax.models.vgg16 import VGG16, VGG16Classifier
 from mammo_jax.models import whole
 from mammo_jax.models.whole import WholeImageClassifier
 
-ALL_PREPROCESS = ('unit', 'caffe', 'torch', 'tf', 'shen')
+ALL_PREPROCESS = ('unit', 'caffe', 'torch', 'tf', 'shen', 'standardize')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,8 +70,12 @@ _whole = functools.partial(ModelEntry, from_config=lambda m: {'dropout': m.dropo
 
 
 def _resnet_head(model_config) -> dict:
-  """The report's ResNet50 head has no FC layer and no dropout unless a config adds them."""
-  return {'fc': model_config.get('fc', 0), 'dropout': model_config.get('dropout', 0.0)}
+  """The report's ResNet50 head has no FC layer and no dropout unless a config adds them;
+  training from random initialisation may set the BatchNorm momentum and zero-init the
+  residual branches (configs/shen_patch.py's demo)."""
+  return {'fc': model_config.get('fc', 0), 'dropout': model_config.get('dropout', 0.0),
+          'bn_momentum': model_config.get('bn_momentum', 0.0),
+          'zero_init_residual': model_config.get('zero_init_residual', False)}
 
 
 REGISTRY: dict[str, ModelEntry] = {
@@ -98,11 +102,12 @@ REGISTRY: dict[str, ModelEntry] = {
         VGG16Classifier(num_outputs=1),
         from_config=lambda m: {'fc': m.fc, 'dropout': m.dropout,
                                'pooling': m.get('pooling', 'flatten')},
-        head_follows_task=True, preprocess=('caffe', 'torch', 'shen'),
+        head_follows_task=True, preprocess=('caffe', 'torch', 'shen', 'standardize'),
         family='mammo_jax.models.vgg16'),
     'resnet50': ModelEntry(
         ResNet50Classifier(num_outputs=1, variant='keras'), from_config=_resnet_head,
-        head_follows_task=True, preprocess=('caffe', 'shen'), family='mammo_jax.models.resnet'),
+        head_follows_task=True, preprocess=('caffe', 'shen', 'standardize'),
+        family='mammo_jax.models.resnet'),
     'resnet50_torchvision': ModelEntry(
         ResNet50Classifier(num_outputs=1, variant='torchvision'), from_config=_resnet_head,
         head_follows_task=True, preprocess=('torch',), family='mammo_jax.models.resnet'),
@@ -153,8 +158,9 @@ def create_model(model_config, num_outputs: int, task_name: str = '', **common) 
   entry = get_entry(name)
   accepted, mode = entry.preprocess, model_config.preprocess
   if mode not in accepted:
-    needs = (f'={accepted[0]!r}' if len(accepted) == 1 else
-             ' ' + ' or '.join(repr(p) for p in accepted))
+    quoted = [repr(p) for p in accepted]
+    needs = (f'={quoted[0]}' if len(quoted) == 1 else
+             f' {", ".join(quoted[:-1])} or {quoted[-1]}')
     raise ValueError(f'model {name} needs model.preprocess{needs}, not {mode!r}; set '
                      f'--config.model.preprocess={accepted[0]}')
   attrs = {k: v for k, v in common.items() if _accepts(entry.template, k)}

@@ -79,6 +79,12 @@ class ResNet50(nn.Module):
       Paths are matched as the root module sees them ('resnet50/conv1_bn' in a classifier).
     bn_axis_name: the pmap axis to sync batch statistics over, or None.
     dtype: computation dtype (bfloat16 for half precision); parameters stay float32.
+    bn_momentum: the running averages' momentum; 0 keeps the variant's. Training from random
+      initialisation for a few hundred steps wants less than Keras's 0.99, whose averages
+      trail weights that move fast.
+    zero_init_residual: start each residual branch's last BatchNorm scale at 0 (Goyal et al.
+      2017), so that every block starts as the identity: random initialisation only; ported
+      weights replace it.
   """
 
   variant: str = 'keras'
@@ -87,6 +93,8 @@ class ResNet50(nn.Module):
   trainable: str = 'all'
   bn_axis_name: str | None = None
   dtype: jnp.dtype = jnp.float32
+  bn_momentum: float = 0.0
+  zero_init_residual: bool = False
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -98,15 +106,18 @@ class ResNet50(nn.Module):
     v = VARIANTS[self.variant]
     prefix = '/'.join(self.scope.path)
 
-    def conv_bn(x, stem, features, kernel, stride=1, relu=True):
+    def conv_bn(x, stem, features, kernel, stride=1, relu=True, last_of_branch=False):
       pad = (kernel - 1) // 2
       x = nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                   padding=((pad, pad), (pad, pad)), use_bias=v['conv_bias'],
                   kernel_init=_glorot, dtype=self.dtype, name=f'{stem}_conv')(x)
       bn_path = f'{prefix}/{stem}_bn' if prefix else f'{stem}_bn'
       frozen = not freezing.is_trainable(bn_path, self.trainable)
-      x = nn.BatchNorm(use_running_average=not train or frozen, momentum=v['momentum'],
-                       epsilon=v['epsilon'], axis_name=self.bn_axis_name, dtype=self.dtype,
+      zero = last_of_branch and self.zero_init_residual
+      x = nn.BatchNorm(use_running_average=not train or frozen,
+                       momentum=self.bn_momentum or v['momentum'], epsilon=v['epsilon'],
+                       axis_name=self.bn_axis_name, dtype=self.dtype,
+                       scale_init=nn.initializers.zeros if zero else nn.initializers.ones,
                        name=f'{stem}_bn')(x)
       return nn.relu(x) if relu else x
 
@@ -122,7 +133,7 @@ class ResNet50(nn.Module):
         s1, s3 = (1, stride) if v['stride_on_3x3'] else (stride, 1)
         y = conv_bn(x, stems[-3], width, 1, s1)
         y = conv_bn(y, stems[-2], width, 3, s3)
-        y = conv_bn(y, stems[-1], 4 * width, 1, relu=False)
+        y = conv_bn(y, stems[-1], 4 * width, 1, relu=False, last_of_branch=True)
         x = nn.relu(shortcut + y)
     if not self.include_top:
       return x
@@ -141,11 +152,15 @@ class ResNet50Classifier(nn.Module):
   trainable: str = 'all'
   bn_axis_name: str | None = None
   dtype: jnp.dtype = jnp.float32
+  bn_momentum: float = 0.0  # ResNet50's
+  zero_init_residual: bool = False  # ResNet50's
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     x = ResNet50(variant=self.variant, trainable=self.trainable,
-                 bn_axis_name=self.bn_axis_name, dtype=self.dtype, name='resnet50')(x, train)
+                 bn_axis_name=self.bn_axis_name, dtype=self.dtype,
+                 bn_momentum=self.bn_momentum, zero_init_residual=self.zero_init_residual,
+                 name='resnet50')(x, train)
     x = x.astype(jnp.float32).mean(axis=(1, 2))
     return layers.transfer_head(x, self.num_outputs, self.fc, self.dropout, train)
 

@@ -96,7 +96,8 @@ def test_create_model_reads_config_model_and_refuses_mismatches():
   assert m.bn_axis_name == 'batch'
   with pytest.raises(ValueError, match='has 4 outputs but task mass_vs_calc needs 1'):
     models.create_model(_model_config('scratch4_m2'), 1, task_name='mass_vs_calc')
-  with pytest.raises(ValueError, match="model vgg16 needs model.preprocess 'caffe' or 'torch'"):
+  with pytest.raises(ValueError, match="model vgg16 needs model.preprocess 'caffe', 'torch', "
+                     "'shen' or 'standardize'"):
     models.create_model(_model_config('vgg16', preprocess='unit'), 1)
   assert models.inputs_of('dual') == 'image+baseline' and models.inputs_of('vgg16') == 'image'
   assert models.family_of('scratch2_exp5') is None

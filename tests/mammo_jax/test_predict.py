@@ -194,6 +194,19 @@ def test_wrong_workdirs_get_one_clear_line(patch_run, tmp_path):
     predict.load_run(str(tmp_path))
 
 
+def test_patch_runs_standardised_per_patch_are_refused(data_cache, tmp_path):
+  # Each patch normalised by its own statistics: a convolutional pass over the whole image
+  # would compute something else, so predict says so instead of drawing a wrong map.
+  config = _head_stage(data_cache)
+  config.model.preprocess = 'standardize'
+  workdir = str(tmp_path / 'head')
+  predict.write_untrained_run(config, workdir, (32, 32, 1))
+  with pytest.raises(predict.RunError, match=r'head: model.preprocess=standardize normalises '
+                     r'each patch by its own statistics, .* predict takes patch runs trained '
+                     'with shen, caffe or torch preprocessing'):
+    predict.load_run(workdir)
+
+
 def test_files_and_output_names(tmp_path):
   for name in ('a/1-1.dcm', 'a/b/1-1.dcm', 'a/notes.txt', 'a/IMG0001'):
     os.makedirs(os.path.dirname(tmp_path / name), exist_ok=True)

@@ -112,9 +112,56 @@ def test_registry_builds_the_report_head_from_config():
   assert (model.variant, model.fc, model.dropout, model.trainable, model.bn_axis_name) == (
       'torchvision', 0, 0.5, 'logits', 'batch')
   with pytest.raises(ValueError,
-                     match="model resnet50 needs model.preprocess 'caffe' or 'shen', not 'torch'"):
+                     match="model resnet50 needs model.preprocess 'caffe', 'shen' or "
+                     "'standardize', not 'torch'"):
     models.create_model(ml_collections.ConfigDict({'name': 'resnet50', 'preprocess': 'torch'}),
                         1)
+
+
+def test_zero_init_residual_zeroes_each_branchs_last_batch_norm_scale_only():
+  shapes = lambda **kw: jax.eval_shape(lambda: resnet.ResNet50(**kw).init(jax.random.key(0), X))
+  plain = _init(resnet.ResNet50())['params']
+  zeroed = _init(resnet.ResNet50(zero_init_residual=True))['params']
+  last = {f'{resnet.block_names(stage, b)[-1]}_bn' for stage, _, n in resnet.STAGES
+          for b in range(1, n + 1)}
+  assert len(last) == 16
+  for name in resnet.BN_NAMES:
+    want = 0.0 if name in last else 1.0
+    np.testing.assert_array_equal(zeroed[name]['scale'], want)
+    np.testing.assert_array_equal(plain[name]['scale'], 1.0)
+  # Every block starts as its shortcut: the output is the same with the branches' other
+  # layers scrambled.
+  model = resnet.ResNet50(zero_init_residual=True)
+  variables = _init(model)
+  scrambled = {**variables, 'params': {
+      k: (v if k in last or not k.endswith('_2_conv') else
+          jax.tree.map(lambda a: a + 1.0, v)) for k, v in variables['params'].items()}}
+  np.testing.assert_allclose(model.apply(scrambled, X), model.apply(variables, X), atol=1e-5)
+  assert shapes(zero_init_residual=True) == shapes()
+
+
+@pytest.mark.parametrize('momentum,variant,want', [(0.0, 'keras', 0.99),
+                                                   (0.0, 'torchvision', 0.9), (0.5, 'keras', 0.5)])
+def test_bn_momentum_overrides_the_variants(momentum, variant, want):
+  model = resnet.ResNet50(variant=variant, bn_momentum=momentum)
+  variables = _init(model)
+  _, updates = model.apply(variables, X, train=True, mutable=['batch_stats'])
+  before = variables['batch_stats']['conv1_bn']['mean']
+  after = updates['batch_stats']['conv1_bn']['mean']
+  # The batch mean behind the update, recovered from a momentum-0 model's running mean.
+  batch_mean = resnet.ResNet50(variant=variant, bn_momentum=1e-12).apply(
+      variables, X, train=True, mutable=['batch_stats'])[1]['batch_stats']['conv1_bn']['mean']
+  np.testing.assert_allclose(after, want * before + (1 - want) * batch_mean, rtol=1e-4,
+                             atol=1e-6)
+
+
+def test_shen_demo_config_reaches_the_classifier():
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  config = ml_collections.ConfigDict({'name': 'resnet50', 'preprocess': 'shen', 'fc': 0,
+                                      'dropout': 0.0, 'bn_momentum': 0.9,
+                                      'zero_init_residual': True})
+  model = models.create_model(config, 5)
+  assert (model.bn_momentum, model.zero_init_residual) == (0.9, True)
 
 
 @pytest.mark.parametrize('trainable', ['logits', 'all'])

@@ -56,7 +56,18 @@ def test_demo_trains_every_layer_from_random_init_in_one_stage():
     assert config.num_train_steps == 400 and config.optimizer.learning_rate == 1e-3
     assert config.optimizer.decay == 1e-2
     assert not (config.augment.rotation or config.augment.horizontal_flip)
+    assert config.model.preprocess == 'standardize' and config.model.dropout == 0.0
+    if variant == 'resnet50':
+      assert config.model.zero_init_residual and config.model.bn_momentum == 0.9
     config_checks.check_training(config)
+    model = train.create_model(config, tasks.get_task(config.task))
+    assert model.dropout == 0.0
+    if variant == 'resnet50':
+      assert (model.zero_init_residual, model.bn_momentum) == (True, 0.9)
+  full = stages('resnet50')  # Shen's own recipe keeps its preprocessing, dropout, BatchNorm
+  assert {c.model.preprocess for c in full.values()} == {'shen'}
+  assert {(c.model.dropout, c.model.bn_momentum, c.model.zero_init_residual)
+          for c in full.values()} == {(0.5, 0.0, False)}
   smoke = stages('resnet50,smoke')  # the smoke runs Shen's three stages, tiny
   assert list(smoke) == ['head', 'top', 'all'] and smoke['all'].init_from == '@top'
 

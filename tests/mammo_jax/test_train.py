@@ -291,6 +291,25 @@ def test_l2_penalty_covers_every_kernel():
   assert float(train.l2_penalty(params, 0.1)) == pytest.approx(0.1 * (18 + 16))
 
 
+def test_standardize_normalises_each_image_on_its_own():
+  rng = np.random.default_rng(0)
+  grey = rng.integers(10000, 20000, (3, 8, 8, 1)).astype(np.uint16)
+  grey[2] = 15000  # a flat patch stays zeros, not amplified noise
+  out = np.asarray(preprocessing.preprocess(jnp.asarray(grey), 'standardize'))
+  assert out.shape == (3, 8, 8, 3) and np.all(out[..., 0] == out[..., 2])
+  np.testing.assert_allclose(out.mean(axis=(1, 2, 3)), 0.0, atol=1e-4)
+  g = grey[:2].astype(np.float64) * 255 / 65535
+  std = g.std(axis=(1, 2, 3))
+  np.testing.assert_allclose(out[:2].std(axis=(1, 2, 3)), std / (std + 1.0), rtol=1e-5)
+  assert np.abs(out[2]).max() < 1e-4  # float32 rounding of mean - pixel
+  # A brighter copy of an image (every pixel + 5000) gives the same input.
+  brighter = np.asarray(preprocessing.preprocess(jnp.asarray(grey[:1] + 5000), 'standardize'))
+  np.testing.assert_allclose(brighter, out[:1], atol=1e-5)
+  # Augmentation works in the same 0..255 grey space as Shen's.
+  np.testing.assert_array_equal(preprocessing.scale(jnp.asarray(grey), 'standardize'),
+                                preprocessing.scale(jnp.asarray(grey), 'shen'))
+
+
 def test_preprocess_scales_uint16_to_unit_interval():
   x = jnp.array([0, 32768, 65535], jnp.uint16)
   np.testing.assert_allclose(preprocessing.preprocess(x, 'unit'), [0, 32768 / 65535, 1])
