@@ -10,17 +10,20 @@ previous stage's best checkpoint with a fresh Adam; config_lib/shen.py has the d
 
 Demo (synthetic data, no ImageNet weights): one stage, WORKDIR/all, training every layer of
 the randomly initialised backbone, BatchNorm in training mode, on 160 synthetic patients with
-easier lesions (difficulty 0.1), patches resized to 32x32, Adam 1e-3 with time-based decay 1e-2
-for 400 steps of 32, no augmentation (config_lib/shen.py says why). Measured with
-tests/mammo_jax/test_shen_patch.py's slow test (the same config, a cold data cache, nice 19,
-load average 2-4 on 2 CPU cores): test balanced accuracy 0.321 (patient-bootstrap 95 %
-interval 0.259-0.387), macro AUC 0.670 (0.621-0.720), accuracy 0.317 (chance: 0.2 balanced
-accuracy, 0.5 AUC; 1550 test patches of 40 patients); per-class AUC 0.61-0.66 for the
-calcifications and benign masses, 0.71 background, 0.73 malignant masses. 8.2 minutes of CPU
-time in all (the synthetic data and s10_224 build about 1.1 of them), 9 minutes wall.
-The earlier settings (a constant 1e-3, 300 steps) gave 0.278 (0.244-0.311) and 0.662; 48x48
-patches with them 0.280 and 0.619 at 2.5 times the CPU time. Above chance, short of the 0.75
-macro AUC aimed at. vgg16,demo has not been measured with these settings.
+easier lesions (difficulty 0.1), patches resized to 32x32 and standardised one by one
+(model.preprocess='standardize', not Shen's), no dropout, and for ResNet50 zero-initialised
+residual branches and BatchNorm momentum 0.9; Adam 1e-3 with time-based decay 1e-2 for 400
+steps of 32, no augmentation (config_lib/shen.py says why, with each change's effect).
+Measured with tests/mammo_jax/test_shen_patch.py's slow test (the same config, a cold data
+cache, nice 19, an otherwise idle machine with 2 CPU cores, 2026-11-26): test balanced accuracy
+0.351 (patient-bootstrap 95 % interval 0.307-0.400), macro AUC 0.765 (0.734-0.802), accuracy
+0.434 (chance: 0.2 balanced accuracy, 0.5 AUC; 1550 test patches of 40 patients); per-class
+AUC 0.71-0.72 for the calcifications and benign masses, 0.83 background, 0.84 malignant
+masses. 8.1 minutes of CPU time in all (the synthetic data and s10_224 build about 1.1 of
+them), 4.8 minutes wall. The first settings (Shen's preprocessing, dropout 0.5, Keras's
+BatchNorm) gave 0.321 (0.259-0.387) and 0.670. Its runs cannot be given to predict: a
+convolutional pass over a whole image cannot standardise each window on its own.
+vgg16,demo has not been measured with these settings.
 
 Data: cbis_ddsm/s10_224 (224x224 patches of images resized to 1152x896: 10 per abnormality
 at >= 0.9 overlap and 10 background patches per image; five labels, BACKGROUND first), task

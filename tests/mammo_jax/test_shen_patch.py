@@ -15,7 +15,7 @@ from tests.conftest import load_config
 
 VGG_BLOCK5 = 3 * (3 * 3 * 512 * 512 + 512)
 HEAD = 512 * 5 + 5  # GAP of 512 channels -> Dense(5)
-AUC_BAR = 0.62  # the demo's test macro AUC must pass it (measured 0.670, interval 0.621-0.720)
+AUC_BAR = 0.70  # the demo's test macro AUC must pass it (measured 0.765, interval 0.734-0.802)
 
 
 def stages(arg):
@@ -110,9 +110,9 @@ def test_resnet50_stages_unfreeze_res5c():
 def test_resnet50_demo_learns_five_classes_above_chance(tmp_path, data_cache):
   """The demo (one stage, every layer of a random-init ResNet50, 400 steps at 32x32) on the
   synthetic S10 patches of 160 patients, dataset build included; chance is 0.2 balanced
-  accuracy and 0.5 macro AUC. Measured: balanced accuracy 0.321 (bootstrap interval
-  0.259-0.387), macro AUC 0.670 (configs/shen_patch.py); the bars leave room for another
-  CPU's rounding: the interval must exclude chance and the AUC pass AUC_BAR."""
+  accuracy and 0.5 macro AUC. Measured: balanced accuracy 0.351 (bootstrap interval
+  0.307-0.400), macro AUC 0.765 (0.734-0.802; configs/shen_patch.py); the bars leave room for
+  another CPU's rounding: the interval's lower bound must pass 0.25 and the AUC AUC_BAR."""
   from mammo_jax import runners  # pylint: disable=g-import-not-at-top
   config = load_config('shen_patch', 'resnet50,demo')
   config.data.cache_dir = data_cache
@@ -122,7 +122,7 @@ def test_resnet50_demo_learns_five_classes_above_chance(tmp_path, data_cache):
         f"{test['balanced_accuracy']:.3f} (95 % interval {test['ci95']['balanced_accuracy']}), "
         f"macro AUC {test['auc']:.3f} ({test['ci95']['auc']}), per class {test['auc_per_class']}")
   assert set(test['auc_per_class']) == set(tasks.get_task('five_class').class_names)
-  assert test['ci95']['balanced_accuracy'][0] > 0.2  # the patient-bootstrap lower bound
+  assert test['ci95']['balanced_accuracy'][0] > 0.25  # the patient-bootstrap lower bound
   assert test['auc'] > AUC_BAR
 
 
