@@ -5,7 +5,8 @@ rewrites which run fast (benchmarks/conv_backward.py measures each one):
   * the filter gradient that autodiff emits, a convolution that contracts over the batch, runs
     at 10-20% of matmul speed: here it is an im2col of a few images at a time and one matmul
     per chunk, in a loop so that the patches stay in cache; the bias gradient is summed in the
-    same loop;
+    same loop. Where the forward pass is Winograd, so is the filter gradient (its transpose,
+    16 matmuls with a long contraction over tiles: winograd.kernel_grad3x3);
   * max-pool's gradient (select-and-scatter) is 3-8x slower than an elementwise mask: for
     non-overlapping windows, each window's first maximum is found by comparing the input with
     the pooled output;
@@ -59,12 +60,17 @@ def _resolve_padding(spatial, window, strides, padding) -> Pads:
   return tuple(_pair(p) for p in padding)
 
 
+def _winograd_fits(x_shape, kernel_shape, strides, pads: Pads) -> bool:
+  kh, kw, cin, cout = kernel_shape
+  return ((kh, kw) == (3, 3) and strides == (1, 1) and min(cin, cout) >= _WINOGRAD_MIN_CHANNELS
+          and winograd.tiles_per_image(x_shape[1] + sum(pads[0]) - 2,
+                                       x_shape[2] + sum(pads[1]) - 2) <= winograd.MAX_TILES)
+
+
 def _conv(x, kernel, strides, pads: Pads, bias=None):
   """lax convolution (NHWC, HWIO) [+ bias], routed to the fastest equal form XLA:CPU has."""
   kh, kw, cin, cout = kernel.shape
-  if ((kh, kw) == (3, 3) and strides == (1, 1) and min(cin, cout) >= _WINOGRAD_MIN_CHANNELS and
-      winograd.tiles_per_image(x.shape[1] + sum(pads[0]) - 2, x.shape[2] + sum(pads[1]) - 2)
-      <= winograd.MAX_TILES):
+  if _winograd_fits(x.shape, kernel.shape, strides, pads):
     return winograd.conv3x3(x, kernel, pads, bias)
   unpadded = all(p == 0 for pair in pads for p in pair)
   if unpadded and cin == 1 and strides == (1, 1):
@@ -138,8 +144,11 @@ def _conv_s1_bwd(pads, res, g):
   flipped = jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
   dx_pads = ((kh - 1 - pads[0][0], kh - 1 - pads[0][1]), (kw - 1 - pads[1][0], kw - 1 - pads[1][1]))
   dx = _conv(g, flipped, (1, 1), dx_pads).astype(x.dtype)
-  xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0))) if any(map(any, pads)) else x
-  dw, db = _filter_grads(xp, g, kh, kw)
+  if _winograd_fits(x.shape, kernel.shape, (1, 1), pads):
+    dw, db = winograd.kernel_grad3x3(x, g, pads)
+  else:
+    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0))) if any(map(any, pads)) else x
+    dw, db = _filter_grads(xp, g, kh, kw)
   return dx, dw.astype(kernel.dtype), None if bias is None else db.astype(bias.dtype)
 
 

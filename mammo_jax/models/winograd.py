@@ -12,7 +12,7 @@ The tiles are processed a few hundred at a time (whole images) in a loop: transf
 take 4x the input's memory and the matmul outputs 4x the output's, and at batch size they
 would fall out of cache (and, as fresh buffers, cost a page fault per 4 KiB) on every step.
 In float32 the result differs from a direct convolution by summation order only (about 1e-6
-relative).
+relative). `kernel_grad3x3` is the transposed computation for the kernel's gradient.
 """
 
 import jax.numpy as jnp
@@ -99,3 +99,64 @@ def conv3x3(x, kernel, pads: Pads, bias=None):
   if steps * images < n:
     y = lax.dynamic_update_slice_in_dim(y, images_out(x[steps * images:]), steps * images, 0)
   return y
+
+
+def _a_transform(y0, y1):
+  """A applied along one axis of a 2x2 output-gradient tile: 2 rows (or columns) -> 4."""
+  return y0, y0 + y1, y0 - y1, -y1
+
+
+def _gt_transform(m0, m1, m2, m3):
+  """G^T applied along one axis of a 4x4 product: 4 rows (or columns) -> the kernel's 3."""
+  return m0 + (m1 + m2) * 0.5, (m1 - m2) * 0.5, (m1 + m2) * 0.5 + m3
+
+
+def _gradient_transform(gp, th: int, tw: int) -> list:
+  """[n, 2*th, 2*tw, c] output gradient -> 16 x [n*th*tw, c]: A dY A^T of each 2x2 tile."""
+  n, c = gp.shape[0], gp.shape[-1]
+  rows = _a_transform(gp[:, 0::2], gp[:, 1::2])
+  return [v.reshape(n * th * tw, c)
+          for r in rows for v in _a_transform(r[:, :, 0::2], r[:, :, 1::2])]
+
+
+def kernel_grad3x3(x, g, pads: Pads):
+  """The kernel and bias gradients of conv3x3(x, kernel, pads) for output gradient g.
+
+  The transpose of the forward pass: dw = G^T (sum over tiles of V . (A dY A^T)) G, with V the
+  same transformed input tiles. The sum over tiles is 16 matmuls (Cin x tiles) @ (tiles x
+  Cout) per chunk of images, whose long contraction XLA:CPU runs near its matmul speed: 2.25x
+  fewer multiplications than the im2col matmul (9 Cin x pixels x Cout), on 4x the input's
+  memory instead of 9x.
+  """
+  n, h, w, c = x.shape
+  _, oh, ow, cout = g.shape
+  th, tw = -(-oh // 2), -(-ow // 2)
+  images = max(1, min(n, _TILES // (th * tw)))
+  padding = ((0, 0), (pads[0][0], 2 * th + 2 - h - pads[0][0]),
+             (pads[1][0], 2 * tw + 2 - w - pads[1][0]), (0, 0))
+  g_padding = ((0, 0), (0, 2 * th - oh), (0, 2 * tw - ow), (0, 0))  # zero: no gradient there
+  dtype = jnp.promote_types(x.dtype, g.dtype)
+
+  def chunk_products(xc, gc):  # -> 16 x [cin, cout], bias gradient [cout]
+    v = _input_transform(jnp.pad(xc, padding), th, tw)
+    u = _gradient_transform(jnp.pad(gc, g_padding), th, tw)
+    m = [lax.dot_general(vk, uk, (((0,), (0,)), ((), ())), preferred_element_type=dtype)
+         for vk, uk in zip(v, u)]
+    return m, gc.sum(axis=(0, 1, 2), dtype=dtype)
+
+  def body(i, acc):
+    xc = lax.dynamic_slice_in_dim(x, i * images, images)
+    gc = lax.dynamic_slice_in_dim(g, i * images, images)
+    m, db = chunk_products(xc, gc)
+    return [a + b for a, b in zip(acc[0], m)], acc[1] + db
+
+  steps = n // images
+  zeros = ([jnp.zeros((c, cout), dtype)] * 16, jnp.zeros((cout,), dtype))
+  m, db = lax.fori_loop(0, steps, body, zeros)
+  if steps * images < n:
+    rest, rest_db = chunk_products(x[steps * images:], g[steps * images:])
+    m, db = [a + b for a, b in zip(m, rest)], db + rest_db
+  # G^T m G: along the tile's columns within each row, then along its rows.
+  by_row = [_gt_transform(*m[4 * a:4 * a + 4]) for a in range(4)]  # [row a][kernel column]
+  rows = [_gt_transform(*(by_row[a][l] for a in range(4))) for l in range(3)]  # [col l][row k]
+  return jnp.stack([jnp.stack([rows[l][k] for l in range(3)]) for k in range(3)]), db

@@ -135,6 +135,23 @@ def test_winograd_image_chunks_and_remainders(monkeypatch, tiles):
     _close(jax.jit(winograd.conv3x3, static_argnums=2)(x, w, pads, b), expected)
 
 
+@pytest.mark.parametrize('tiles', [1, 40, 10_000])
+def test_winograd_kernel_gradient_chunks_remainders_and_paddings(monkeypatch, tiles):
+  """The transposed forward pass (G^T sum(V . A dY A^T) G) against autodiff of XLA's
+  convolution: one image per loop step, 3 of 5 and a remainder of 2, all at once; odd output
+  sizes (partial tiles) and asymmetric padding."""
+  x, w = _normal(1, (5, 7, 9, 4)), _normal(2, (3, 3, 4, 3))
+  monkeypatch.setattr(winograd, '_TILES', tiles)
+  for pads in (((0, 0), (0, 0)), ((1, 1), (1, 1)), ((2, 2), (2, 2)), ((0, 2), (1, 0))):
+    conv = lambda w, b: jax.lax.conv_general_dilated(
+        x, w, (1, 1), pads, dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + b
+    g = _normal(3, jax.eval_shape(conv, w, jnp.zeros(3)).shape)
+    want_dw, want_db = jax.grad(lambda w, b: jnp.sum(conv(w, b) * g), (0, 1))(w, jnp.zeros(3))
+    dw, db = jax.jit(winograd.kernel_grad3x3, static_argnums=2)(x, g, pads)
+    _close(dw, want_dw)
+    _close(db, want_db)
+
+
 def test_unused_input_gradient_is_not_computed_under_jit():
   x = jnp.ones((2, 12, 12, 3))
   w = jnp.ones((3, 3, 3, 4))
