@@ -298,7 +298,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   workdir_lib.write_config(config, workdir)
   builder = input_pipeline.prepare_builder(config.data)
   print(input_pipeline.describe(builder), flush=True)
-  data = input_pipeline.load_split(builder, 'train')
+  # The train split of data.protocol (and fold), resized to data.image_size, as training has it.
+  data = input_pipeline.load_splits(builder, config.data)[0]['train']
+  data.pop('id')  # bytes, not for devices
 
   summaries, records = {}, {}
   for name in names:
@@ -314,6 +316,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'factor': cfg.factor, 'max_epochs': cfg.max_epochs, 'stop_below': cfg.stop_below,
       'stop_above': cfg.stop_above, 'model': config.model.name, 'dropout': cfg.dropout,
       'task': task.name, 'seed': config.seed, 'batch_size': config.batch_size,
+      'protocol': config.data.protocol, 'fold': config.data.fold,
+      'image_shape': list(data['image'].shape[1:]),
       'train_examples': input_pipeline.num_examples(data),
       'synthetic_data': not config.data.manual_dir, 'optimizers': summaries,
   }

@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mammo_jax import augment, lr_range, optimizers
+from mammo_jax import augment, input_pipeline, lr_range, optimizers
 from tests.conftest import load_config
 
 
@@ -190,6 +190,29 @@ def test_smoke_run_writes_the_sweep_plots_and_suggestion(tmp_path, data_cache, c
   assert summary['suggested_lr'] == pytest.approx(summary['lr_at_min_smoothed_loss'] / 3.0)
   assert summary['study']['chosen_lr'] == 1e-4
   assert 'rmsprop    1e-05' in capsys.readouterr().out  # the summary table
+
+
+def test_sweep_reads_the_train_split_of_the_protocol_at_the_image_size(tmp_path, data_cache):
+  """What training would read: the train split of data.protocol and data.fold, resized to
+  data.image_size (the official split at the built size was read before, whatever the config)."""
+  config = smoke_config('rmsprop,smoke', data_cache)
+  config.lr_range.max_epochs = 1
+  config.data.protocol, config.data.image_size = 'kfold3', 32
+  builder = input_pipeline.prepare_builder(config.data)
+  official = len(input_pipeline.load_split(builder, 'train')['label'])
+  sizes = {}
+  for fold in range(3):  # a fold whose train split differs in size from the official one
+    config.data.fold = fold
+    sizes[fold] = len(input_pipeline.load_splits(builder, config.data)[0]['train']['label'])
+  config.data.fold = next(f for f, n in sizes.items() if n != official)
+  result = lr_range.run(config, str(tmp_path / 'lr'))
+  examples = sizes[config.data.fold]
+  assert result['train_examples'] == examples
+  assert (result['protocol'], result['fold'], result['image_shape']) == (
+      'kfold3', config.data.fold, [32, 32, 1])
+  summary = result['optimizers']['rmsprop']
+  assert summary['steps_per_epoch'] == input_pipeline.steps_per_epoch(examples, config.batch_size)
+  assert summary['total_params'] != 1_868_385  # Exp 4's dense layer sees 32x32 inputs
 
 
 @pytest.mark.slow
