@@ -168,11 +168,7 @@ def recount(path: str) -> None:
     key = row['model'], row['image_size'], row['batch_size']
     if key not in counted:
       name, side, batch_size = key
-      _, task, _, _, _ = jax_setup(name, side, batch_size, augment=False, conv_impl='xla')
-      images, labels = random_patches(batch_size, side, len(task.class_names))
-      batch, _ = device_batches(jax.device_put(images), jax.device_put(labels),
-                                batch_size)(jax.numpy.int32(0))
-      counted[key] = model_flops(name, side, batch_size, batch, jax.random.key(1))
+      counted[key] = model_flops(name, side, batch_size)
       print(f'{name} at {side}, batch {batch_size}: {counted[key] / 1e9:.1f} GFLOP per step',
             flush=True)
     tflops = counted[key] / row['seconds_per_step'] / 1e12
@@ -183,15 +179,18 @@ def recount(path: str) -> None:
   print(f'rewrote {path}')
 
 
-def model_flops(name: str, side: int, batch_size: int, batch, rng) -> float:
+def model_flops(name: str, side: int, batch_size: int) -> float:
   """The step's operation count per global batch, from XLA's cost analysis of the step's HLO
   before compilation, with nn.Conv layers. Not the compiled program's: on a GPU its
   convolutions are cuDNN calls that the analysis counts as 0, and on a CPU the cpu_fast layers'
   Winograd products count fewer multiplications than the model has. 0 where the backend gives
   no such analysis (JAX's GPU backend): --recount fills it in on a CPU afterwards."""
   import jax  # pylint: disable=g-import-not-at-top
-  _, _, _, state, step = jax_setup(name, side, batch_size, augment=False, conv_impl='xla')
-  cost = step.lower(state, batch, rng).cost_analysis()
+  _, task, _, state, step = jax_setup(name, side, batch_size, augment=False, conv_impl='xla')
+  images, labels = random_patches(batch_size, side, len(task.class_names))
+  batch, _ = device_batches(jax.device_put(images), jax.device_put(labels),
+                            batch_size)(jax.numpy.int32(0))
+  cost = step.lower(state, batch, jax.random.key(1)).cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float((cost or {}).get('flops', 0.0)) * jax.local_device_count()
 
@@ -204,7 +203,7 @@ def time_jax(name: str, side: int, args, augment: bool) -> dict:
   sample = device_batches(images, labels, args.batch_size)
   rng = jax.random.key(1)
   batch, counter = sample(jax.numpy.int32(0))
-  flops = model_flops(name, side, args.batch_size, batch, rng)
+  flops = model_flops(name, side, args.batch_size)
   loop = {'state': state, 'counter': counter}
 
   def run_steps(k):

@@ -132,11 +132,7 @@ def test_model_flops_count_the_models_convolutions_not_winograds_or_frozen_gradi
   # pass plus a little. A Winograd count (cpu_fast's formulation) would be ~2.25x lower in
   # the convolutions, a count with the frozen layers' gradients ~3x higher.
   batch_size, side = jax.local_device_count(), 224
-  _, task, _, _, _ = gpu_step.jax_setup('vgg16_ft224', side, batch_size, augment=False)
-  images, labels = gpu_step.random_patches(batch_size, side, len(task.class_names))
-  batch, _ = gpu_step.device_batches(jax.device_put(images), jax.device_put(labels),
-                                     batch_size)(jnp.int32(0))
-  flops = gpu_step.model_flops('vgg16_ft224', side, batch_size, batch, jax.random.key(1))
+  flops = gpu_step.model_flops('vgg16_ft224', side, batch_size)
   forward = _vgg16_conv_flops(side) * batch_size
   assert forward < flops < 1.1 * forward
 

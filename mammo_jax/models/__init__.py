@@ -40,10 +40,9 @@ from mammo_jax.models.pairs import DualCNN, SiameseCNN
 from mammo_jax.models.resnet import ResNet50, ResNet50Classifier
 from mammo_jax.models.scratch import ScratchCNN
 from mammo_jax.models.vgg16 import VGG16, VGG16Classifier
+from mammo_jax import preprocessing
 from mammo_jax.models import whole
 from mammo_jax.models.whole import WholeImageClassifier
-
-ALL_PREPROCESS = ('unit', 'caffe', 'torch', 'tf', 'shen', 'standardize')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +51,7 @@ class ModelEntry:
   from_config: Callable[[object], dict] = lambda model_config: {}
   head_follows_task: bool = False
   inputs: str = 'image'
-  preprocess: tuple[str, ...] = ALL_PREPROCESS
+  preprocess: tuple[str, ...] = preprocessing.PREPROCESS_MODES
   family: str | None = None
 
 
