@@ -19,11 +19,12 @@ import jax.numpy as jnp
 from jax import lax
 
 # Tiles per loop iteration (whole images, at least one): measured on the study's M2 and VGG16
-# 3x3 layers (BENCHMARKS.md). Images of more than MAX_TILES tiles (VGG16's first block at
-# 150x150) lost to XLA's convolution when split into bands of tile rows, as the whole batch
-# then has to be padded first; layers.py keeps XLA's convolution for them.
+# 3x3 layers (BENCHMARKS.md). An image of more tiles is one loop step on its own; that still
+# beat XLA's convolution up to 224x224 (12544 tiles: 16 MiB per 64 channels transformed, half
+# the L3 cache), while splitting images into bands of tile rows lost (each band's padding
+# is a copy XLA does not fuse). Larger images (whole mammograms) keep XLA's convolution.
 _TILES = 512
-MAX_TILES = 2048
+MAX_TILES = 16384
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
@@ -71,8 +72,14 @@ def tiles_per_image(out_h: int, out_w: int) -> int:
   return -(-out_h // 2) * -(-out_w // 2)
 
 
-def conv3x3(x, kernel, pads: Pads, bias=None):
-  """Stride-1 cross-correlation of NHWC x with an HWIO 3x3 kernel, zero padding `pads`."""
+def conv3x3(x, kernel, pads: Pads, bias=None, swap_io: bool = False):
+  """Stride-1 cross-correlation of NHWC x with an HWIO 3x3 kernel, zero padding `pads`.
+
+  swap_io: the kernel is HWOI (input and output channels swapped), as in an input gradient.
+  Each transformed [cout, cin] matrix is transposed after the transform: transforming the
+  swapped kernel directly reads it with a stride of Cout floats, which at 512 channels cost
+  4x the layer's matmuls in cache misses.
+  """
   n, h, w, c = x.shape
   oh, ow = h + sum(pads[0]) - 2, w + sum(pads[1]) - 2
   th, tw = -(-oh // 2), -(-ow // 2)
@@ -82,6 +89,8 @@ def conv3x3(x, kernel, pads: Pads, bias=None):
   padding = ((0, 0), (pads[0][0], 2 * th + 2 - h - pads[0][0]),
              (pads[1][0], 2 * tw + 2 - w - pads[1][0]), (0, 0))
   u = _kernel_transform(kernel.astype(x.dtype))
+  if swap_io:
+    u = [t.T for t in u]
   dtype = jnp.promote_types(x.dtype, kernel.dtype)
 
   def images_out(xc):  # -> [images, oh, ow, cout]
@@ -94,7 +103,7 @@ def conv3x3(x, kernel, pads: Pads, bias=None):
     return lax.dynamic_update_slice_in_dim(y, images_out(xc), i * images, 0)
 
   steps = n // images
-  y = jnp.zeros((n, oh, ow, kernel.shape[-1]), dtype)
+  y = jnp.zeros((n, oh, ow, u[0].shape[-1]), dtype)
   y = lax.fori_loop(0, steps, body, y)
   if steps * images < n:
     y = lax.dynamic_update_slice_in_dim(y, images_out(x[steps * images:]), steps * images, 0)

@@ -35,10 +35,12 @@ def _close(actual, expected, rtol=2e-5):
                              atol=rtol * max(1.0, float(np.abs(expected).max())))
 
 
-# Every path of layers.conv2d: one input channel (broadcast products), a few (plain), 8 or
-# more (padded fast path), SAME padding, strides (autodiff fallback), no bias.
+# Every path of layers.conv2d: 1 to 3 input channels (broadcast products, unpadded and
+# padded), a few (plain), 8 or more (padded fast path), SAME padding, strides (autodiff
+# fallback), no bias.
 @pytest.mark.parametrize('kernel,cin,cout,strides,padding,use_bias', [
-    ((3, 3), 1, 8, 1, 'VALID', True), ((3, 3), 5, 3, 1, 'SAME', True),
+    ((3, 3), 1, 8, 1, 'VALID', True), ((3, 3), 3, 4, 1, 'SAME', True),
+    ((2, 3), 2, 3, 1, 'VALID', False), ((3, 3), 5, 3, 1, 'SAME', True),
     ((5, 5), 4, 6, 1, 'VALID', True), ((3, 3), 8, 4, 1, 'VALID', True),
     ((2, 3), 16, 2, 1, 'SAME', True), ((3, 3), 12, 5, 1, 'VALID', False),
     ((3, 3), 5, 3, 2, 'VALID', True), ((5, 5), 8, 6, 2, 'SAME', True)])
@@ -113,10 +115,11 @@ def test_conv_matches_autodiff_on_every_registry_3x3_shape(padding):
 
 
 @pytest.mark.parametrize('side,cin,cout,convolutions', [
-    (12, 16, 32, 0), (12, 8, 32, 2), (12, 32, 8, 2), (90, 16, 16, 0), (92, 16, 16, 2)])
+    (12, 16, 32, 0), (12, 8, 32, 2), (12, 32, 8, 2), (256, 16, 16, 0), (258, 16, 16, 2)])
 def test_winograd_replaces_xla_convolutions_with_enough_channels(side, cin, cout, convolutions):
   """Forward and input gradient are matmuls from 16 input and output channels on, on images
-  of up to winograd.MAX_TILES (2048) 2x2 output tiles (90x90: 2025; 92x92: 2116)."""
+  of up to winograd.MAX_TILES (16384) 2x2 output tiles (256x256: 16384; 258x258: 16641)."""
+  assert winograd.MAX_TILES == 16384
   x, w = jnp.ones((1, side, side, cin)), jnp.ones((3, 3, cin, cout))
   loss = lambda x, w: jnp.sum(layers.conv2d(x, w, padding='SAME') ** 2)
   hlo = jax.jit(jax.grad(loss, (0, 1))).lower(x, w).compile().as_text()
@@ -133,6 +136,9 @@ def test_winograd_image_chunks_and_remainders(monkeypatch, tiles):
     expected = jax.lax.conv_general_dilated(
         x, w, (1, 1), pads, dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + b
     _close(jax.jit(winograd.conv3x3, static_argnums=2)(x, w, pads, b), expected)
+    # An HWOI kernel (an input gradient's), transposed after the transform.
+    swapped = jax.jit(winograd.conv3x3, static_argnums=(2, 4))(x, w.swapaxes(2, 3), pads, b, True)
+    _close(swapped, expected)
 
 
 @pytest.mark.parametrize('tiles', [1, 40, 10_000])
@@ -153,8 +159,8 @@ def test_winograd_kernel_gradient_chunks_remainders_and_paddings(monkeypatch, ti
 
 
 def test_unused_input_gradient_is_not_computed_under_jit():
-  x = jnp.ones((2, 12, 12, 3))
-  w = jnp.ones((3, 3, 3, 4))
+  x = jnp.ones((2, 12, 12, 5))  # 5 channels: XLA's convolution forward and backward
+  w = jnp.ones((3, 3, 5, 4))
   loss = lambda x, w: jnp.sum(layers.conv2d(x, w) ** 2)
 
   def convolutions(argnums):
