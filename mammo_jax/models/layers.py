@@ -52,6 +52,9 @@ _WINOGRAD_MIN_CHANNELS = 16
 # grey or RGB model) are sums of broadcast products: 1.6x faster than XLA's for VGG16's
 # block1_conv1 at 150x150.
 _BROADCAST_MAX_CHANNELS = 3
+# Output elements per chunk of a convolution with a fused max-pool that is not Winograd (one
+# image of M2's first layer, 148x148x64: pooling in the loop made it 2.2x faster).
+_POOL_CHUNK_ELEMENTS = 1 << 20
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
@@ -84,10 +87,14 @@ def _conv(x, kernel, strides, pads: Pads, bias=None):
   if cin <= _BROADCAST_MAX_CHANNELS and strides == (1, 1):
     # Grey or RGB input: a sum of kh*kw*cin broadcast products, one fused elementwise loop
     # (XLA's convolution with so short a contraction runs at ~25 GFLOP/s).
+    # Summed in float32 at least, as a convolution accumulates (27 bfloat16 roundings lost
+    # half precision's training test).
+    acc = jnp.promote_types(x.dtype, jnp.float32)
     xp = x if unpadded else jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
     out_h, out_w = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
-    y = sum(xp[:, i:i + out_h, j:j + out_w, c:c + 1] * kernel[i, j, c]
+    y = sum(xp[:, i:i + out_h, j:j + out_w, c:c + 1].astype(acc) * kernel[i, j, c].astype(acc)
             for i in range(kh) for j in range(kw) for c in range(cin))
+    y = y.astype(jnp.promote_types(x.dtype, kernel.dtype))
   elif unpadded and cin >= 8:
     # Unpadded convolutions run on a ~2x slower path than padded ones (measured for 8 to 256
     # input channels; slower with fewer): pad one output row's worth and slice it off.
@@ -169,13 +176,61 @@ def _conv_s1_bwd(pads, res, g):
 _conv_s1.defvjp(_conv_s1_fwd, _conv_s1_bwd)
 
 
-def conv2d(x, kernel, bias=None, strides=(1, 1), padding='VALID'):
-  """conv_general_dilated(x, kernel, strides, padding) [+ bias], NHWC x and HWIO kernel."""
+def _conv_pooled(x, kernel, pads: Pads, bias, argmax: bool):
+  """2x2/2 max-pool of the stride-1 _conv, chunk by chunk [and each window's first_max]."""
+  if _winograd_fits(x.shape, kernel.shape, (1, 1), pads):
+    return winograd.conv3x3(x, kernel, pads, bias, pool=True, argmax=argmax)
+  n, h, w, _ = x.shape
+  oh, ow = h + sum(pads[0]) - kernel.shape[0] + 1, w + sum(pads[1]) - kernel.shape[1] + 1
+  ph, pw = oh // 2, ow // 2
+
+  def chunk(xc):
+    y = _conv(xc, kernel, (1, 1), pads, bias)
+    windows = [y[:, i:2 * ph:2, j:2 * pw:2] for i in range(2) for j in range(2)]
+    pooled = functools.reduce(jnp.maximum, windows)
+    return (pooled, winograd.first_max(windows, pooled)) if argmax else (pooled,)
+
+  images = max(1, min(n, _POOL_CHUNK_ELEMENTS // (oh * ow * kernel.shape[-1])))
+  outs = winograd.map_image_chunks(chunk, x, images)
+  return outs if argmax else outs[0]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _conv_pool_s1(x, kernel, bias, pads: Pads):
+  # Called without differentiation (a frozen layer), JAX runs this: no argmax is stored.
+  return _conv_pooled(x, kernel, pads, bias, argmax=False)
+
+
+def _conv_pool_s1_fwd(x, kernel, bias, pads):
+  pooled, first = _conv_pooled(x, kernel, pads, bias, argmax=True)
+  return pooled, (x, kernel, bias, first)
+
+
+def _conv_pool_s1_bwd(pads, res, g):
+  x, kernel, bias, first = res
+  oh = x.shape[1] + sum(pads[0]) - kernel.shape[0] + 1
+  ow = x.shape[2] + sum(pads[1]) - kernel.shape[1] + 1
+  return _conv_s1_bwd(pads, (x, kernel, bias), _unpool(g, first, 2, 2, (oh, ow)))
+
+
+_conv_pool_s1.defvjp(_conv_pool_s1_fwd, _conv_pool_s1_bwd)
+
+
+def conv2d(x, kernel, bias=None, strides=(1, 1), padding='VALID', pool_2x2: bool = False):
+  """conv_general_dilated(x, kernel, strides, padding) [+ bias], NHWC x and HWIO kernel.
+
+  pool_2x2: return max_pool(., (2, 2)) of that instead. For stride 1 the pool is fused into
+  the convolution: computed chunk by chunk, so the full-resolution output is never stored
+  (nor, without gradients, the pool's argmax).
+  """
   strides = _pair(strides)
   pads = _resolve_padding(x.shape[1:3], kernel.shape[:2], strides, padding)
   in_range = all(0 <= p < k for pair, k in zip(pads, kernel.shape[:2]) for p in pair)
   if strides != (1, 1) or not in_range:
-    return _conv(x, kernel, strides, pads, bias)  # autodiff: rare here, and correct
+    y = _conv(x, kernel, strides, pads, bias)  # autodiff: rare here, and correct
+    return max_pool(y, (2, 2)) if pool_2x2 else y
+  if pool_2x2:
+    return _conv_pool_s1(x, kernel, bias, pads)
   return _conv_s1(x, kernel, bias, pads)
 
 
@@ -195,6 +250,7 @@ class Conv(nn.Module):
   param_dtype: jnp.dtype = jnp.float32
   kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
   bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
+  pool_2x2: bool = False  # a fused 2x2/2 max-pool of the output (conv2d)
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -204,7 +260,7 @@ class Conv(nn.Module):
     bias = (self.param('bias', self.bias_init, (self.features,), self.param_dtype)
             if self.use_bias else None)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    return conv2d(x, kernel, bias, self.strides, self.padding)
+    return conv2d(x, kernel, bias, self.strides, self.padding, self.pool_2x2)
 
 
 def _pool_fwd(x, kh: int, kw: int):
@@ -223,6 +279,20 @@ def _pool_vjp_fwd(x, kh, kw):
   return y, (x, y)
 
 
+def _unpool(g, first, kh: int, kw: int, shape: tuple[int, int]):
+  """A max-pool's input gradient: each window's g at its `first` element, zero elsewhere;
+  [n, shape[0], shape[1], c] (rows and columns no window covers get zeros)."""
+  n, oh, ow, c = g.shape
+  window = (1, 1, kh, 1, kw, 1)
+  position = (lax.broadcasted_iota(first.dtype, window, 2) * kw +
+              lax.broadcasted_iota(first.dtype, window, 4))
+  dx = jnp.where(first[:, :, None, :, None] == position, g[:, :, None, :, None],
+                 jnp.zeros((), g.dtype)).reshape(n, oh * kh, ow * kw, c)
+  if (oh * kh, ow * kw) != shape:
+    dx = jnp.pad(dx, ((0, 0), (0, shape[0] - oh * kh), (0, shape[1] - ow * kw), (0, 0)))
+  return dx
+
+
 def _pool_vjp_bwd(kh, kw, res, g):
   x, y = res
   n, h, w, c = x.shape
@@ -230,17 +300,8 @@ def _pool_vjp_bwd(kh, kw, res, g):
   xr = x[:, :oh * kh, :ow * kw].reshape(n, oh, kh, ow, kw, c)
   # Index of each window's first maximum in row-major order: XLA's select-and-scatter (what
   # autodiff of nn.max_pool emits) gives the gradient to that element.
-  first = jnp.full(y.shape, kh * kw - 1, jnp.int32)
-  for p in reversed(range(kh * kw - 1)):
-    first = jnp.where(xr[:, :, p // kw, :, p % kw] == y, p, first)
-  window = (1, 1, kh, 1, kw, 1)
-  position = (lax.broadcasted_iota(jnp.int32, window, 2) * kw +
-              lax.broadcasted_iota(jnp.int32, window, 4))
-  dx = jnp.where(first[:, :, None, :, None] == position, g[:, :, None, :, None],
-                 jnp.zeros((), g.dtype)).reshape(n, oh * kh, ow * kw, c)
-  if (oh * kh, ow * kw) != (h, w):
-    dx = jnp.pad(dx, ((0, 0), (0, h - oh * kh), (0, w - ow * kw), (0, 0)))
-  return (dx,)
+  first = winograd.first_max([xr[:, :, p // kw, :, p % kw] for p in range(kh * kw)], y)
+  return (_unpool(g, first, kh, kw, (h, w)),)
 
 
 _pool.defvjp(_pool_vjp_fwd, _pool_vjp_bwd)
@@ -274,6 +335,20 @@ def conv_relu_pool(conv_impl: str):
     # included, as relu'(0) = 0); pooling first leaves ReLU a quarter of the elements.
     return Conv, lambda x: nn.relu(max_pool(x, (2, 2), strides=(2, 2)))
   raise ValueError(f"conv_impl must be 'xla' or 'cpu_fast', not {conv_impl!r}")
+
+
+def conv_relu_pool_block(conv_impl: str, x: jnp.ndarray, **conv_kwargs) -> jnp.ndarray:
+  """max_pool(relu(conv(x)), 2x2/2), called from a compact method: the convolution is the
+  caller's child (conv_kwargs['name']) with the same parameters for either conv_impl.
+
+  'cpu_fast' fuses the pool into the convolution (conv2d's pool_2x2) and applies ReLU to the
+  pooled output (they commute, gradients included): the full-resolution output, the largest
+  activation of a scratch CNN or a VGG16 block, is never stored.
+  """
+  if conv_impl == 'cpu_fast':
+    return nn.relu(Conv(pool_2x2=True, **conv_kwargs)(x))
+  conv, relu_pool = conv_relu_pool(conv_impl)
+  return relu_pool(conv(**conv_kwargs)(x))
 
 
 def transfer_head(x: jnp.ndarray, num_outputs: int, fc: int, dropout: float,

@@ -32,11 +32,11 @@ class ConvEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    conv, relu_pool = layers.conv_relu_pool(self.conv_impl)
     x = x.astype(self.dtype)
     for i, width in enumerate(self.filters):
-      x = relu_pool(conv(width, (3, 3), padding='VALID', kernel_init=_glorot, dtype=self.dtype,
-                         name=f'conv{i}')(x))
+      x = layers.conv_relu_pool_block(self.conv_impl, x, features=width, kernel_size=(3, 3),
+                                      padding='VALID', kernel_init=_glorot, dtype=self.dtype,
+                                      name=f'conv{i}')
     return x
 
 

@@ -44,12 +44,15 @@ class ScratchCNN(nn.Module):
     x = x.astype(self.dtype)
     for i, width in enumerate(self.filters):
       k, s = (self.first_kernel, self.first_stride) if i == 0 else (3, 1)
-      x = conv(width, (k, k), strides=(s, s), padding='VALID', kernel_init=_glorot,
-               dtype=self.dtype, name=f'conv{i}')(x)
-      if self.batch_norm:
-        x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                         epsilon=self.bn_epsilon, axis_name=self.bn_axis_name,
-                         dtype=self.dtype, name=f'bn{i}')(x)
+      conv_kwargs = dict(features=width, kernel_size=(k, k), strides=(s, s), padding='VALID',
+                         kernel_init=_glorot, dtype=self.dtype, name=f'conv{i}')
+      if not self.batch_norm:
+        x = layers.conv_relu_pool_block(self.conv_impl, x, **conv_kwargs)
+        continue
+      x = conv(**conv_kwargs)(x)
+      x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                       epsilon=self.bn_epsilon, axis_name=self.bn_axis_name,
+                       dtype=self.dtype, name=f'bn{i}')(x)
       x = relu_pool(x)
     x = x.astype(jnp.float32).reshape((x.shape[0], -1))  # NHWC flatten = Keras's H*W*C order
     x = nn.relu(nn.Dense(self.dense, kernel_init=_glorot, name='fc')(x))

@@ -83,16 +83,16 @@ class VGG16(nn.Module):
       raise ValueError(f"conv_impl must be 'xla' or 'cpu_fast', not {self.conv_impl!r}")
     if x.ndim != 4 or min(x.shape[1:3]) < 32:
       raise ValueError(f'VGG16 takes NHWC inputs of at least 32x32, got shape {x.shape}')
-    fast = self.conv_impl == 'cpu_fast'
-    conv = layers.Conv if fast else nn.Conv
-    pool = layers.max_pool if fast else nn.max_pool
+    conv = layers.Conv if self.conv_impl == 'cpu_fast' else nn.Conv
     x = x.astype(self.dtype)
     for b, (filters, n) in enumerate(BLOCKS, 1):
       for i in range(1, n + 1):
-        x = conv(filters, (3, 3), padding='SAME', kernel_init=_glorot, dtype=self.dtype,
-                 name=f'block{b}_conv{i}')(x)
-        x = nn.relu(x)
-      x = pool(x, (2, 2), strides=(2, 2))
+        conv_kwargs = dict(features=filters, kernel_size=(3, 3), padding='SAME',
+                           kernel_init=_glorot, dtype=self.dtype, name=f'block{b}_conv{i}')
+        if i < n:
+          x = nn.relu(conv(**conv_kwargs)(x))
+        else:  # the block's 2x2/2 max-pool (fused into the convolution for cpu_fast)
+          x = layers.conv_relu_pool_block(self.conv_impl, x, **conv_kwargs)
     if not self.include_top:
       return x
     if self.top_pool is not None:

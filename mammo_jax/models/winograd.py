@@ -15,6 +15,9 @@ In float32 the result differs from a direct convolution by summation order only 
 relative). `kernel_grad3x3` is the transposed computation for the kernel's gradient.
 """
 
+import functools
+
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -57,28 +60,68 @@ def _input_transform(xp, th: int, tw: int) -> list:
           for r in rows for v in _b_transform(*(r[:, :, k:k + 2 * tw:2] for k in range(4)))]
 
 
-def _output_transform(m: list, n: int, th: int, tw: int, bias):
-  """16 x [n*th*tw, cout] products -> [n, 2*th, 2*tw, cout] outputs (A^T m A) [+ bias]."""
+def _output_quads(m: list, n: int, th: int, tw: int, bias) -> list:
+  """16 x [n*th*tw, cout] products -> the 4 outputs of each tile (A^T m A) [+ bias], as
+  [y00, y01, y10, y11] ([n, th, tw, cout] each): a 2x2/2 max-pool window's row-major order."""
   cout = m[0].shape[-1]
   m = [t.reshape(n, th, tw, cout) for t in m]
   a_t = lambda t: (t[0] + t[1] + t[2], t[1] - t[2] - t[3])  # A^T along one axis
   columns = [a_t(m[k::4]) for k in range(4)]  # [tile column][output row]
-  rows = [jnp.stack(a_t([c[i] for c in columns]), axis=3) for i in range(2)]
-  y = jnp.stack(rows, axis=2).reshape(n, 2 * th, 2 * tw, cout)
-  return y if bias is None else y + bias
+  quads = [y for i in range(2) for y in a_t([c[i] for c in columns])]
+  return quads if bias is None else [y + bias for y in quads]
+
+
+def _interleave(quads: list):
+  """[y00, y01, y10, y11] of [n, th, tw, c] -> the [n, 2*th, 2*tw, c] image of the tiles."""
+  n, th, tw, c = quads[0].shape
+  rows = [jnp.stack(quads[2 * i:2 * i + 2], axis=3) for i in range(2)]
+  return jnp.stack(rows, axis=2).reshape(n, 2 * th, 2 * tw, c)
+
+
+def first_max(candidates: list, y):
+  """Index (int8 up to 127 candidates) of the first of `candidates` equal to their maximum y; the last where none
+  is (a NaN): where autodiff of a max-pool sends the gradient."""
+  dtype = jnp.int8 if len(candidates) <= 127 else jnp.int32
+  first = jnp.full(y.shape, len(candidates) - 1, dtype)
+  for p in reversed(range(len(candidates) - 1)):
+    first = jnp.where(candidates[p] == y, jnp.asarray(p, dtype), first)
+  return first
+
+
+def map_image_chunks(fn, x, images: int) -> tuple:
+  """fn (a tuple of arrays per chunk) over x, `images` at a time along axis 0: a fori_loop
+  writing each chunk's outputs into whole-batch buffers, then any remainder."""
+  n = x.shape[0]
+  steps = n // images
+  shapes = jax.eval_shape(fn, x[:images])
+  outs = tuple(jnp.zeros((n,) + s.shape[1:], s.dtype) for s in shapes)
+
+  def write(outs, chunk, start):
+    return tuple(lax.dynamic_update_slice_in_dim(o, c, start, 0) for o, c in zip(outs, chunk))
+
+  outs = lax.fori_loop(
+      0, steps, lambda i, o: write(o, fn(lax.dynamic_slice_in_dim(x, i * images, images)),
+                                   i * images), outs)
+  if steps * images < n:
+    outs = write(outs, fn(x[steps * images:]), steps * images)
+  return outs
 
 
 def tiles_per_image(out_h: int, out_w: int) -> int:
   return -(-out_h // 2) * -(-out_w // 2)
 
 
-def conv3x3(x, kernel, pads: Pads, bias=None, swap_io: bool = False):
+def conv3x3(x, kernel, pads: Pads, bias=None, swap_io: bool = False, pool: bool = False,
+            argmax: bool = False):
   """Stride-1 cross-correlation of NHWC x with an HWIO 3x3 kernel, zero padding `pads`.
 
   swap_io: the kernel is HWOI (input and output channels swapped), as in an input gradient.
   Each transformed [cout, cin] matrix is transposed after the transform: transforming the
   swapped kernel directly reads it with a stride of Cout floats, which at 512 channels cost
   4x the layer's matmuls in cache misses.
+  pool: return the 2x2/2 'VALID' max-pool of the output instead, taken tile by tile (a tile
+  is a pool window), so the full-resolution output is never stored; with argmax, also each
+  window's first maximum (first_max), for the pool's gradient.
   """
   n, h, w, c = x.shape
   oh, ow = h + sum(pads[0]) - 2, w + sum(pads[1]) - 2
@@ -93,21 +136,18 @@ def conv3x3(x, kernel, pads: Pads, bias=None, swap_io: bool = False):
     u = [t.T for t in u]
   dtype = jnp.promote_types(x.dtype, kernel.dtype)
 
-  def images_out(xc):  # -> [images, oh, ow, cout]
+  def images_out(xc):  # -> ([images, oh, ow, cout],) or the pooled output [and argmax]
     # 16 plain matmuls: XLA:CPU runs a batched dot_general of these shapes 1.5-2.5x slower.
     m = [v @ u[k] for k, v in enumerate(_input_transform(jnp.pad(xc, padding), th, tw))]
-    return _output_transform(m, xc.shape[0], th, tw, bias)[:, :oh, :ow].astype(dtype)
+    quads = [y.astype(dtype) for y in _output_quads(m, xc.shape[0], th, tw, bias)]
+    if not pool:
+      return (_interleave(quads)[:, :oh, :ow],)
+    windows = [y[:, :oh // 2, :ow // 2] for y in quads]
+    pooled = functools.reduce(jnp.maximum, windows)
+    return (pooled, first_max(windows, pooled)) if argmax else (pooled,)
 
-  def body(i, y):
-    xc = lax.dynamic_slice_in_dim(x, i * images, images)
-    return lax.dynamic_update_slice_in_dim(y, images_out(xc), i * images, 0)
-
-  steps = n // images
-  y = jnp.zeros((n, oh, ow, u[0].shape[-1]), dtype)
-  y = lax.fori_loop(0, steps, body, y)
-  if steps * images < n:
-    y = lax.dynamic_update_slice_in_dim(y, images_out(x[steps * images:]), steps * images, 0)
-  return y
+  outs = map_image_chunks(images_out, x, images)
+  return outs if argmax else outs[0]
 
 
 def _a_transform(y0, y1):

@@ -229,3 +229,53 @@ def test_unknown_conv_impl_is_rejected():
   with pytest.raises(ValueError, match='conv_impl'):
     models.get_model('scratch4_m2', conv_impl='cudnn').init(jax.random.key(0),
                                                             jnp.zeros((1, 46, 46, 1)))
+
+
+# conv2d(pool_2x2=True) against max_pool(conv): the broadcast (1 channel), plain XLA and
+# Winograd (16 channels) paths, odd sizes (a last row or column no window covers), SAME and
+# VALID, no bias; inputs of small integers make many exact ties in the pool windows, so the
+# gradient's routing (each window's first maximum) is checked against select-and-scatter.
+@pytest.mark.parametrize('cin,cout,side,padding,use_bias', [
+    (1, 4, (12, 11), 'VALID', True), (5, 3, (11, 9), 'SAME', False),
+    (16, 16, (14, 14), 'VALID', True), (16, 16, (11, 9), 'SAME', True),
+    (16, 24, (13, 10), 'VALID', False)])
+@pytest.mark.parametrize('chunk', ['one image', 'all'])
+def test_conv_with_fused_pool_matches_max_pool_of_conv(monkeypatch, cin, cout, side, padding,
+                                                       use_bias, chunk):
+  if chunk == 'one image':
+    monkeypatch.setattr(layers, '_POOL_CHUNK_ELEMENTS', 1)
+    monkeypatch.setattr(winograd, '_TILES', 1)
+  rng = np.random.default_rng(cin + cout)
+  x = rng.integers(-2, 3, (3, *side, cin)).astype(np.float32)
+  w = rng.integers(-1, 2, (3, 3, cin, cout)).astype(np.float32)
+  b = rng.integers(-1, 2, (cout,)).astype(np.float32) if use_bias else None
+  reference = lambda x, w, b: nn.max_pool(jax.lax.conv_general_dilated(
+      x, w, (1, 1), padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + (
+          0 if b is None else b), (2, 2), (2, 2))
+  fused = lambda x, w, b: layers.conv2d(x, w, b, padding=padding, pool_2x2=True)
+  g = _normal(1, jax.eval_shape(reference, x, w, b).shape)
+  argnums = (0, 1, 2) if use_bias else (0, 1)
+
+  @jax.jit
+  def outputs_and_grads(x, w, b):
+    return [(f(x, w, b), jax.grad(lambda *a: jnp.sum(f(*a) * g), argnums)(x, w, b))
+            for f in (fused, reference)]
+
+  fast, ref = outputs_and_grads(x, w, b)
+  jax.tree.map(_close, fast, ref)  # output, d/dx, d/dkernel[, d/dbias]
+  # Without gradients (a frozen layer) no argmax is computed: no int8 array in the program.
+  int8 = 'xi8>'  # StableHLO's spelling of an int8 tensor type
+  assert int8 not in jax.jit(fused).lower(x, w, b).as_text()
+  assert int8 in jax.jit(jax.grad(lambda *a: jnp.sum(fused(*a) * g), 1)).lower(x, w, b).as_text()
+
+
+def test_pool_windows_actually_tie_in_the_fused_pool_test():
+  """The integer inputs above make ties, so first-maximum routing is really exercised."""
+  rng = np.random.default_rng(32)
+  x = rng.integers(-2, 3, (3, 14, 14, 16)).astype(np.float32)
+  w = rng.integers(-1, 2, (3, 3, 16, 16)).astype(np.float32)
+  y = np.asarray(jax.lax.conv_general_dilated(x, w, (1, 1), 'VALID',
+                                              dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
+  windows = y.reshape(3, 6, 2, 6, 2, 16).transpose(0, 1, 3, 5, 2, 4).reshape(-1, 4)
+  ties = np.sum(windows == windows.max(axis=1, keepdims=True), axis=1) > 1
+  assert ties.mean() > 0.01
