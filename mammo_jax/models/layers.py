@@ -125,7 +125,7 @@ def _filter_grads(xp, g, kh: int, kw: int):
 
   def chunk_grads(start, size):
     xc = lax.dynamic_slice_in_dim(xp, start, size)
-    gc = lax.dynamic_slice_in_dim(g, start, size)
+    gc = winograd.batch_slice(g, start, size)
     cols = _patches(xc, kh, kw, out_h, out_w).reshape(-1, kh * kw * cin)
     dw = lax.dot_general(cols, gc.reshape(-1, cout), (((0,), (0,)), ((), ())))
     return dw, gc.sum(axis=(0, 1, 2), dtype=dtype)
@@ -155,6 +155,7 @@ def _conv_s1_fwd(x, kernel, bias, pads):
 
 
 def _conv_s1_bwd(pads, res, g):
+  """Input, kernel and bias gradients for output gradient g (an array or a LazyBatch)."""
   x, kernel, bias = res
   kh, kw = kernel.shape[:2]
   # Input gradient: the "full" correlation of g with the flipped kernel, in and out swapped.
@@ -163,7 +164,8 @@ def _conv_s1_bwd(pads, res, g):
   if _winograd_fits(g.shape, kernel.shape, (1, 1), dx_pads):  # (channel counts: symmetric)
     dx = winograd.conv3x3(g, flipped, dx_pads, swap_io=True)
   else:
-    dx = _conv(g, flipped.swapaxes(2, 3), (1, 1), dx_pads)
+    g_whole = winograd.batch_slice(g, 0, g.shape[0])  # a LazyBatch computed whole
+    dx = _conv(g_whole, flipped.swapaxes(2, 3), (1, 1), dx_pads)
   dx = dx.astype(x.dtype)
   if _winograd_fits(x.shape, kernel.shape, (1, 1), pads):
     dw, db = winograd.kernel_grad3x3(x, g, pads)
@@ -210,7 +212,7 @@ def _conv_pool_s1_bwd(pads, res, g):
   x, kernel, bias, first = res
   oh = x.shape[1] + sum(pads[0]) - kernel.shape[0] + 1
   ow = x.shape[2] + sum(pads[1]) - kernel.shape[1] + 1
-  return _conv_s1_bwd(pads, (x, kernel, bias), _unpool(g, first, 2, 2, (oh, ow)))
+  return _conv_s1_bwd(pads, (x, kernel, bias), Unpooled(g, first, (oh, ow)))
 
 
 _conv_pool_s1.defvjp(_conv_pool_s1_fwd, _conv_pool_s1_bwd)
@@ -277,6 +279,19 @@ def _pool(x, kh: int, kw: int):
 def _pool_vjp_fwd(x, kh, kw):
   y = _pool_fwd(x, kh, kw)
   return y, (x, y)
+
+
+class Unpooled(winograd.LazyBatch):
+  """The input gradient of a 2x2/2 max-pool (_unpool), computed chunk by chunk inside the
+  backward loops: stored whole, it was the largest array of M2's backward pass."""
+
+  def __init__(self, g, first, shape: tuple[int, int]):
+    self.g, self.first, self.hw = g, first, shape
+    self.shape, self.dtype = (g.shape[0], *shape, g.shape[-1]), g.dtype
+
+  def slice(self, start, size: int):
+    return _unpool(lax.dynamic_slice_in_dim(self.g, start, size),
+                   lax.dynamic_slice_in_dim(self.first, start, size), 2, 2, self.hw)
 
 
 def _unpool(g, first, kh: int, kw: int, shape: tuple[int, int]):

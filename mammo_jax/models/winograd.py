@@ -88,22 +88,39 @@ def first_max(candidates: list, y):
   return first
 
 
+class LazyBatch:
+  """A batch computed chunk by chunk where a loop below reads it, never stored whole (e.g.
+  layers.Unpooled, a max-pool's gradient at full resolution): .shape, .dtype, .slice()."""
+
+  shape: tuple[int, ...]
+  dtype: jnp.dtype
+
+  def slice(self, start, size: int):
+    raise NotImplementedError
+
+
+def batch_slice(x, start, size: int):
+  """x[start:start + size] along axis 0 (start may be traced), for an array or a LazyBatch."""
+  if isinstance(x, LazyBatch):
+    return x.slice(start, size)
+  return lax.dynamic_slice_in_dim(x, start, size)
+
+
 def map_image_chunks(fn, x, images: int) -> tuple:
   """fn (a tuple of arrays per chunk) over x, `images` at a time along axis 0: a fori_loop
   writing each chunk's outputs into whole-batch buffers, then any remainder."""
   n = x.shape[0]
   steps = n // images
-  shapes = jax.eval_shape(fn, x[:images])
+  shapes = jax.eval_shape(lambda: fn(batch_slice(x, 0, images)))
   outs = tuple(jnp.zeros((n,) + s.shape[1:], s.dtype) for s in shapes)
 
   def write(outs, chunk, start):
     return tuple(lax.dynamic_update_slice_in_dim(o, c, start, 0) for o, c in zip(outs, chunk))
 
   outs = lax.fori_loop(
-      0, steps, lambda i, o: write(o, fn(lax.dynamic_slice_in_dim(x, i * images, images)),
-                                   i * images), outs)
+      0, steps, lambda i, o: write(o, fn(batch_slice(x, i * images, images)), i * images), outs)
   if steps * images < n:
-    outs = write(outs, fn(x[steps * images:]), steps * images)
+    outs = write(outs, fn(batch_slice(x, steps * images, n - steps * images)), steps * images)
   return outs
 
 
@@ -113,7 +130,8 @@ def tiles_per_image(out_h: int, out_w: int) -> int:
 
 def conv3x3(x, kernel, pads: Pads, bias=None, swap_io: bool = False, pool: bool = False,
             argmax: bool = False):
-  """Stride-1 cross-correlation of NHWC x with an HWIO 3x3 kernel, zero padding `pads`.
+  """Stride-1 cross-correlation of NHWC x (an array or a LazyBatch) with an HWIO 3x3 kernel,
+  zero padding `pads`.
 
   swap_io: the kernel is HWOI (input and output channels swapped), as in an input gradient.
   Each transformed [cout, cin] matrix is transposed after the transform: transforming the
@@ -169,7 +187,8 @@ def _gradient_transform(gp, th: int, tw: int) -> list:
 
 
 def kernel_grad3x3(x, g, pads: Pads):
-  """The kernel and bias gradients of conv3x3(x, kernel, pads) for output gradient g.
+  """The kernel and bias gradients of conv3x3(x, kernel, pads) for output gradient g (an
+  array or a LazyBatch).
 
   The transpose of the forward pass: dw = G^T (sum over tiles of V . (A dY A^T)) G, with V the
   same transformed input tiles. The sum over tiles is 16 matmuls (Cin x tiles) @ (tiles x
@@ -195,7 +214,7 @@ def kernel_grad3x3(x, g, pads: Pads):
 
   def body(i, acc):
     xc = lax.dynamic_slice_in_dim(x, i * images, images)
-    gc = lax.dynamic_slice_in_dim(g, i * images, images)
+    gc = batch_slice(g, i * images, images)
     m, db = chunk_products(xc, gc)
     return [a + b for a, b in zip(acc[0], m)], acc[1] + db
 
@@ -203,7 +222,8 @@ def kernel_grad3x3(x, g, pads: Pads):
   zeros = ([jnp.zeros((c, cout), dtype)] * 16, jnp.zeros((cout,), dtype))
   m, db = lax.fori_loop(0, steps, body, zeros)
   if steps * images < n:
-    rest, rest_db = chunk_products(x[steps * images:], g[steps * images:])
+    rest, rest_db = chunk_products(x[steps * images:],
+                                   batch_slice(g, steps * images, n - steps * images))
     m, db = [a + b for a, b in zip(m, rest)], db + rest_db
   # G^T m G: along the tile's columns within each row, then along its rows.
   by_row = [_gt_transform(*m[4 * a:4 * a + 4]) for a in range(4)]  # [row a][kernel column]

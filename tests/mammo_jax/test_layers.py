@@ -239,12 +239,15 @@ def test_unknown_conv_impl_is_rejected():
     (1, 4, (12, 11), 'VALID', True), (5, 3, (11, 9), 'SAME', False),
     (16, 16, (14, 14), 'VALID', True), (16, 16, (11, 9), 'SAME', True),
     (16, 24, (13, 10), 'VALID', False)])
-@pytest.mark.parametrize('chunk', ['one image', 'all'])
+@pytest.mark.parametrize('images_per_chunk', [1, 2, 3])  # of 3: 2 leaves a remainder
 def test_conv_with_fused_pool_matches_max_pool_of_conv(monkeypatch, cin, cout, side, padding,
-                                                       use_bias, chunk):
-  if chunk == 'one image':
-    monkeypatch.setattr(layers, '_POOL_CHUNK_ELEMENTS', 1)
-    monkeypatch.setattr(winograd, '_TILES', 1)
+                                                       use_bias, images_per_chunk):
+  # The forward loop, the filter-gradient loops (reading the pool's gradient chunk by chunk)
+  # and the input gradient's Winograd loop, all with the same number of images per chunk.
+  oh, ow = (side[0] - 2, side[1] - 2) if padding == 'VALID' else side
+  monkeypatch.setattr(layers, '_POOL_CHUNK_ELEMENTS', images_per_chunk * oh * ow * cout)
+  monkeypatch.setattr(layers, '_CHUNK_ROWS', images_per_chunk * oh * ow)
+  monkeypatch.setattr(winograd, '_TILES', images_per_chunk * winograd.tiles_per_image(oh, ow))
   rng = np.random.default_rng(cin + cout)
   x = rng.integers(-2, 3, (3, *side, cin)).astype(np.float32)
   w = rng.integers(-1, 2, (3, 3, cin, cout)).astype(np.float32)
