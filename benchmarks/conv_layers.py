@@ -6,11 +6,13 @@ Winograd: forward, input gradient and filter gradient, in ms and GFLOP/s.
 
 'before' is `layers.conv2d` with Winograd switched off (XLA's forward convolution, also for the
 input gradient; the chunked im2col filter gradient), 'after' is `layers.conv2d` as the models
-run it. GFLOP/s counts a direct convolution's 2 * 9 * Cin * Cout multiply-adds per output
-pixel for each of the three operations, so Winograd's figures are effective rates. The two are
-timed alternately, op by op (median of --rounds calls after two warm-ups), as the machine this
-was written on is shared and noisy. --dtype bfloat16 casts inputs and kernels (what
-half_precision does to a frozen VGG16 base) to see whether the CPU's bfloat16 units help.
+run it. 'fwd+pool' (layers followed by a 2x2/2 max-pool) is that convolution then
+layers.max_pool before, and the pool fused into the convolution (conv2d's pool_2x2) after.
+GFLOP/s counts a direct convolution's 2 * 9 * Cin * Cout multiply-adds per output pixel for
+each operation, so Winograd's figures are effective rates. The two are timed alternately, op
+by op (median of --rounds calls after two warm-ups), as the machine this was written on is
+shared and noisy. --dtype bfloat16 casts inputs and kernels (what half_precision does to a
+frozen VGG16 base) to see whether the CPU's bfloat16 units help.
 """
 
 from __future__ import annotations
@@ -28,16 +30,21 @@ from conv_backward import _alternate, _timer  # noqa: E402  pylint: disable=g-im
 
 from mammo_jax.models import layers  # noqa: E402  pylint: disable=g-import-not-at-top
 
-# (name, input side, Cin, Cout, padding): M2's 3x3 layers after the first (whose single input
-# channel takes another path), and VGG16's thirteen at 150x150 (repeated shapes once).
+# (name, input side, Cin, Cout, padding): M2's 3x3 layers and VGG16's thirteen at 150x150
+# (repeated shapes once). POOLED: those followed by the 2x2/2 max-pool, which the models fuse.
 SHAPES = {
-    'm2': [('conv1', 74, 64, 128, 'VALID'), ('conv2', 36, 128, 256, 'VALID')],
+    'm2': [('conv0', 150, 1, 64, 'VALID'), ('conv1', 74, 64, 128, 'VALID'),
+           ('conv2', 36, 128, 256, 'VALID')],
     'vgg16': [('block1_conv1', 150, 3, 64, 'SAME'), ('block1_conv2', 150, 64, 64, 'SAME'),
               ('block2_conv1', 75, 64, 128, 'SAME'), ('block2_conv2', 75, 128, 128, 'SAME'),
               ('block3_conv1', 37, 128, 256, 'SAME'), ('block3_conv2/3', 37, 256, 256, 'SAME'),
               ('block4_conv1', 18, 256, 512, 'SAME'), ('block4_conv2/3', 18, 512, 512, 'SAME'),
               ('block5_conv1/2/3', 9, 512, 512, 'SAME')],
 }
+
+
+POOLED = {'conv0', 'conv1', 'conv2', 'block1_conv2', 'block2_conv2', 'block3_conv2/3',
+          'block4_conv2/3', 'block5_conv1/2/3'}
 
 
 def _with_winograd(on: bool, fn):
@@ -82,8 +89,14 @@ def main():
       ops = {'fwd': lambda x, w, g: conv(x, w),
              'd/dx': lambda x, w, g: jax.vjp(lambda x: conv(x, w), x)[1](g)[0],
              'd/dw': lambda x, w, g: jax.vjp(lambda w: conv(x, w), w)[1](g)[0]}
+      if name in POOLED:
+        # 'before': the convolution, then layers.max_pool; 'after': the pool fused into it.
+        ops['fwd+pool'] = lambda x, w, g: (
+            layers.conv2d(x, w, padding=padding, pool_2x2=True)
+            if layers._WINOGRAD_MIN_CHANNELS < (1 << 30)  # pylint: disable=protected-access
+            else layers.max_pool(conv(x, w), (2, 2)))
       if args.forward_only:
-        ops = {'fwd': ops['fwd']}
+        ops = {k: ops[k] for k in ('fwd', 'fwd+pool') if k in ops}
       elif cin <= 3:
         del ops['d/dx']  # a first layer's input gradient is never computed
       for op, fn in ops.items():

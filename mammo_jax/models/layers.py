@@ -20,7 +20,12 @@ rewrites which run fast (benchmarks/conv_backward.py measures each one):
     sum of kh*kw*cin broadcast products;
   * the input gradient's kernel (flipped, in and out swapped) is transformed for Winograd
     before it is transposed: transposing first made the transform read it with a stride of
-    Cout floats, 5x the layer's time at 512 channels.
+    Cout floats, 5x the layer's time at 512 channels;
+  * a conv -> 2x2/2 max-pool block (conv_relu_pool_block) pools inside the convolution's
+    loop over image chunks, so the full-resolution output is never stored; the pool's argmax
+    is kept only when the layer is differentiated (a frozen layer runs the primal), and its
+    gradient is expanded to full resolution chunk by chunk inside the backward loops
+    (Unpooled). M2's first block ran 2.2x faster forward.
 The input gradient is the "full" convolution of the output gradient with the flipped,
 in/out-swapped kernel, as autodiff emits it for stride 1. Strided convolutions fall back to
 autodiff. Under jit, an input gradient nobody uses (the first layer's) is dead code and XLA

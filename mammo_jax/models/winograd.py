@@ -13,6 +13,10 @@ take 4x the input's memory and the matmul outputs 4x the output's, and at batch 
 would fall out of cache (and, as fresh buffers, cost a page fault per 4 KiB) on every step.
 In float32 the result differs from a direct convolution by summation order only (about 1e-6
 relative). `kernel_grad3x3` is the transposed computation for the kernel's gradient.
+
+A 2x2/2 max-pool after the convolution (conv3x3's pool) is taken tile by tile, as each tile is
+one pool window: the full-resolution output, the largest activation of a conv block, is then
+never written.
 """
 
 import functools
@@ -22,10 +26,10 @@ import jax.numpy as jnp
 from jax import lax
 
 # Tiles per loop iteration (whole images, at least one): measured on the study's M2 and VGG16
-# 3x3 layers (BENCHMARKS.md). An image of more tiles is one loop step on its own; that still
-# beat XLA's convolution up to 224x224 (12544 tiles: 16 MiB per 64 channels transformed, half
-# the L3 cache), while splitting images into bands of tile rows lost (each band's padding
-# is a copy XLA does not fuse). Larger images (whole mammograms) keep XLA's convolution.
+# 3x3 layers (BENCHMARKS.md). An image of more tiles is one loop step on its own: that still
+# beat XLA's convolution at 150x150 (1.5x) and 224x224 (1.15x; 12544 tiles, 51 MB of
+# transformed tiles at 64 channels), while splitting images into bands of tile rows lost.
+# Larger images (whole mammograms) keep XLA's convolution.
 _TILES = 512
 MAX_TILES = 16384
 
