@@ -24,8 +24,9 @@ rewrites which run fast (benchmarks/conv_backward.py measures each one):
   * a conv -> 2x2/2 max-pool block (conv_relu_pool_block) pools inside the convolution's
     loop over image chunks, so the full-resolution output is never stored; the pool's argmax
     is kept only when the layer is differentiated (a frozen layer runs the primal), and its
-    gradient is expanded to full resolution chunk by chunk inside the backward loops
-    (Unpooled). M2's first block ran 2.2x faster forward.
+    gradient is expanded chunk by chunk inside the backward loops (winograd.PooledGradient;
+    the Winograd filter gradient transforms it from the pooled values directly). M2's first
+    block ran 2.2x faster forward.
 The input gradient is the "full" convolution of the output gradient with the flipped,
 in/out-swapped kernel, as autodiff emits it for stride 1. Strided convolutions fall back to
 autodiff. Under jit, an input gradient nobody uses (the first layer's) is dead code and XLA
@@ -217,7 +218,7 @@ def _conv_pool_s1_bwd(pads, res, g):
   x, kernel, bias, first = res
   oh = x.shape[1] + sum(pads[0]) - kernel.shape[0] + 1
   ow = x.shape[2] + sum(pads[1]) - kernel.shape[1] + 1
-  return _conv_s1_bwd(pads, (x, kernel, bias), Unpooled(g, first, (oh, ow)))
+  return _conv_s1_bwd(pads, (x, kernel, bias), winograd.PooledGradient(g, first, (oh, ow)))
 
 
 _conv_pool_s1.defvjp(_conv_pool_s1_fwd, _conv_pool_s1_bwd)
@@ -286,33 +287,6 @@ def _pool_vjp_fwd(x, kh, kw):
   return y, (x, y)
 
 
-class Unpooled(winograd.LazyBatch):
-  """The input gradient of a 2x2/2 max-pool (_unpool), computed chunk by chunk inside the
-  backward loops: stored whole, it was the largest array of M2's backward pass."""
-
-  def __init__(self, g, first, shape: tuple[int, int]):
-    self.g, self.first, self.hw = g, first, shape
-    self.shape, self.dtype = (g.shape[0], *shape, g.shape[-1]), g.dtype
-
-  def slice(self, start, size: int):
-    return _unpool(lax.dynamic_slice_in_dim(self.g, start, size),
-                   lax.dynamic_slice_in_dim(self.first, start, size), 2, 2, self.hw)
-
-
-def _unpool(g, first, kh: int, kw: int, shape: tuple[int, int]):
-  """A max-pool's input gradient: each window's g at its `first` element, zero elsewhere;
-  [n, shape[0], shape[1], c] (rows and columns no window covers get zeros)."""
-  n, oh, ow, c = g.shape
-  window = (1, 1, kh, 1, kw, 1)
-  position = (lax.broadcasted_iota(first.dtype, window, 2) * kw +
-              lax.broadcasted_iota(first.dtype, window, 4))
-  dx = jnp.where(first[:, :, None, :, None] == position, g[:, :, None, :, None],
-                 jnp.zeros((), g.dtype)).reshape(n, oh * kh, ow * kw, c)
-  if (oh * kh, ow * kw) != shape:
-    dx = jnp.pad(dx, ((0, 0), (0, shape[0] - oh * kh), (0, shape[1] - ow * kw), (0, 0)))
-  return dx
-
-
 def _pool_vjp_bwd(kh, kw, res, g):
   x, y = res
   n, h, w, c = x.shape
@@ -321,7 +295,7 @@ def _pool_vjp_bwd(kh, kw, res, g):
   # Index of each window's first maximum in row-major order: XLA's select-and-scatter (what
   # autodiff of nn.max_pool emits) gives the gradient to that element.
   first = winograd.first_max([xr[:, :, p // kw, :, p % kw] for p in range(kh * kw)], y)
-  return (_unpool(g, first, kh, kw, (h, w)),)
+  return (winograd.unpool(g, first, kh, kw, (h, w)),)
 
 
 _pool.defvjp(_pool_vjp_fwd, _pool_vjp_bwd)

@@ -110,6 +110,37 @@ def batch_slice(x, start, size: int):
   return lax.dynamic_slice_in_dim(x, start, size)
 
 
+def unpool(g, first, kh: int, kw: int, shape: tuple[int, int]):
+  """A max-pool's input gradient: each window's g at its `first` element, zero elsewhere;
+  [n, shape[0], shape[1], c] (rows and columns no window covers get zeros)."""
+  n, oh, ow, c = g.shape
+  window = (1, 1, kh, 1, kw, 1)
+  position = (lax.broadcasted_iota(first.dtype, window, 2) * kw +
+              lax.broadcasted_iota(first.dtype, window, 4))
+  dx = jnp.where(first[:, :, None, :, None] == position, g[:, :, None, :, None],
+                 jnp.zeros((), g.dtype)).reshape(n, oh * kh, ow * kw, c)
+  if (oh * kh, ow * kw) != shape:
+    dx = jnp.pad(dx, ((0, 0), (0, shape[0] - oh * kh), (0, shape[1] - ow * kw), (0, 0)))
+  return dx
+
+
+class PooledGradient(LazyBatch):
+  """The gradient at the input of a 2x2/2 max-pool (unpool of g at the windows' `first`
+  maxima), expanded chunk by chunk inside the backward loops: stored whole, it was the
+  largest array of M2's backward pass. kernel_grad3x3 does not expand it at all."""
+
+  def __init__(self, g, first, shape: tuple[int, int]):
+    self.g, self.first, self.hw = g, first, shape
+    self.shape, self.dtype = (g.shape[0], *shape, g.shape[-1]), g.dtype
+
+  def pooled_slice(self, start, size: int):
+    return (lax.dynamic_slice_in_dim(self.g, start, size),
+            lax.dynamic_slice_in_dim(self.first, start, size))
+
+  def slice(self, start, size: int):
+    return unpool(*self.pooled_slice(start, size), 2, 2, self.hw)
+
+
 def map_image_chunks(fn, x, images: int) -> tuple:
   """fn (a tuple of arrays per chunk) over x, `images` at a time along axis 0: a fori_loop
   writing each chunk's outputs into whole-batch buffers, then any remainder."""
@@ -190,6 +221,27 @@ def _gradient_transform(gp, th: int, tw: int) -> list:
           for r in rows for v in _a_transform(r[:, :, 0::2], r[:, :, 1::2])]
 
 
+_A = ((1, 0), (1, 1), (1, -1), (0, -1))  # the 4x2 matrix A of _a_transform
+
+
+def _pooled_gradient_transform(gp, first, th: int, tw: int) -> list:
+  """_gradient_transform of a PooledGradient, from the pooled values: each tile is a pool
+  window with one nonzero gradient, gp at window position `first` = 2a + b, so each of the
+  16 entries of A dY A^T is gp times A[i][a] * A[j][b] (0 or +-1), chosen elementwise.
+  gp, first: [n, th, tw, c], zero-padded to whole tiles."""
+  n, c = gp.shape[0], gp.shape[-1]
+  out = []
+  for i in range(4):
+    for j in range(4):
+      v = jnp.zeros_like(gp)
+      for p in range(4):
+        sign = _A[i][p // 2] * _A[j][p % 2]
+        if sign:
+          v = jnp.where(first == p, gp if sign > 0 else -gp, v)
+      out.append(v.reshape(n * th * tw, c))
+  return out
+
+
 def kernel_grad3x3(x, g, pads: Pads):
   """The kernel and bias gradients of conv3x3(x, kernel, pads) for output gradient g (an
   array or a LazyBatch).
@@ -209,25 +261,34 @@ def kernel_grad3x3(x, g, pads: Pads):
   g_padding = ((0, 0), (0, 2 * th - oh), (0, 2 * tw - ow), (0, 0))  # zero: no gradient there
   dtype = jnp.promote_types(x.dtype, g.dtype)
 
-  def chunk_products(xc, gc):  # -> 16 x [cin, cout], bias gradient [cout]
+  pooled = isinstance(g, PooledGradient) and g.hw == (oh, ow)
+
+  def chunk_products(xc, start, size):  # -> 16 x [cin, cout], bias gradient [cout]
     v = _input_transform(jnp.pad(xc, padding), th, tw)
-    u = _gradient_transform(jnp.pad(gc, g_padding), th, tw)
+    if pooled:  # tiles are the pool's windows (both start at the output's corner)
+      gp, first = g.pooled_slice(start, size)
+      tile_padding = ((0, 0), (0, th - gp.shape[1]), (0, tw - gp.shape[2]), (0, 0))
+      u = _pooled_gradient_transform(jnp.pad(gp, tile_padding), jnp.pad(first, tile_padding),
+                                     th, tw)
+      db = gp.sum(axis=(0, 1, 2), dtype=dtype)
+    else:
+      gc = batch_slice(g, start, size)
+      u = _gradient_transform(jnp.pad(gc, g_padding), th, tw)
+      db = gc.sum(axis=(0, 1, 2), dtype=dtype)
     m = [lax.dot_general(vk, uk, (((0,), (0,)), ((), ())), preferred_element_type=dtype)
          for vk, uk in zip(v, u)]
-    return m, gc.sum(axis=(0, 1, 2), dtype=dtype)
+    return m, db
 
   def body(i, acc):
     xc = lax.dynamic_slice_in_dim(x, i * images, images)
-    gc = batch_slice(g, i * images, images)
-    m, db = chunk_products(xc, gc)
+    m, db = chunk_products(xc, i * images, images)
     return [a + b for a, b in zip(acc[0], m)], acc[1] + db
 
   steps = n // images
   zeros = ([jnp.zeros((c, cout), dtype)] * 16, jnp.zeros((cout,), dtype))
   m, db = lax.fori_loop(0, steps, body, zeros)
   if steps * images < n:
-    rest, rest_db = chunk_products(x[steps * images:],
-                                   batch_slice(g, steps * images, n - steps * images))
+    rest, rest_db = chunk_products(x[steps * images:], steps * images, n - steps * images)
     m, db = [a + b for a, b in zip(m, rest)], db + rest_db
   # G^T m G: along the tile's columns within each row, then along its rows.
   by_row = [_gt_transform(*m[4 * a:4 * a + 4]) for a in range(4)]  # [row a][kernel column]
