@@ -2,7 +2,7 @@
 
     python benchmarks/train_throughput.py [--model m2|vgg16_ft|resnet50_ft] [--batch_size 128]
         [--steps 5] [--rounds 2] [--peak_tflops_fp32 T] [--peak_tflops_bf16 T]
-        [--baseline_root DIR] [--skip_keras_xla] [--skip_xla_conv]
+        [--baseline_root DIR] [--skip_keras_xla] [--skip_xla_conv] [--no_hugepages]
 
 The study's 4-class model M2 (150x150x1, C64-C128-C256, D64, RMSprop lr 1e-3, decay 5e-4),
 batch 128, float32, in one invocation on the same machine:
@@ -23,6 +23,9 @@ RMSprop 1e-4) on preprocessed float inputs; on a GPU/TPU also with half_precisio
 features, RMSprop 1e-3) against keras.applications.ResNet50 with the same head. The
 TFLOP/s column divides XLA's operation count of our compiled step (all devices) by its
 time; with the --peak_tflops_* of one device it becomes a model FLOP utilisation.
+Every row runs with the environment `python -m mammo_jax.main` gives itself on Linux: glibc's
+transparent-huge-page tunable (mammo_jax/hugepages.py; TensorFlow's allocator gains nothing
+from it, measured); `--no_hugepages` runs all rows without it.
 `--baseline_root DIR` also times the mammo_jax rows of another checkout (e.g. a `git worktree`
 of an earlier commit) in the same rounds: how a refactor shows that it left the step's speed
 alone. Each framework runs in its own fresh process, alternating over --rounds so that machine noise
@@ -42,6 +45,8 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from mammo_jax import hugepages  # noqa: E402  pylint: disable=g-import-not-at-top
 
 _JAX = r'''
 import json, sys, time
@@ -268,7 +273,13 @@ def main():
                            'GPUs, so give the TF32 peak there (e.g. 495 for an H100 SXM)')
   parser.add_argument('--peak_tflops_bf16', type=float, default=0.0,
                       help="one device's peak bfloat16 TFLOP/s (e.g. 989 for an H100 SXM)")
+  parser.add_argument('--no_hugepages', action='store_true',
+                      help='run every row with glibc\'s default allocator; otherwise all rows '
+                           '(Keras too) get the glibc.malloc.hugetlb=1 tunable that '
+                           'python -m mammo_jax.main sets for itself (mammo_jax/hugepages.py)')
   args = parser.parse_args()
+  if not args.no_hugepages and hugepages.wanted():
+    os.environ.update(hugepages.environ_with_tunable())  # inherited by every row's process
   accelerator = _accelerator()
   variants = _variants(args, accelerator)
   if args.skip_keras_xla:
@@ -294,6 +305,8 @@ def main():
   rates = {k: args.batch_size / t for k, t in medians.items()}
   keras = rates['Keras/TF']
   machine = f'{platform.machine()}, {os.cpu_count()} cores, JAX device {device}'
+  if os.environ.get('GLIBC_TUNABLES'):
+    machine += f', GLIBC_TUNABLES={os.environ["GLIBC_TUNABLES"]}'
   model = {'vgg16_ft': 'VGG16 fine-tuning (study 2-class FT 2: block5_conv2/3 + FC256 head '
                        'trainable), 150x150',
            'resnet50_ft': f'ResNet50 fine-tuning all layers (configs/resnet50_2.py with '

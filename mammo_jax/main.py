@@ -11,7 +11,12 @@ The console shows the run's own output (stdout) and log warnings and errors; INF
 before the traceback, so a failure ends with what a person needs and loses nothing.
 """
 
-import collections
+if __name__ == '__main__':
+  # First, before JAX allocates anything: glibc reads its tunables at start-up only.
+  from mammo_jax import hugepages  # pylint: disable=g-import-not-at-top
+  hugepages.restart_with_huge_pages()
+
+import collections  # pylint: disable=g-import-not-at-top,wrong-import-position
 import errno
 import logging as std_logging
 import os
