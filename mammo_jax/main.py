@@ -5,6 +5,7 @@ names (mammo_jax.runners: train, stages, ensemble, lr_range). Re-running the sam
 the same workdir resumes an interrupted run exactly. A run of several processes (a TPU pod
 slice, multi-node GPUs) is the same command on every host (mammo_jax.distributed). A failure
 ends with one line, `mammo_jax: error: ...`, naming the log file that holds its traceback.
+On Linux it first restarts itself once with glibc's huge-page tunable (mammo_jax/hugepages.py).
 
 The console shows the run's own output (stdout) and log warnings and errors; INFO log lines
 (TFDS, JAX, the build's progress notes) are kept in memory and written into that log file
