@@ -7,7 +7,9 @@ Winograd: forward, input gradient and filter gradient, in ms and GFLOP/s.
 'before' is `layers.conv2d` with Winograd switched off (XLA's forward convolution, also for the
 input gradient; the chunked im2col filter gradient), 'after' is `layers.conv2d` as the models
 run it. 'fwd+pool' (layers followed by a 2x2/2 max-pool) is that convolution then
-layers.max_pool before, and the pool fused into the convolution (conv2d's pool_2x2) after.
+layers.max_pool before, and the pool fused into the convolution (conv2d's pool_2x2) after:
+for the Winograd layers its speed-up is Winograd's and the fusion's together (M2's 1-channel
+conv0, without Winograd, shows the fusion alone).
 GFLOP/s counts a direct convolution's 2 * 9 * Cin * Cout multiply-adds per output pixel for
 each operation, so Winograd's figures are effective rates. The two are timed alternately, op
 by op (median of --rounds calls after two warm-ups), as the machine this was written on is

@@ -54,9 +54,24 @@ def environ_with_tunable(environ=None) -> dict:
   return env
 
 
-def restart_with_huge_pages() -> None:
-  """Re-executes this Python process with TUNABLE when wanted(); returns otherwise."""
-  if wanted() and sys.executable and getattr(sys, 'orig_argv', None):
-    sys.stdout.flush()
-    sys.stderr.flush()
+def invoked_as(module: str, orig_argv=None) -> bool:
+  """Whether the interpreter's command line is `python [options] -m module [args]`: only then
+  is a restart safe (not, e.g., inside a notebook kernel that runs the module)."""
+  argv = list(getattr(sys, 'orig_argv', None) or []) if orig_argv is None else list(orig_argv)
+  return any(argv[i] == '-m' and argv[i + 1] == module for i in range(len(argv) - 1))
+
+
+def restart_with_huge_pages(module: str | None) -> None:
+  """Re-executes this Python process with TUNABLE when wanted() and the process was started
+  as `python -m module` (None: any command line); returns otherwise, also when the restart
+  itself fails (the run then goes on with the default allocator)."""
+  if not (wanted() and sys.executable and getattr(sys, 'orig_argv', None)):
+    return
+  if module is not None and not invoked_as(module):
+    return
+  sys.stdout.flush()
+  sys.stderr.flush()
+  try:
     os.execve(sys.executable, sys.orig_argv, environ_with_tunable())
+  except OSError:
+    pass

@@ -15,7 +15,7 @@ before the traceback, so a failure ends with what a person needs and loses nothi
 if __name__ == '__main__':
   # First, before JAX allocates anything: glibc reads its tunables at start-up only.
   from mammo_jax import hugepages  # pylint: disable=g-import-not-at-top
-  hugepages.restart_with_huge_pages()
+  hugepages.restart_with_huge_pages('mammo_jax.main')
 
 import collections  # pylint: disable=g-import-not-at-top,wrong-import-position
 import errno

@@ -83,8 +83,9 @@ def _interleave(quads: list):
 
 
 def first_max(candidates: list, y):
-  """Index (int8 up to 127 candidates) of the first of `candidates` equal to their maximum y; the last where none
-  is (a NaN): where autodiff of a max-pool sends the gradient."""
+  """Index (int8 up to 127 candidates) of the first of `candidates` equal to their maximum
+  y, where autodiff of a max-pool sends the gradient; the last where none is (a window with
+  a NaN, for which autodiff of nn.max_pool may pick another)."""
   dtype = jnp.int8 if len(candidates) <= 127 else jnp.int32
   first = jnp.full(y.shape, len(candidates) - 1, dtype)
   for p in reversed(range(len(candidates) - 1)):
@@ -176,6 +177,8 @@ def conv3x3(x, kernel, pads: Pads, bias=None, swap_io: bool = False, pool: bool 
   is a pool window), so the full-resolution output is never stored; with argmax, also each
   window's first maximum (first_max), for the pool's gradient.
   """
+  if argmax and not pool:
+    raise ValueError('conv3x3: argmax is the max-pool\'s; it needs pool=True')
   n, h, w, c = x.shape
   oh, ow = h + sum(pads[0]) - 2, w + sum(pads[1]) - 2
   th, tw = -(-oh // 2), -(-ow // 2)
@@ -261,7 +264,8 @@ def kernel_grad3x3(x, g, pads: Pads):
   g_padding = ((0, 0), (0, 2 * th - oh), (0, 2 * tw - ow), (0, 0))  # zero: no gradient there
   dtype = jnp.promote_types(x.dtype, g.dtype)
 
-  pooled = isinstance(g, PooledGradient) and g.hw == (oh, ow)
+  pooled = isinstance(g, PooledGradient)
+  assert not pooled or g.g.shape[1:3] == (oh // 2, ow // 2), (g.g.shape, oh, ow)
 
   def chunk_products(xc, start, size):  # -> 16 x [cin, cout], bias gradient [cout]
     v = _input_transform(jnp.pad(xc, padding), th, tw)

@@ -35,7 +35,7 @@ def test_environ_with_tunable_appends_to_existing_tunables():
 
 _PROGRAM = ('import os, sys; from mammo_jax import hugepages; '
             'print("start", os.getpid(), os.environ.get("GLIBC_TUNABLES"), sys.argv[1:]); '
-            'hugepages.restart_with_huge_pages(); print("run", os.getpid())')
+            'hugepages.restart_with_huge_pages(None); print("run", os.getpid())')
 
 
 @pytest.mark.parametrize('switch', ['1', '0'])
@@ -52,3 +52,17 @@ def test_a_process_restarts_once_with_the_tunable_and_its_arguments(switch):
                        f"start {pid} {hugepages.TUNABLE} ['a b', '--x=1']", f'run {pid}']
   else:
     assert out[:2] == [f"start {pid} None ['a b', '--x=1']", f'run {pid}']
+
+
+def test_only_a_python_dash_m_command_line_of_the_module_restarts():
+  main = 'mammo_jax.main'
+  assert hugepages.invoked_as(main, ['python', '-m', main, '--config=c.py'])
+  assert hugepages.invoked_as(main, ['/usr/bin/python3', '-X', 'dev', '-m', main])
+  assert not hugepages.invoked_as(main, ['python', '-c', 'import runpy'])  # a notebook, runpy
+  assert not hugepages.invoked_as(main, ['ipykernel_launcher.py', '-f', 'k.json'])
+  assert not hugepages.invoked_as(main, ['python', '-m', 'pytest', main])
+  # Such a process is not restarted: the program goes on in the same process.
+  out = subprocess.run([sys.executable, '-c', _PROGRAM.replace('(None)', f'({main!r})')],
+                       env={k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'},
+                       cwd=ROOT, capture_output=True, text=True, check=True).stdout.split('\n')
+  assert out[0].startswith('start') and out[1].startswith('run'), out

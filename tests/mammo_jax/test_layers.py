@@ -242,8 +242,9 @@ def test_unknown_conv_impl_is_rejected():
 @pytest.mark.parametrize('images_per_chunk', [1, 2, 3])  # of 3: 2 leaves a remainder
 def test_conv_with_fused_pool_matches_max_pool_of_conv(monkeypatch, cin, cout, side, padding,
                                                        use_bias, images_per_chunk):
-  # The forward loop, the filter-gradient loops (reading the pool's gradient chunk by chunk)
-  # and the input gradient's Winograd loop, all with the same number of images per chunk.
+  # The forward loop and the filter-gradient loops (reading the pool's gradient chunk by
+  # chunk) with 1, 2 (and a remainder) or 3 images per chunk; the input gradient's Winograd
+  # loop (more tiles per image) with 1 or 2.
   oh, ow = (side[0] - 2, side[1] - 2) if padding == 'VALID' else side
   monkeypatch.setattr(layers, '_POOL_CHUNK_ELEMENTS', images_per_chunk * oh * ow * cout)
   monkeypatch.setattr(layers, '_CHUNK_ROWS', images_per_chunk * oh * ow)
